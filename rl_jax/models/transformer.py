@@ -1,0 +1,265 @@
+"""A Flax NNX decoder-only transformer with a functional per-layer KV cache.
+
+Llama/Qwen/Gemma-style blocks selected by `TransformerConfig`: RoPE, RMSNorm, grouped-query
+attention, SwiGLU (or GeGLU) MLP, optional qkv bias (Qwen2), q/k norm (Qwen3), tied embeddings
+and embedding scaling (Gemma).
+
+One code path serves training, prefill and decoding. The caller passes the tokens, their
+RoPE positions, a key-validity mask over *cache slots* and, optionally, a cache and a write
+index. Token `i` of the call sits in cache slot `write_index + i`; it attends to every slot
+`j <= write_index + i` whose mask bit is set. Without a cache the call's own keys form the
+cache (`write_index = 0`), which is the ordinary causal forward pass.
+
+Shape legend: N sequences, L tokens in this call, S cache slots, D model width,
+H query heads, K kv heads, Dh head dim, F mlp width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Architecture of the decoder. Frozen so it can key jit caches."""
+
+  vocab_size: int
+  d_model: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  mlp_dim: int
+  rope_theta: float = 10_000.0
+  norm_eps: float = 1e-6
+  tie_embeddings: bool = False
+  embed_scale: bool = False  # Gemma multiplies embeddings by sqrt(d_model)
+  qkv_bias: bool = False  # Qwen2
+  qk_norm: bool = False  # Qwen3
+  activation: str = "silu"  # "silu" (SwiGLU) or "gelu" (GeGLU)
+  dtype: str = "float32"  # activation dtype
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(
+          f"model.num_heads={self.num_heads} must be a multiple of "
+          f"model.num_kv_heads={self.num_kv_heads}")
+    if self.head_dim % 2:
+      raise ValueError(f"model.head_dim={self.head_dim} must be even for RoPE")
+    if self.activation not in ("silu", "gelu"):
+      raise ValueError(f"model.activation must be 'silu' or 'gelu', got {self.activation!r}")
+
+  def num_params(self) -> int:
+    D, H, K, Dh, F, V = (self.d_model, self.num_heads, self.num_kv_heads, self.head_dim,
+                         self.mlp_dim, self.vocab_size)
+    attn = D * H * Dh + 2 * D * K * Dh + H * Dh * D
+    if self.qkv_bias:
+      attn += H * Dh + 2 * K * Dh
+    if self.qk_norm:
+      attn += 2 * Dh
+    per_layer = attn + 3 * D * F + 2 * D
+    emb = V * D * (1 if self.tie_embeddings else 2)
+    return self.num_layers * per_layer + emb + D
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The embedded default: ~0.8 M parameters at a character vocabulary, trains on a CPU.
+    "tiny": dict(d_model=128, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
+                 mlp_dim=384),
+    # Smaller still, for unit tests.
+    "test": dict(d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                 mlp_dim=64),
+    # The benchmark model of shared/benchmarks.md (W1-W3), vocabulary 512.
+    "bench": dict(d_model=256, num_layers=4, num_heads=4, num_kv_heads=4, head_dim=64,
+                  mlp_dim=1024),
+}
+
+
+def preset(name: str, vocab_size: int, **overrides) -> TransformerConfig:
+  """A `TransformerConfig` from a named preset with optional field overrides."""
+  if name not in PRESETS:
+    raise ValueError(f"model.preset={name!r} is unknown; choose one of {sorted(PRESETS)}")
+  return TransformerConfig(vocab_size=vocab_size, **{**PRESETS[name], **overrides})
+
+
+class LayerCache(NamedTuple):
+  k_NxSxKxDh: jax.Array
+  v_NxSxKxDh: jax.Array
+
+
+def init_cache(cfg: TransformerConfig, batch: int, slots: int) -> list[LayerCache]:
+  """Zeroed per-layer KV cache with `slots` positions."""
+  shape = (batch, slots, cfg.num_kv_heads, cfg.head_dim)
+  dtype = jnp.dtype(cfg.dtype)
+  return [LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+          for _ in range(cfg.num_layers)]
+
+
+def rope(x_NxLxHxDh: jax.Array, positions_NxL: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding, rotate-half convention (as Llama in transformers)."""
+  half = x_NxLxHxDh.shape[-1] // 2
+  freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angle_NxLxF = positions_NxL[..., None].astype(jnp.float32) * freq
+  cos = jnp.cos(angle_NxLxF)[:, :, None, :]
+  sin = jnp.sin(angle_NxLxF)[:, :, None, :]
+  x = x_NxLxHxDh.astype(jnp.float32)
+  x1, x2 = x[..., :half], x[..., half:]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_NxLxHxDh.dtype)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    D, H, K, Dh = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    kw = dict(use_bias=cfg.qkv_bias, dtype=jnp.dtype(cfg.dtype),
+              param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+    self.q_proj = nnx.Linear(D, H * Dh, **kw)
+    self.k_proj = nnx.Linear(D, K * Dh, **kw)
+    self.v_proj = nnx.Linear(D, K * Dh, **kw)
+    self.o_proj = nnx.Linear(H * Dh, D, use_bias=False, dtype=jnp.dtype(cfg.dtype),
+                             param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+    if cfg.qk_norm:
+      self.q_norm = nnx.RMSNorm(Dh, epsilon=cfg.norm_eps, rngs=rngs)
+      self.k_norm = nnx.RMSNorm(Dh, epsilon=cfg.norm_eps, rngs=rngs)
+
+  def __call__(self, x_NxLxD, positions_NxL, kv_mask_NxS, cache: LayerCache | None,
+               write_index):
+    cfg = self.cfg
+    N, L, _ = x_NxLxD.shape
+    H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    q = self.q_proj(x_NxLxD).reshape(N, L, H, Dh)
+    k = self.k_proj(x_NxLxD).reshape(N, L, K, Dh)
+    v = self.v_proj(x_NxLxD).reshape(N, L, K, Dh)
+    if cfg.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
+    q = rope(q, positions_NxL, cfg.rope_theta)
+    k = rope(k, positions_NxL, cfg.rope_theta)
+    if cache is None:  # plain forward pass: this call's keys are all the keys
+      k_all, v_all = k, v
+    else:  # write this call's keys/values into their slots (in place inside a jitted loop)
+      k_all = jax.lax.dynamic_update_slice_in_dim(
+          cache.k_NxSxKxDh, k.astype(cache.k_NxSxKxDh.dtype), write_index, axis=1)
+      v_all = jax.lax.dynamic_update_slice_in_dim(
+          cache.v_NxSxKxDh, v.astype(cache.v_NxSxKxDh.dtype), write_index, axis=1)
+    S = k_all.shape[1]
+    q_slot_L = write_index + jnp.arange(L)
+    allowed_NxLxS = (jnp.arange(S)[None, :] <= q_slot_L[:, None])[None] & kv_mask_NxS[:, None, :]
+    # Grouped-query attention: H query heads share K kv heads in groups of H // K.
+    qg = q.reshape(N, L, K, H // K, Dh)
+    logits = jnp.einsum("nlkgd,nskd->nkgls", qg, k_all).astype(jnp.float32) * Dh**-0.5
+    # A finite fill keeps fully masked rows (left padding) finite; their output is unused.
+    logits = jnp.where(allowed_NxLxS[:, None, None], logits, -1e30)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v_all.dtype)
+    out = jnp.einsum("nkgls,nskd->nlkgd", probs, v_all).reshape(N, L, H * Dh)
+    return self.o_proj(out), LayerCache(k_all, v_all)
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    kw = dict(use_bias=False, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+              rngs=rngs)
+    self.gate_proj = nnx.Linear(cfg.d_model, cfg.mlp_dim, **kw)
+    self.up_proj = nnx.Linear(cfg.d_model, cfg.mlp_dim, **kw)
+    self.down_proj = nnx.Linear(cfg.mlp_dim, cfg.d_model, **kw)
+    self.act = jax.nn.silu if cfg.activation == "silu" else jax.nn.gelu
+
+  def __call__(self, x):
+    return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nnx.Module):
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    self.attn_norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, rngs=rngs)
+    self.attn = Attention(cfg, rngs=rngs)
+    self.mlp_norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, rngs=rngs)
+    self.mlp = MLP(cfg, rngs=rngs)
+
+  def __call__(self, x, positions, kv_mask, cache, write_index):
+    h, cache = self.attn(self.attn_norm(x), positions, kv_mask, cache, write_index)
+    x = x + h
+    x = x + self.mlp(self.mlp_norm(x))
+    return x, cache
+
+
+class Transformer(nnx.Module):
+  """Decoder-only language model.
+
+  `__call__(tokens_NxL, positions_NxL, kv_mask_NxS, cache=None, write_index=0)` returns
+  `(logits_NxLxV float32, new_cache)`. With `cache=None`, `S == L` and the call is a plain
+  causal forward pass over valid keys.
+  """
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=jnp.dtype(cfg.dtype),
+                           param_dtype=jnp.dtype(cfg.param_dtype),
+                           embedding_init=nnx.initializers.normal(1.0 if cfg.embed_scale else 0.02),
+                           rngs=rngs)
+    self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, rngs=rngs)
+    if not cfg.tie_embeddings:
+      self.lm_head = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False,
+                                dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+                                rngs=rngs)
+
+  def hidden(self, tokens_NxL, positions_NxL, kv_mask_NxS, cache=None, write_index=0):
+    """Final-norm hidden states `[N, L, D]` and the updated cache."""
+    cfg = self.cfg
+    x = self.embed(tokens_NxL)
+    if cfg.embed_scale:
+      x = x * jnp.asarray(cfg.d_model**0.5, x.dtype)
+    if cache is None:
+      cache = [None] * cfg.num_layers
+    new_cache = []
+    for layer, layer_cache in zip(self.layers, cache):
+      x, layer_cache = layer(x, positions_NxL, kv_mask_NxS, layer_cache, write_index)
+      new_cache.append(layer_cache)
+    return self.final_norm(x), new_cache
+
+  def logits(self, h_NxLxD):
+    if self.cfg.tie_embeddings:
+      out = self.embed.attend(h_NxLxD)
+    else:
+      out = self.lm_head(h_NxLxD)
+    return out.astype(jnp.float32)
+
+  def __call__(self, tokens_NxL, positions_NxL, kv_mask_NxS, cache=None, write_index=0):
+    h, cache = self.hidden(tokens_NxL, positions_NxL, kv_mask_NxS, cache, write_index)
+    return self.logits(h), cache
+
+
+def positions_from_mask(mask_NxL: jax.Array) -> jax.Array:
+  """RoPE positions for a left-padded batch: 0 at each row's first valid token."""
+  return jnp.maximum(jnp.cumsum(mask_NxL.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def init_model(cfg: TransformerConfig, seed: int | jax.Array = 0):
+  """Builds the model and splits it into (graphdef, params) — params a pure nested dict.
+
+  Jitted code takes `params` as an argument and calls `nnx.merge(graphdef, params)`; this
+  keeps every device function pure and lets partition rules and checkpoints see plain arrays.
+  """
+  model = Transformer(cfg, rngs=nnx.Rngs(seed))
+  graphdef, state = nnx.split(model, nnx.Param)
+  return graphdef, nnx.to_pure_dict(state)
+
+
+def abstract_model(cfg: TransformerConfig):
+  """(graphdef, params as ShapeDtypeStructs) without allocating weights."""
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))),
+                              nnx.Param)
+  return graphdef, nnx.to_pure_dict(state)
+
+
+def merge(graphdef, params) -> Transformer:
+  return nnx.merge(graphdef, params)

@@ -1,0 +1,60 @@
+"""rl_jax.objectives: the pure math of RL fine-tuning (arrays in, arrays out).
+
+Table of contents:
+
+  advantages     grpo_advantages, rloo_advantages, gae, discounted_returns, whiten
+  kl             kl_k1, kl_k2, kl_k3, entropy_from_logits
+  policy_losses  ppo_clip, clip_fraction, gspo            (per-token losses)
+  value          clipped_value_loss                        (per-token loss)
+  aggregation    aggregate, aggregate_parts, aggregate_with_denominator,
+                 aggregation_denominator, AGGREGATION_MODES
+
+Losses are returned per token, `[..., T]`; reducing them to a scalar is always a
+separate call to `aggregate` (or `aggregate_with_denominator` for exact gradient
+accumulation and data parallelism).
+"""
+
+from rl_jax.objectives.advantages import discounted_returns as discounted_returns
+from rl_jax.objectives.advantages import gae as gae
+from rl_jax.objectives.advantages import grpo_advantages as grpo_advantages
+from rl_jax.objectives.advantages import rloo_advantages as rloo_advantages
+from rl_jax.objectives.advantages import whiten as whiten
+from rl_jax.objectives.aggregation import AGGREGATION_MODES as AGGREGATION_MODES
+from rl_jax.objectives.aggregation import aggregate as aggregate
+from rl_jax.objectives.aggregation import aggregate_parts as aggregate_parts
+from rl_jax.objectives.aggregation import aggregate_with_denominator as aggregate_with_denominator
+from rl_jax.objectives.aggregation import aggregation_denominator as aggregation_denominator
+from rl_jax.objectives.kl import entropy_from_logits as entropy_from_logits
+from rl_jax.objectives.kl import kl_k1 as kl_k1
+from rl_jax.objectives.kl import kl_k2 as kl_k2
+from rl_jax.objectives.kl import kl_k3 as kl_k3
+from rl_jax.objectives.policy_losses import clip_fraction as clip_fraction
+from rl_jax.objectives.policy_losses import gspo as gspo
+from rl_jax.objectives.policy_losses import ppo_clip as ppo_clip
+from rl_jax.objectives.value import clipped_value_loss as clipped_value_loss
+
+__all__ = (
+    # advantages
+    "grpo_advantages",
+    "rloo_advantages",
+    "gae",
+    "discounted_returns",
+    "whiten",
+    # kl
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
+    "entropy_from_logits",
+    # policy_losses
+    "ppo_clip",
+    "clip_fraction",
+    "gspo",
+    # value
+    "clipped_value_loss",
+    # aggregation
+    "AGGREGATION_MODES",
+    "aggregate",
+    "aggregate_parts",
+    "aggregate_with_denominator",
+    "aggregation_denominator",
+)

@@ -1,0 +1,167 @@
+"""Train state and the jitted update steps (RL and supervised warm start).
+
+The update is one jitted function: `num_iterations` epochs x `num_minibatches` minibatches
+run as a `lax.scan` inside it, the state buffers are donated, and an update whose loss or
+gradient is not finite is skipped (parameters and optimizer state kept) and counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from rl_jax.algorithms import Algorithm
+from rl_jax.logprobs import completion_logprobs
+from rl_jax.objectives.aggregation import aggregate
+from rl_jax.objectives.policy_losses import clip_fraction
+from rl_jax.types import TrainBatch
+
+
+class TrainState(NamedTuple):
+  step: jax.Array  # int32, optimizer updates applied or skipped so far
+  params: Any  # pure dict of arrays
+  opt_state: Any
+  skipped: jax.Array  # int32, updates skipped because the loss or gradient was not finite
+
+
+def make_optimizer(*, learning_rate: float, warmup_steps: int = 0, weight_decay: float = 0.0,
+                   b1: float = 0.9, b2: float = 0.999, max_grad_norm: float | None = 1.0
+                   ) -> optax.GradientTransformation:
+  """AdamW with linear warmup to a constant rate (constant so that a run's schedule does not
+  depend on its total length: resuming with more steps continues the same trajectory)."""
+  schedule = (optax.linear_schedule(0.0, learning_rate, warmup_steps) if warmup_steps
+              else learning_rate)
+  if warmup_steps:
+    schedule = optax.join_schedules([schedule, optax.constant_schedule(learning_rate)],
+                                    [warmup_steps])
+  parts = [optax.clip_by_global_norm(max_grad_norm)] if max_grad_norm else []
+  parts.append(optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay))
+  return optax.chain(*parts)
+
+
+def init_state(params, tx: optax.GradientTransformation) -> TrainState:
+  return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jnp.zeros((), jnp.int32))
+
+
+def _tree_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def apply_gradients(state: TrainState, grads, loss, tx) -> tuple[TrainState, jax.Array]:
+  """One optimizer step, skipped (state kept, `skipped` + 1) if loss or grads are not finite."""
+  ok = jnp.isfinite(loss) & _tree_finite(grads)
+  safe_grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.zeros_like(g)), grads)
+  updates, new_opt = tx.update(safe_grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, updates)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+  return TrainState(state.step + 1, keep(new_params, state.params), keep(new_opt, state.opt_state),
+                    state.skipped + (~ok).astype(jnp.int32)), ok
+
+
+def rl_loss(graphdef, params, mb: TrainBatch, algo: Algorithm, *, temperature: float,
+            on_policy: bool, aggregation_constant: float):
+  """The policy objective of one minibatch and its diagnostics.
+
+  `on_policy=True` means the minibatch was sampled by exactly these parameters (one epoch, one
+  minibatch): the old log-probs are then the current ones, held constant, so the ratio is 1
+  and its gradient is the policy gradient, with no extra forward pass.
+  """
+  stats = completion_logprobs(graphdef, params, mb.prompt_NxP, mb.prompt_mask_NxP,
+                              mb.completion_NxT, mb.completion_mask_NxT,
+                              temperature=temperature, with_entropy=True)
+  logp = stats.logp_NxT
+  mask = mb.completion_mask_NxT.astype(jnp.float32)
+  old = jax.lax.stop_gradient(logp) if on_policy else mb.old_logp_NxT
+  per_token = algo.policy_loss(logp, old, mb.adv_NxT, mask)
+  pg_loss = aggregate(per_token, mask, algo.aggregation, constant=aggregation_constant)
+  kl = jnp.zeros_like(logp)
+  if algo.kl_coef > 0:
+    kl = algo.kl_estimator(logp, mb.ref_logp_NxT)
+    per_token = per_token + algo.kl_coef * kl
+  if algo.entropy_coef:
+    per_token = per_token - algo.entropy_coef * stats.entropy_NxT
+  loss = aggregate(per_token, mask, algo.aggregation, constant=aggregation_constant)
+  metrics = dict(
+      loss=loss, pg_loss=pg_loss,
+      kl=aggregate(kl, mask, "token_mean"),
+      entropy=aggregate(jax.lax.stop_gradient(stats.entropy_NxT), mask, "token_mean"),
+      clip_frac=clip_fraction(jax.lax.stop_gradient(logp), old, mb.adv_NxT, mask,
+                              eps_low=algo.clip_eps_low, eps_high=algo.clip_eps_high))
+  return loss, metrics
+
+
+def make_rl_update(graphdef, algo: Algorithm, tx: optax.GradientTransformation, *,
+                   num_minibatches: int = 1, num_iterations: int = 1, temperature: float = 1.0,
+                   aggregation_constant: float | None = None,
+                   state_sharding=None, batch_sharding=None) -> Callable:
+  """Returns `update(state, batch, rng) -> (state, metrics)`, jitted with donated state."""
+  on_policy = num_minibatches == 1 and num_iterations == 1
+  loss_and_grad = jax.value_and_grad(
+      lambda p, mb: rl_loss(graphdef, p, mb, algo, temperature=temperature, on_policy=on_policy,
+                            aggregation_constant=aggregation_constant), has_aux=True)
+
+  def minibatch_step(state, mb):
+    (loss, metrics), grads = loss_and_grad(state.params, mb)
+    state, ok = apply_gradients(state, grads, loss, tx)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads), finite=ok.astype(jnp.float32))
+    return state, metrics
+
+  def update(state: TrainState, batch: TrainBatch, rng):
+    N = batch.completion_NxT.shape[0]
+    if N % num_minibatches:
+      raise ValueError(f"batch of {N} sequences does not split into {num_minibatches} minibatches")
+
+    def epoch(state, rng_e):
+      order = (jax.random.permutation(rng_e, N) if num_minibatches > 1 else jnp.arange(N))
+      mbs = jax.tree.map(
+          lambda x: x[order].reshape(num_minibatches, N // num_minibatches, *x.shape[1:]), batch)
+      return jax.lax.scan(minibatch_step, state, mbs)
+
+    state, metrics = jax.lax.scan(epoch, state, jax.random.split(rng, num_iterations))
+    metrics = jax.tree.map(jnp.mean, metrics)
+    metrics["skipped_updates"] = state.skipped
+    return state, metrics
+
+  shardings = {}
+  if state_sharding is not None:
+    shardings = dict(in_shardings=(state_sharding, batch_sharding, None),
+                     out_shardings=(state_sharding, None))
+  return jax.jit(update, donate_argnums=(0,), **shardings)
+
+
+def make_logprob_fn(graphdef, *, temperature: float = 1.0, batch_sharding=None) -> Callable:
+  """Jitted `(params, batch) -> logp_NxT` for the reference and old-policy passes."""
+  def fn(params, prompt, prompt_mask, completion, completion_mask):
+    return completion_logprobs(graphdef, params, prompt, prompt_mask, completion,
+                               completion_mask, temperature=temperature).logp_NxT
+  return jax.jit(fn)
+
+
+def sft_loss(graphdef, params, prompt, prompt_mask, target, target_mask):
+  """Supervised warm start: mean negative log-likelihood of the target tokens."""
+  stats = completion_logprobs(graphdef, params, prompt, prompt_mask, target, target_mask)
+  mask = target_mask.astype(jnp.float32)
+  loss = aggregate(-stats.logp_NxT, mask, "token_mean")
+  return loss, dict(loss=loss)
+
+
+def make_sft_step(graphdef, tx: optax.GradientTransformation, *, state_sharding=None,
+                  batch_sharding=None) -> Callable:
+  """Returns jitted `step(state, prompt, prompt_mask, target, target_mask) -> (state, metrics)`."""
+  grad_fn = jax.value_and_grad(lambda p, *b: sft_loss(graphdef, p, *b), has_aux=True)
+
+  def step(state: TrainState, prompt, prompt_mask, target, target_mask):
+    (loss, metrics), grads = grad_fn(state.params, prompt, prompt_mask, target, target_mask)
+    state, ok = apply_gradients(state, grads, loss, tx)
+    return state, dict(metrics, grad_norm=optax.global_norm(grads))
+
+  shardings = {}
+  if state_sharding is not None:
+    shardings = dict(in_shardings=(state_sharding,) + (batch_sharding,) * 4,
+                     out_shardings=(state_sharding, None))
+  return jax.jit(step, donate_argnums=(0,), **shardings)
