@@ -108,7 +108,7 @@ def make_rl_update(graphdef, algo: Algorithm, tx: optax.GradientTransformation, 
   def minibatch_step(state, mb):
     (loss, metrics), grads = loss_and_grad(state.params, mb)
     state, ok = apply_gradients(state, grads, loss, tx)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads), finite=ok.astype(jnp.float32))
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads), finite=ok.astype(jnp.float32))
     return state, metrics
 
   def update(state: TrainState, batch: TrainBatch, rng):
@@ -158,7 +158,7 @@ def make_sft_step(graphdef, tx: optax.GradientTransformation, *, state_sharding=
   def step(state: TrainState, prompt, prompt_mask, target, target_mask):
     (loss, metrics), grads = grad_fn(state.params, prompt, prompt_mask, target, target_mask)
     state, ok = apply_gradients(state, grads, loss, tx)
-    return state, dict(metrics, grad_norm=optax.global_norm(grads))
+    return state, dict(metrics, grad_norm=optax.tree.norm(grads))
 
   shardings = {}
   if state_sharding is not None:

@@ -5,6 +5,11 @@ Prompt `"<a><op><b>="`, answer the decimal result, e.g. `"348+67="` -> `"415"`. 
 the held-out split once and for all, so held-out problems are never drawn for training (SFT
 or RL), whatever the seed.
 
+Warm-start demonstrations can be deliberately flawed: with probability `sft_slip_prob` a
+demonstration of an addition forgets every carry (`"58+67="` -> `"15"`, the digit-wise sums
+mod 10), a systematic human-like slip. A policy imitating such a demonstrator puts much of its
+mass on the slip; reinforcement against the exact verifier has to find the right mode.
+
 Reward: 1 for an exactly right answer, else `partial_credit` times the fraction of answer
 digits that match position by position (0 disables shaping), minus nothing for length; a
 completion that is not a well-formed integer gets 0.
@@ -36,7 +41,7 @@ class ArithmeticTask:
   name = "arithmetic"
 
   def __init__(self, *, max_digits: int = 3, ops: str = "+", heldout_fraction: float = 1 / 16,
-               partial_credit: float = 0.0):
+               partial_credit: float = 0.0, sft_slip_prob: float = 0.0):
     if max_digits < 1:
       raise ValueError(f"task.max_digits must be >= 1, got {max_digits}")
     if not ops or set(ops) - set("+-*"):
@@ -44,7 +49,10 @@ class ArithmeticTask:
     if not 0 < heldout_fraction < 1:
       raise ValueError(f"task.heldout_fraction must be in (0, 1), got {heldout_fraction}")
     self.max_digits, self.ops = max_digits, ops
+    if not 0 <= sft_slip_prob <= 1:
+      raise ValueError(f"task.sft_slip_prob must be in [0, 1], got {sft_slip_prob}")
     self.heldout_fraction, self.partial_credit = heldout_fraction, partial_credit
+    self.sft_slip_prob = sft_slip_prob
     self.tokenizer = CharTokenizer(ALPHABET)
     self.max_prompt_len = 1 + 2 * max_digits + 2  # bos a op b =
     longest = 2 * max_digits if "*" in ops else max_digits + 1
@@ -60,19 +68,19 @@ class ArithmeticTask:
       d = rng.integers(1, self.max_digits + 1, size)
       lo = np.where(d == 1, 0, 10 ** (d - 1))
       return rng.integers(lo, 10**d)
-    return operand(n), operand(n), rng.integers(0, len(self.ops), n)
+    return operand(n), operand(n), rng.integers(0, len(self.ops), n), rng.random(n)
 
-  def _example(self, a: int, b: int, op: str) -> Example:
+  def _example(self, a: int, b: int, op: str, slip: bool = False) -> Example:
     value = {"+": a + b, "-": a - b, "*": a * b}[op]
-    return Example(prompt=f"{a}{op}{b}=", answer=str(value), meta=(a, op, b))
+    return Example(prompt=f"{a}{op}{b}=", answer=str(value), meta=(a, op, b, slip))
 
   def train_examples(self, rng: np.random.Generator, n: int) -> list[Example]:
     out: list[Example] = []
     while len(out) < n:
-      a, b, o = self._draw(rng, 2 * (n - len(out)) + 8)
+      a, b, o, u = self._draw(rng, 2 * (n - len(out)) + 8)
       keep = ~self._is_heldout(a, b, o)
-      out.extend(self._example(int(x), int(y), self.ops[k])
-                 for x, y, k in zip(a[keep], b[keep], o[keep]))
+      out.extend(self._example(int(x), int(y), self.ops[k], bool(s < self.sft_slip_prob))
+                 for x, y, k, s in zip(a[keep], b[keep], o[keep], u[keep]))
     return out[:n]
 
   def heldout_examples(self, n: int) -> list[Example]:
@@ -80,7 +88,7 @@ class ArithmeticTask:
     out: list[Example] = []
     seen = set()
     while len(out) < n:
-      a, b, o = self._draw(rng, 4 * n)
+      a, b, o, _ = self._draw(rng, 4 * n)
       keep = self._is_heldout(a, b, o)
       for x, y, k in zip(a[keep], b[keep], o[keep]):
         key = (int(x), int(y), int(k))
@@ -90,6 +98,10 @@ class ArithmeticTask:
     return out[:n]
 
   def sft_target(self, example: Example) -> str:
+    """The demonstration: the answer, or (a slip, additions only) the carry-free sum."""
+    a, op, b, slip = example.meta
+    if slip and op == "+":
+      return carry_free_sum(a, b)
     return example.answer
 
   def score(self, examples: Sequence[Example], completions: Sequence[str]) -> Scores:
@@ -108,3 +120,12 @@ class ArithmeticTask:
 
 def _is_int(s: str) -> bool:
   return bool(s) and (s.lstrip("-").isdigit()) and s.count("-") <= 1 and not s.endswith("-")
+
+
+def carry_free_sum(a: int, b: int) -> str:
+  """Digit-wise sums mod 10, i.e. addition that forgets every carry: 58 + 67 -> "15"."""
+  x, y = str(a)[::-1], str(b)[::-1]
+  width = max(len(x), len(y))
+  digits = [(int(x[i]) if i < len(x) else 0) + (int(y[i]) if i < len(y) else 0)
+            for i in range(width)]
+  return str(int("".join(str(d % 10) for d in digits)[::-1]))

@@ -1,0 +1,104 @@
+"""`rl-jax train | sft | eval`: run an experiment from a Python config file with overrides.
+
+  rl-jax train [--config=experiments/default.py] [--workdir=DIR] [--config.FIELD=VALUE ...]
+  rl-jax sft   [...same flags...]        supervised warm start only; `train` on DIR continues
+  rl-jax eval  --workdir=DIR [--step=N]  greedy held-out accuracy of a saved policy
+  rl-jax config [--config=...]           print the resolved config and exit
+
+Running `train` again on a DIR that has checkpoints resumes from the latest one. Without
+--workdir a fresh run gets `runs/<experiment>-<date-time>`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+USAGE = __doc__
+
+DEFAULT_CONFIG = os.path.join("experiments", "default.py")
+
+
+def parse_args(argv: list[str]):
+  """Returns (command, config_path, workdir, overrides, extra). Raises SystemExit on bad usage."""
+  if not argv or argv[0] in ("-h", "--help", "help"):
+    print(USAGE)
+    raise SystemExit(0 if argv else 2)
+  command, rest = argv[0], argv[1:]
+  if command not in ("train", "sft", "eval", "config"):
+    raise SystemExit(f"rl-jax: unknown command {command!r}\n{USAGE}")
+  config_path, workdir, overrides, extra = None, None, {}, {}
+  i = 0
+  while i < len(rest):
+    arg = rest[i]
+    if not arg.startswith("--"):
+      raise SystemExit(f"rl-jax: unexpected argument {arg!r} (flags look like --name=value)")
+    name, eq, value = arg[2:].partition("=")
+    if not eq:  # "--name value"
+      if i + 1 >= len(rest):
+        raise SystemExit(f"rl-jax: flag --{name} needs a value")
+      value, i = rest[i + 1], i + 1
+    if name == "config":
+      config_path = value
+    elif name == "workdir":
+      workdir = value
+    elif name.startswith("config."):
+      overrides[name[len("config."):]] = value
+    elif name == "step" and command == "eval":
+      extra["step"] = int(value)
+    else:
+      raise SystemExit(f"rl-jax: unknown flag --{name} for {command!r}\n{USAGE}")
+    i += 1
+  return command, config_path, workdir, overrides, extra
+
+
+def _default_config_path() -> str:
+  if os.path.exists(DEFAULT_CONFIG):
+    return DEFAULT_CONFIG
+  from rl_jax.config import ConfigError
+  raise ConfigError(f"no --config given and {DEFAULT_CONFIG} is not in the current directory; "
+                    "run from the repository root or pass --config=PATH")
+
+
+def resolve_config(config_path: str | None, overrides: dict[str, str]):
+  from rl_jax import config as config_lib
+  path = config_path or _default_config_path()
+  cd = config_lib.load_config_file(path)
+  cd = config_lib.apply_overrides(cd, overrides)
+  return config_lib.from_configdict(cd), path
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  command, config_path, workdir, overrides, extra = parse_args(argv)
+  from rl_jax import config as config_lib
+  from rl_jax.checkpoint import CheckpointError
+
+  try:
+    if command == "eval":
+      if not workdir:
+        raise SystemExit("rl-jax eval: --workdir=DIR is required")
+      from rl_jax import loop
+      loop.evaluate_workdir(workdir, overrides, step=extra.get("step"))
+      return 0
+    cfg, path = resolve_config(config_path, overrides)
+    if command == "config":
+      print(config_lib.to_json(cfg))
+      return 0
+    if workdir is None:
+      stem = os.path.splitext(os.path.basename(path))[0]
+      workdir = os.path.join("runs", f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    from rl_jax import loop
+    if command == "sft":
+      loop.run_sft_only(cfg, workdir)
+    else:
+      loop.run(cfg, workdir)
+    return 0
+  except (config_lib.ConfigError, CheckpointError) as e:
+    print(f"rl-jax {command}: error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

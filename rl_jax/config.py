@@ -1,0 +1,352 @@
+"""The run configuration: `ml_collections.ConfigDict` in experiment files, frozen and validated
+dataclasses inside the program.
+
+`experiments/<name>.py` defines `get_config()`; the CLI applies `--config.a.b=value` overrides;
+`from_configdict` turns the result into `RunConfig`, rejecting unknown fields and bad values
+with a message that names the field, before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import json
+import os
+import types
+import typing
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+
+class ConfigError(ValueError):
+  """A config field is unknown or has an invalid value; the message names the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  preset: str = "tiny"
+  d_model: int | None = None
+  num_layers: int | None = None
+  num_heads: int | None = None
+  num_kv_heads: int | None = None
+  head_dim: int | None = None
+  mlp_dim: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+  name: str = "arithmetic"
+  max_digits: int = 3
+  ops: str = "+"
+  partial_credit: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+  steps: int = 0  # supervised warm-start steps before RL (0 = start RL from scratch)
+  batch_size: int = 64
+  learning_rate: float = 1e-3
+  warmup_steps: int = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  steps: int = 100  # RL steps
+  learning_rate: float = 3e-4
+  warmup_steps: int = 0
+  weight_decay: float = 0.0
+  max_grad_norm: float = 1.0
+  num_minibatches: int = 1  # optimizer steps per epoch over a rollout batch
+  num_iterations: int = 1  # epochs over each rollout batch (mu in the GRPO paper)
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+  group_size: int = 8  # G samples per prompt
+  prompts_per_step: int = 32  # B prompts per step
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  max_new_tokens: int | None = None  # None = the task's longest answer
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgorithmConfig:
+  name: str = "grpo"
+  # None keeps the preset's default.
+  kl_coef: float | None = None
+  clip_eps_low: float | None = None
+  clip_eps_high: float | None = None
+  aggregation: str | None = None
+  std_ddof: int | None = None
+  entropy_coef: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  every: int = 50  # RL steps between held-out evaluations (0 = only before and after)
+  num_prompts: int = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  every: int = 50  # RL steps between checkpoints (the last step is always saved)
+  keep: int = 3
+  async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  data: int = -1  # -1 = all devices left over
+  fsdp: int = 1
+  tensor: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class LogConfig:
+  tensorboard: bool = True
+  wandb_project: str | None = None
+  progress_every: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  seed: int = 0
+  model: ModelConfig = ModelConfig()
+  task: TaskConfig = TaskConfig()
+  sft: SFTConfig = SFTConfig()
+  train: TrainConfig = TrainConfig()
+  rl: RLConfig = RLConfig()
+  sampling: SamplingConfig = SamplingConfig()
+  algorithm: AlgorithmConfig = AlgorithmConfig()
+  eval: EvalConfig = EvalConfig()
+  checkpoint: CheckpointConfig = CheckpointConfig()
+  mesh: MeshConfig = MeshConfig()
+  log: LogConfig = LogConfig()
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def default_configdict() -> ml_collections.ConfigDict:
+  """Every field with its default, as a ConfigDict (optional fields as typed placeholders)."""
+  return _to_configdict(RunConfig())
+
+
+def _to_configdict(dc) -> ml_collections.ConfigDict:
+  out = ml_collections.ConfigDict()
+  hints = typing.get_type_hints(type(dc))
+  for f in dataclasses.fields(dc):
+    value = getattr(dc, f.name)
+    if dataclasses.is_dataclass(value):
+      out[f.name] = _to_configdict(value)
+    elif value is None:
+      out[f.name] = config_dict.placeholder(_inner_type(hints[f.name]))
+    else:
+      out[f.name] = value
+  return out
+
+
+def _inner_type(hint):
+  args = [a for a in typing.get_args(hint) if a is not type(None)]
+  return args[0] if args else hint
+
+
+def _check_value(path: str, value, hint):
+  optional = type(None) in typing.get_args(hint)
+  base = _inner_type(hint)
+  if value is None:
+    if optional:
+      return None
+    raise ConfigError(f"config field {path!r} must not be None")
+  if base is float and isinstance(value, int) and not isinstance(value, bool):
+    return float(value)
+  if base is int and isinstance(value, float) and value.is_integer():
+    return int(value)
+  if base in (int, float) and isinstance(value, bool):
+    raise ConfigError(f"config field {path!r} must be {base.__name__}, got {value!r}")
+  if not isinstance(value, base):
+    raise ConfigError(f"config field {path!r} must be {base.__name__}, got "
+                      f"{type(value).__name__} {value!r}")
+  return value
+
+
+def _build(cls, data, prefix: str):
+  if isinstance(data, ml_collections.ConfigDict):
+    data = data.to_dict()
+  if not isinstance(data, dict):
+    raise ConfigError(f"config field {prefix.rstrip('.')!r} must be a section, got {data!r}")
+  hints = typing.get_type_hints(cls)
+  names = [f.name for f in dataclasses.fields(cls)]
+  kwargs = {}
+  for key, value in data.items():
+    path = prefix + key
+    if key not in names:
+      close = difflib.get_close_matches(key, names, n=1)
+      hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
+      raise ConfigError(f"unknown config field {path!r}{hint}; known fields of "
+                        f"{prefix.rstrip('.') or 'the config'}: {', '.join(names)}")
+    target = hints[key]
+    if dataclasses.is_dataclass(target):
+      kwargs[key] = _build(target, value, path + ".")
+    else:
+      kwargs[key] = _check_value(path, value, target)
+  return cls(**kwargs)
+
+
+def from_configdict(cfg: ml_collections.ConfigDict | dict) -> RunConfig:
+  """Converts and validates a config. Raises ConfigError naming the offending field."""
+  run = _build(RunConfig, cfg, "")
+  validate(run)
+  return run
+
+
+def _require(cond: bool, field: str, msg: str):
+  if not cond:
+    raise ConfigError(f"config field {field!r} {msg}")
+
+
+def validate(c: RunConfig, num_devices: int | None = None) -> None:
+  """Value checks that need no device; with `num_devices`, also the mesh shape."""
+  _require(c.seed >= 0, "seed", f"must be >= 0, got {c.seed}")
+  _require(c.train.steps >= 0, "train.steps", f"must be >= 0, got {c.train.steps}")
+  _require(c.sft.steps >= 0, "sft.steps", f"must be >= 0, got {c.sft.steps}")
+  _require(c.sft.batch_size >= 1, "sft.batch_size", f"must be >= 1, got {c.sft.batch_size}")
+  _require(c.rl.group_size >= 2, "rl.group_size",
+           f"must be >= 2 (group-relative advantages need two samples), got {c.rl.group_size}")
+  _require(c.rl.prompts_per_step >= 1, "rl.prompts_per_step",
+           f"must be >= 1, got {c.rl.prompts_per_step}")
+  for name in ("learning_rate",):
+    _require(getattr(c.train, name) > 0, f"train.{name}", "must be > 0")
+    _require(getattr(c.sft, name) > 0, f"sft.{name}", "must be > 0")
+  _require(c.train.num_minibatches >= 1, "train.num_minibatches", "must be >= 1")
+  _require(c.train.num_iterations >= 1, "train.num_iterations", "must be >= 1")
+  n = c.rl.group_size * c.rl.prompts_per_step
+  _require(n % c.train.num_minibatches == 0, "train.num_minibatches",
+           f"={c.train.num_minibatches} must divide the {n} sequences of a step "
+           f"(rl.prompts_per_step * rl.group_size)")
+  _require(c.eval.every >= 0, "eval.every", f"must be >= 0, got {c.eval.every}")
+  _require(c.eval.num_prompts >= 1, "eval.num_prompts", "must be >= 1")
+  _require(c.checkpoint.every >= 1, "checkpoint.every", f"must be >= 1, got {c.checkpoint.every}")
+  _require(c.checkpoint.keep >= 1, "checkpoint.keep", f"must be >= 1, got {c.checkpoint.keep}")
+  _require(c.sampling.temperature > 0, "sampling.temperature",
+           f"must be > 0 for RL sampling, got {c.sampling.temperature}")
+  _require(c.sampling.top_k >= 0, "sampling.top_k", "must be >= 0")
+  _require(0 < c.sampling.top_p <= 1, "sampling.top_p", "must be in (0, 1]")
+  if c.sampling.max_new_tokens is not None:
+    _require(c.sampling.max_new_tokens >= 1, "sampling.max_new_tokens", "must be >= 1")
+  _require(c.log.progress_every >= 1, "log.progress_every", "must be >= 1")
+  for axis in ("data", "fsdp", "tensor"):
+    size = getattr(c.mesh, axis)
+    _require(size == -1 or size >= 1, f"mesh.{axis}", f"must be -1 or >= 1, got {size}")
+  _require([c.mesh.data, c.mesh.fsdp, c.mesh.tensor].count(-1) <= 1, "mesh",
+           "may have at most one axis set to -1")
+  # Model and algorithm construction validate their own fields (names included).
+  from rl_jax import algorithms  # local: config is imported by everything
+  try:
+    algorithms.make_algorithm(**dataclasses.asdict(c.algorithm))
+  except (ValueError, NotImplementedError) as e:
+    raise ConfigError(str(e)) from None
+  if num_devices is not None:
+    mesh_shape(c.mesh, num_devices)
+
+
+def mesh_shape(m: MeshConfig, num_devices: int) -> dict[str, int]:
+  """Resolves -1 and checks that the mesh uses exactly the available devices."""
+  sizes = {"data": m.data, "fsdp": m.fsdp, "tensor": m.tensor}
+  fixed = 1
+  for v in sizes.values():
+    fixed *= v if v != -1 else 1
+  for axis, v in sizes.items():
+    if v == -1:
+      if num_devices % fixed:
+        raise ConfigError(f"config field 'mesh.{axis}' cannot be inferred: the other axes "
+                          f"({fixed} devices) do not divide the {num_devices} devices")
+      sizes[axis] = num_devices // fixed
+  total = sizes["data"] * sizes["fsdp"] * sizes["tensor"]
+  if total != num_devices:
+    raise ConfigError(f"config field 'mesh' (data={sizes['data']}, fsdp={sizes['fsdp']}, "
+                      f"tensor={sizes['tensor']}) uses {total} devices but {num_devices} are "
+                      f"available; set one axis to -1 or make the product {num_devices}")
+  return sizes
+
+
+# ---------------------------------------------------------------------------------------------
+# Experiment files and command-line overrides.
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """Imports `path` and calls its `get_config()`."""
+  if not os.path.exists(path):
+    raise ConfigError(f"config file {path!r} does not exist")
+  spec = importlib.util.spec_from_file_location("_rl_jax_experiment", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"config file {path!r} defines no get_config()")
+  return module.get_config()
+
+
+def _parse_scalar(path: str, raw: str, current, hint):
+  base = _inner_type(hint)
+  if raw.lower() in ("none", "null") and type(None) in typing.get_args(hint):
+    return None
+  try:
+    if base is bool:
+      if raw.lower() in ("true", "1", "yes"):
+        return True
+      if raw.lower() in ("false", "0", "no"):
+        return False
+      raise ValueError(raw)
+    if base is int:
+      return int(raw)
+    if base is float:
+      return float(raw)
+    return raw
+  except ValueError:
+    raise ConfigError(f"config field {path!r} must be {base.__name__}, got {raw!r}") from None
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict[str, str]
+                    ) -> ml_collections.ConfigDict:
+  """Applies `{"train.steps": "6", ...}` (strings from the command line) to `cfg`."""
+  cfg = ml_collections.ConfigDict(cfg.to_dict())
+  for path, raw in overrides.items():
+    parts = path.split(".")
+    cls, node = RunConfig, cfg
+    for i, part in enumerate(parts):
+      names = [f.name for f in dataclasses.fields(cls)]
+      prefix = ".".join(parts[:i])
+      if part not in names:
+        close = difflib.get_close_matches(part, names, n=1)
+        hint = f" (did you mean {'.'.join(parts[:i] + [close[0]])!r}?)" if close else ""
+        raise ConfigError(f"unknown config field {path!r}{hint}; known fields of "
+                          f"{prefix or 'the config'}: {', '.join(names)}")
+      target = typing.get_type_hints(cls)[part]
+      if i < len(parts) - 1:
+        if not dataclasses.is_dataclass(target):
+          raise ConfigError(f"config field {'.'.join(parts[:i + 1])!r} is not a section")
+        if part not in node:
+          node[part] = ml_collections.ConfigDict()
+        cls, node = target, node[part]
+      else:
+        if dataclasses.is_dataclass(target):
+          raise ConfigError(f"config field {path!r} is a section; set one of its fields")
+        with node.ignore_type():
+          node[part] = _parse_scalar(path, raw, node.get(part), target)
+  return cfg
+
+
+def to_json(c: RunConfig) -> str:
+  return json.dumps(c.to_dict(), indent=2, sort_keys=True)
+
+
+def from_json(text: str) -> RunConfig:
+  return from_configdict(json.loads(text))

@@ -1,0 +1,380 @@
+"""The RL loop, top-down: warm start, then per step sample -> score -> reference -> advantages ->
+update -> log -> evaluate -> checkpoint.
+
+`run(config, workdir)` is the whole experiment. Everything numeric happens in jitted functions
+built once in `Experiment`; this file only tells the story and moves host data (prompt text,
+completions, rewards) in and out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rl_jax import algorithms, config as config_lib, parallel, trainer
+from rl_jax.checkpoint import Checkpointer, CheckpointError
+from rl_jax.metrics import MetricsWriter, Progress, format_duration, plot_rewards
+from rl_jax.models import transformer
+from rl_jax.sampling import SamplingConfig, generate
+from rl_jax.tasks import Example, make_task
+from rl_jax.types import TrainBatch
+
+# Separate, fixed streams for the host-side data of each phase.
+_SFT_STREAM, _RL_STREAM = 1, 2
+
+
+def _print(msg: str) -> None:
+  print(msg, flush=True)
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything built from a config before the first step: mesh, task, model, jitted steps."""
+
+  config: config_lib.RunConfig
+  mesh: Any
+  task: Any
+  graphdef: Any
+  model_cfg: transformer.TransformerConfig
+  algo: algorithms.Algorithm
+  prompt_len: int
+  sampling: SamplingConfig
+  greedy: SamplingConfig
+
+  @classmethod
+  def build(cls, config: config_lib.RunConfig, devices=None,
+            algorithm: algorithms.Algorithm | None = None) -> "Experiment":
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = config_lib.mesh_shape(config.mesh, len(devices))
+    mesh = parallel.make_mesh(sizes, devices)
+    div = sizes["data"] * sizes["fsdp"]
+    if config.rl.prompts_per_step % div:
+      raise config_lib.ConfigError(
+          f"config field 'rl.prompts_per_step'={config.rl.prompts_per_step} must be a multiple "
+          f"of the batch-sharding degree mesh.data * mesh.fsdp = {div}")
+    if config.sft.steps and config.sft.batch_size % div:
+      raise config_lib.ConfigError(
+          f"config field 'sft.batch_size'={config.sft.batch_size} must be a multiple of "
+          f"mesh.data * mesh.fsdp = {div}")
+    t = config.task
+    task = make_task(t.name, max_digits=t.max_digits, ops=t.ops, partial_credit=t.partial_credit)
+    m = config.model
+    overrides = {k: v for k, v in dataclasses.asdict(m).items() if k != "preset" and v is not None}
+    model_cfg = transformer.preset(m.preset, task.tokenizer.vocab_size, **overrides)
+    graphdef, _ = transformer.abstract_model(model_cfg)
+    algo = algorithm or algorithms.make_algorithm(**dataclasses.asdict(config.algorithm))
+    max_new = config.sampling.max_new_tokens or task.max_answer_len
+    eos, pad = task.tokenizer.eos_id, task.tokenizer.pad_id
+    sampling = SamplingConfig(max_new_tokens=max_new, temperature=config.sampling.temperature,
+                              top_k=config.sampling.top_k, top_p=config.sampling.top_p,
+                              eos_id=eos, pad_id=pad)
+    greedy = SamplingConfig(max_new_tokens=max_new, temperature=0.0, eos_id=eos, pad_id=pad)
+    prompt_len = -(-task.max_prompt_len // 8) * 8  # one shape bucket: nothing recompiles
+    return cls(config, mesh, task, graphdef, model_cfg, algo, prompt_len, sampling, greedy)
+
+  # --- placement -------------------------------------------------------------------------------
+
+  def init_params(self, seed: int):
+    """Initialises parameters directly at their shardings (jit with out_shardings)."""
+    _, abstract = transformer.abstract_model(self.model_cfg)
+    shardings = parallel.param_shardings(abstract, self.mesh)
+    init = jax.jit(lambda: transformer.init_model(self.model_cfg, seed)[1], out_shardings=shardings)
+    return init()
+
+  def init_state(self, params, tx):
+    abstract = jax.eval_shape(lambda p: trainer.init_state(p, tx), params)
+    shardings = parallel.state_shardings(abstract, self.mesh)
+    return jax.jit(lambda p: trainer.init_state(p, tx), out_shardings=shardings)(params), shardings
+
+  def shard(self, tree):
+    return parallel.shard_batch(tree, self.mesh)
+
+  # --- host <-> device -----------------------------------------------------------------------
+
+  def encode_prompts(self, examples: list[Example]):
+    return self.task.tokenizer.batch_encode_left_padded([e.prompt for e in examples],
+                                                        self.prompt_len)
+
+  def encode_targets(self, examples: list[Example]):
+    T = self.sampling.max_new_tokens
+    tokens = np.full((len(examples), T), self.task.tokenizer.pad_id, np.int32)
+    mask = np.zeros((len(examples), T), bool)
+    for i, ex in enumerate(examples):
+      ids = self.task.tokenizer.encode(self.task.sft_target(ex), eos=True)[:T]
+      tokens[i, :len(ids)], mask[i, :len(ids)] = ids, True
+    return tokens, mask
+
+  def decode(self, tokens_NxT) -> list[str]:
+    return [self.task.tokenizer.decode(row) for row in np.asarray(tokens_NxT)]
+
+  # --- evaluation ----------------------------------------------------------------------------
+
+  def evaluate(self, params, examples: list[Example]) -> dict[str, float]:
+    """Greedy accuracy and mean reward on `examples` (padded to the batch-sharding degree)."""
+    div = parallel.batch_divisor(self.mesh)
+    padded = examples + examples[: (-len(examples)) % div]
+    prompts, mask = self.shard(self.encode_prompts(padded))
+    out = generate(self.graphdef, params, prompts, mask, jax.random.key(0), cfg=self.greedy,
+                   group_size=1)
+    completions = self.decode(out.tokens_NxT)[:len(examples)]
+    scores = self.task.score(examples, completions)
+    result = dict(reward_mean=float(scores.rewards.mean()), n=len(examples),
+                  response_len_mean=float(np.asarray(out.lengths_N)[:len(examples)].mean()))
+    if scores.correct is not None:
+      result["accuracy"] = float(scores.correct.mean())
+    return result
+
+
+def warm_start(exp: Experiment, params, *, log: Callable[[str], None] = _print):
+  """Supervised fine-tuning on the task's reference answers (train split only)."""
+  c = exp.config.sft
+  tx = trainer.make_optimizer(learning_rate=c.learning_rate, warmup_steps=c.warmup_steps)
+  state, state_sh = exp.init_state(params, tx)
+  batch_sh = parallel.batch_sharding(exp.mesh)
+  step_fn = trainer.make_sft_step(exp.graphdef, tx, state_sharding=state_sh,
+                                  batch_sharding=batch_sh)
+  t0, report = time.time(), max(1, c.steps // 5)
+  for i in range(c.steps):
+    rng = np.random.default_rng([exp.config.seed, _SFT_STREAM, i])
+    examples = exp.task.train_examples(rng, c.batch_size)
+    batch = exp.shard((*exp.encode_prompts(examples), *exp.encode_targets(examples)))
+    state, m = step_fn(state, *batch)
+    if (i + 1) % report == 0 or i + 1 == c.steps:
+      log(f"sft step {i + 1:5d}/{c.steps} | loss {float(m['loss']):.4f} | "
+          f"{format_duration(time.time() - t0)}")
+  return state.params
+
+
+def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None] = _print,
+        stream=sys.stdout, algorithm: algorithms.Algorithm | None = None) -> dict[str, Any]:
+  """Runs (or resumes) an RL experiment in `workdir`. Returns the final summary.
+
+  `algorithm` replaces the config's preset with any `Algorithm` (e.g. one defined in a
+  notebook); `config.algorithm` is then only recorded.
+  """
+  t_start = time.time()
+  config_lib.validate(config, jax.device_count())
+  exp = Experiment.build(config, algorithm=algorithm)
+  c = config
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config_lib.to_json(c))
+  log(f"rl_jax: {exp.algo.name} on {exp.task.name} | model {c.model.preset} "
+      f"({exp.model_cfg.num_params() / 1e6:.2f} M params) | {jax.device_count()} "
+      f"{jax.devices()[0].platform} device(s), mesh {dict(exp.mesh.shape)} | workdir {workdir}")
+
+  tx = trainer.make_optimizer(learning_rate=c.train.learning_rate,
+                              warmup_steps=c.train.warmup_steps,
+                              weight_decay=c.train.weight_decay,
+                              max_grad_norm=c.train.max_grad_norm)
+  ckpt = Checkpointer(workdir, keep=c.checkpoint.keep, async_save=c.checkpoint.async_save)
+  writer = MetricsWriter(workdir, tensorboard=c.log.tensorboard,
+                         wandb_project=c.log.wandb_project, config=c.to_dict())
+  heldout = exp.task.heldout_examples(c.eval.num_prompts)
+  root_key = jax.random.key(c.seed)
+  summary: dict[str, Any] = {}
+
+  # 1. Initial state: resume, or warm-start and save the reference policy.
+  params = exp.init_params(c.seed)
+  start = ckpt.latest_step()
+  if start is not None:
+    state, state_sh = exp.init_state(params, tx)
+    state, root_key, meta = ckpt.restore(start, state, root_key)
+    ref_params = ckpt.restore_reference(params)
+    if meta.get("data_position") != start:
+      raise CheckpointError(f"checkpoint step {start} has data position "
+                            f"{meta.get('data_position')}; the workdir is inconsistent")
+    log(f"resumed from checkpoint step {start} in {ckpt.directory}")
+  else:
+    writer.truncate_from(0)  # a fresh run owns the workdir's logs
+    if ckpt.has_reference():
+      params = ckpt.restore_reference(params)
+      log(f"warm start loaded from {ckpt.reference_dir}")
+    elif c.sft.steps:
+      log(f"warm start: {c.sft.steps} supervised steps on the train split")
+      params = warm_start(exp, params, log=log)
+      ckpt.save_reference(params)
+    else:
+      ckpt.save_reference(params)
+    ref_params = params
+    state, state_sh = exp.init_state(params, tx)
+    start = 0
+    before = exp.evaluate(state.params, heldout)
+    writer.write_eval(0, before)
+    log(f"held-out before RL: {_fmt_eval(before)}")
+  writer.truncate_from(start + 1)  # drop rows a crashed run logged after its last checkpoint
+
+  # 2. The jitted pieces of one step.
+  batch_sh = parallel.batch_sharding(exp.mesh)
+  update = trainer.make_rl_update(exp.graphdef, exp.algo, tx,
+                                  num_minibatches=c.train.num_minibatches,
+                                  num_iterations=c.train.num_iterations,
+                                  temperature=c.sampling.temperature,
+                                  aggregation_constant=exp.algo.aggregation_constant
+                                  or exp.sampling.max_new_tokens,
+                                  state_sharding=state_sh, batch_sharding=batch_sh)
+  logprob_fn = trainer.make_logprob_fn(exp.graphdef, temperature=c.sampling.temperature)
+  need_ref = exp.algo.kl_coef > 0
+  on_policy = c.train.num_minibatches == 1 and c.train.num_iterations == 1
+  sampler_logp_exact = (c.sampling.temperature == 1.0 and c.sampling.top_k == 0
+                        and c.sampling.top_p == 1.0)
+  B, G = c.rl.prompts_per_step, c.rl.group_size
+
+  # 3. The RL steps.
+  progress = Progress(c.train.steps, stream=stream, every=c.log.progress_every)
+  last_eval = None
+  for step in range(start + 1, c.train.steps + 1):
+    t0 = time.time()
+    step_key = jax.random.fold_in(root_key, step)
+    sample_key, update_key = jax.random.split(step_key)
+
+    # Prompts: data position = step; each step's prompts come from their own seeded stream.
+    examples = exp.task.train_examples(np.random.default_rng([c.seed, _RL_STREAM, step]), B)
+    prompts, prompt_mask = exp.shard(exp.encode_prompts(examples))
+    roll = generate(exp.graphdef, state.params, prompts, prompt_mask, sample_key,
+                    cfg=exp.sampling, group_size=G)
+    completions = exp.decode(roll.tokens_NxT)
+    group_examples = [ex for ex in examples for _ in range(G)]
+    scores = exp.task.score(group_examples, completions)
+    t_rollout = time.time() - t0
+
+    # Reference and behaviour log-probs, advantages.
+    t1 = time.time()
+    rep = lambda x: jnp.repeat(x, G, axis=0)
+    prompt_N, prompt_mask_N = exp.shard((rep(prompts), rep(prompt_mask)))
+    zeros = jnp.zeros(roll.logp_NxT.shape, jnp.float32)
+    ref_logp = (logprob_fn(ref_params, prompt_N, prompt_mask_N, roll.tokens_NxT, roll.mask_NxT)
+                if need_ref else zeros)
+    if on_policy:
+      old_logp = zeros  # the update uses stop_gradient(current log-probs): ratio exactly 1
+    elif sampler_logp_exact:
+      old_logp = roll.logp_NxT
+    else:
+      old_logp = logprob_fn(state.params, prompt_N, prompt_mask_N, roll.tokens_NxT, roll.mask_NxT)
+    rewards_BxG = jnp.asarray(scores.rewards.reshape(B, G))
+    adv_N = exp.algo.advantages(rewards_BxG).reshape(-1)
+    adv_NxT = jnp.broadcast_to(adv_N[:, None], roll.logp_NxT.shape)
+    batch = exp.shard(TrainBatch(prompt_N, prompt_mask_N, roll.tokens_NxT, roll.mask_NxT,
+                                 adv_NxT, old_logp, ref_logp))
+    state, m = update(state, batch, update_key)
+    m = jax.device_get(m)
+    t_update = time.time() - t1
+
+    lengths = np.asarray(roll.lengths_N)
+    metrics = dict(
+        reward_mean=float(scores.rewards.mean()), reward_std=float(scores.rewards.std()),
+        loss=float(m["loss"]), pg_loss=float(m["pg_loss"]), kl=float(m["kl"]),
+        entropy=float(m["entropy"]), clip_frac=float(m["clip_frac"]),
+        grad_norm=float(m["grad_norm"]), skipped_updates=int(m["skipped_updates"]),
+        response_len_mean=float(lengths.mean()), rollout_s=t_rollout, update_s=t_update,
+        gen_tokens_per_s=float(lengths.sum() / max(t_rollout, 1e-9)),
+        step_s=time.time() - t0)
+    if scores.correct is not None:
+      metrics["accuracy"] = float(scores.correct.mean())
+    writer.write(step, metrics)
+    progress.update(step, metrics)
+
+    if (c.eval.every and step % c.eval.every == 0) or step == c.train.steps:
+      last_eval = exp.evaluate(state.params, heldout)
+      writer.write_eval(step, last_eval)
+      progress.log(f"held-out at step {step}: {_fmt_eval(last_eval)}")
+    if step % c.checkpoint.every == 0 or step == c.train.steps:
+      meta = dict(step=step, data_position=step, config=c.to_dict())
+      try:
+        ckpt.save(step, state, root_key, meta)
+      except CheckpointError as e:  # never replace a good checkpoint with a bad state
+        progress.log(f"warning: {e}")
+  progress.close()
+  ckpt.close()
+  writer.close()
+
+  # 4. Summary: held-out accuracy before and after RL.
+  from rl_jax.metrics import read_jsonl
+  evals = read_jsonl(os.path.join(workdir, "eval.jsonl"))
+  if evals:
+    first, final = evals[0], evals[-1]
+    summary = dict(before=first, after=final, wall_s=time.time() - t_start, workdir=workdir)
+    if "accuracy" in first and first["step"] == 0:
+      log(f"held-out accuracy: {first['accuracy']:.1%} before RL -> {final['accuracy']:.1%} "
+          f"after {final['step']} RL steps ({final['n']} prompts never trained on)")
+  plot_rewards(workdir)
+  log(f"done in {format_duration(time.time() - t_start)}; metrics, checkpoints and reward.png "
+      f"in {workdir}")
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  return summary
+
+
+def _fmt_eval(e: dict) -> str:
+  acc = f"accuracy {e['accuracy']:.1%} | " if "accuracy" in e else ""
+  return f"{acc}reward {e['reward_mean']:.3f} | n {e['n']}"
+
+
+def run_sft_only(config: config_lib.RunConfig, workdir: str, *,
+                 log: Callable[[str], None] = _print) -> dict[str, Any]:
+  """`rl-jax sft`: the supervised warm start alone, saved as the workdir's reference policy.
+
+  A later `rl-jax train` on the same workdir starts RL from it instead of warm-starting again.
+  """
+  config_lib.validate(config, jax.device_count())
+  exp = Experiment.build(config)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config_lib.to_json(config))
+  ckpt = Checkpointer(workdir)
+  if ckpt.has_reference():
+    raise CheckpointError(f"{ckpt.reference_dir} already holds a warm-start policy; "
+                          "use a new --workdir")
+  params = exp.init_params(config.seed)
+  before = exp.evaluate(params, exp.task.heldout_examples(config.eval.num_prompts))
+  log(f"held-out before SFT: {_fmt_eval(before)}")
+  params = warm_start(exp, params, log=log)
+  ckpt.save_reference(params)
+  after = exp.evaluate(params, exp.task.heldout_examples(config.eval.num_prompts))
+  log(f"held-out after SFT: {_fmt_eval(after)}; saved to {ckpt.reference_dir}")
+  ckpt.close()
+  return dict(before=before, after=after)
+
+
+def evaluate_workdir(workdir: str, overrides: dict[str, str] | None = None, *,
+                     step: int | None = None, log: Callable[[str], None] = _print
+                     ) -> dict[str, Any]:
+  """`rl-jax eval`: greedy held-out metrics of the policy saved in `workdir`.
+
+  Uses the checkpoint at `step` (default: the latest); with no RL checkpoint, the warm-start
+  reference policy. The run's own `config.json` defines the model and task.
+  """
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise CheckpointError(f"{workdir} has no config.json: is it an rl_jax workdir?")
+  with open(path) as f:
+    cd = json.load(f)
+  import ml_collections
+  cd = config_lib.apply_overrides(ml_collections.ConfigDict(cd), overrides or {})
+  config = config_lib.from_configdict(cd)
+  exp = Experiment.build(config)
+  ckpt = Checkpointer(workdir, keep=config.checkpoint.keep)
+  params = exp.init_params(config.seed)
+  if step is not None or ckpt.latest_step() is not None:
+    tx = trainer.make_optimizer(learning_rate=config.train.learning_rate,
+                                warmup_steps=config.train.warmup_steps,
+                                weight_decay=config.train.weight_decay,
+                                max_grad_norm=config.train.max_grad_norm)
+    state, _ = exp.init_state(params, tx)
+    state, _, meta = ckpt.restore(step, state, jax.random.key(config.seed))
+    params, source = state.params, f"checkpoint step {meta['step']}"
+  else:
+    params, source = ckpt.restore_reference(params), "the warm-start reference policy"
+  result = exp.evaluate(params, exp.task.heldout_examples(config.eval.num_prompts))
+  log(f"{source}: held-out {_fmt_eval(result)}")
+  ckpt.close()
+  return result

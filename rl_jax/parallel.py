@@ -1,0 +1,113 @@
+"""Mesh and partition rules: the one place that decides where arrays live.
+
+The mesh has named axes `data`, `fsdp` and `tensor`, sized from config (`-1` = the rest).
+Parameters are placed by regex rules on their path (one table per model family); batches
+shard their leading (sequence) axis over `data` x `fsdp`. Every jitted step is compiled with
+these shardings, so one program runs on 1 CPU, 8 fake CPU devices, a GPU, or a pod.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# Decoder parameters, by pure-dict path ("layers/0/attn/q_proj/kernel"). First match wins.
+# Kernels are [in, out]: column-parallel layers split `out` over tensor, row-parallel `in`;
+# the other dimension is split over fsdp. Norm scales and biases are replicated.
+TRANSFORMER_RULES: tuple[tuple[str, P], ...] = (
+    (r"embed/embedding$", P("tensor", "fsdp")),
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)/kernel$", P("fsdp", "tensor")),
+    (r"(o_proj|down_proj)/kernel$", P("tensor", "fsdp")),
+    (r"lm_head/kernel$", P("fsdp", "tensor")),
+    (r"value_head/kernel$", P("fsdp", None)),
+    (r".*", P()),
+)
+
+
+def make_mesh(sizes: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A mesh with axes (data, fsdp, tensor) of the given sizes, GSPMD (Auto) axis types."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = tuple(sizes[a] for a in AXES)
+  if int(np.prod(shape)) != len(devices):
+    raise ValueError(f"mesh {dict(zip(AXES, shape))} needs {int(np.prod(shape))} devices, "
+                     f"have {len(devices)}")
+  return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+
+
+def path_str(path) -> str:
+  parts = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+  return "/".join(parts)
+
+
+def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
+  """Drops axes that do not divide their dimension (small models stay replicated there)."""
+  entries = list(spec) + [None] * (len(shape) - len(spec))
+  out = []
+  for dim, axis in zip(shape, entries[:len(shape)]):
+    names = (axis,) if isinstance(axis, str) else tuple(axis or ())
+    size = int(np.prod([mesh.shape[n] for n in names])) if names else 1
+    out.append(axis if names and dim % size == 0 and size > 1 else None)
+  return P(*out)
+
+
+def param_specs(params, mesh: Mesh, rules=TRANSFORMER_RULES):
+  """PartitionSpec per parameter: the first rule whose regex matches the path."""
+  def spec_for(path, leaf):
+    name = path_str(path)
+    for pattern, spec in rules:
+      if re.search(pattern, name):
+        return _fit(spec, tuple(leaf.shape), mesh)
+    return P()
+  return jax.tree_util.tree_map_with_path(spec_for, params)
+
+
+def param_shardings(params, mesh: Mesh, rules=TRANSFORMER_RULES):
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(params, mesh, rules))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading axis over data x fsdp, the rest replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_divisor(mesh: Mesh) -> int:
+  return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+
+def shard_batch(tree, mesh: Mesh):
+  """Places host arrays with their leading axis split over data x fsdp."""
+  return jax.device_put(tree, batch_sharding(mesh))
+
+
+def state_shardings(state, mesh: Mesh, rules=TRANSFORMER_RULES):
+  """Shardings for a pytree containing params-shaped subtrees (train state, optimizer moments).
+
+  Any leaf whose path ends with a parameter path is placed like that parameter; scalars and
+  everything else are replicated.
+  """
+  def spec_for(path, leaf):
+    if not hasattr(leaf, "shape") or len(leaf.shape) == 0:
+      return NamedSharding(mesh, P())
+    name = path_str(path)
+    for pattern, spec in rules:
+      if pattern != r".*" and re.search(pattern, name):
+        return NamedSharding(mesh, _fit(spec, tuple(leaf.shape), mesh))
+    return NamedSharding(mesh, P())
+  return jax.tree_util.tree_map_with_path(spec_for, state)

@@ -1,0 +1,292 @@
+"""Tests of rl_jax.sampling.sampler: sampler == forward pass, EOS handling, groups, no recompiles.
+
+Dimensions are pairwise distinct so shape mix-ups fail: V=37, D=41, H=4, K=2, Dh=10, F=53,
+B=3 prompts of P=7 slots (left padded to 7, 4 and 2 real tokens), G=3, T=11.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rl_jax.logprobs import completion_logprobs
+from rl_jax.models import transformer
+from rl_jax.sampling.sampler import SamplingConfig, filter_logits, generate
+
+CFG = transformer.TransformerConfig(
+    vocab_size=37, d_model=41, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=10,
+    mlp_dim=53)
+B, P, G, T = 3, 7, 3, 11
+LENGTHS = (7, 4, 2)
+
+
+@pytest.fixture(scope="module")
+def model():
+  return transformer.init_model(CFG, seed=0)
+
+
+def _prompts(seed, lengths=LENGTHS, width=P):
+  """Left-padded random prompts; pads hold garbage tokens so leaks through the mask show."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(3, CFG.vocab_size, (len(lengths), width)).astype(np.int32)
+  mask = np.arange(width)[None, :] >= width - np.asarray(lengths)[:, None]
+  return tokens, mask
+
+
+def _rep(x, g):
+  return np.repeat(np.asarray(x), g, axis=0)
+
+
+def _check_layout(s, cfg: SamplingConfig, n):
+  """Structural invariants of `Samples` that hold for any model."""
+  tokens, logp, mask, lengths = map(np.asarray, s)
+  assert tokens.shape == logp.shape == mask.shape == (n, cfg.max_new_tokens)
+  assert tokens.dtype == np.int32 and logp.dtype == np.float32 and mask.dtype == bool
+  assert lengths.shape == (n,) and lengths.dtype == np.int32
+  # The mask is a prefix of length `lengths`, ending at the first EOS (if any).
+  np.testing.assert_array_equal(mask, np.arange(cfg.max_new_tokens)[None] < lengths[:, None])
+  for row, length in zip(tokens, lengths):
+    eos_at = np.flatnonzero(row[:length] == cfg.eos_id)
+    assert eos_at.size == 0 and length == cfg.max_new_tokens or (
+        eos_at.size == 1 and eos_at[0] == length - 1), (row, length)
+  assert np.all(tokens[~mask] == cfg.pad_id)
+  assert np.all(logp[~mask] == 0.0)
+  assert np.all(logp[mask] <= 0.0)
+
+
+# --- sampler == trainer log-probs ---------------------------------------------
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampler_logp_equals_completion_logprobs(model, temperature):
+  graphdef, params = model
+  cfg = SamplingConfig(max_new_tokens=T, temperature=temperature)
+  prompt, prompt_mask = _prompts(0)
+  s = generate(graphdef, params, prompt, prompt_mask, jax.random.key(1), cfg=cfg, group_size=G)
+  _check_layout(s, cfg, B * G)
+
+  stats = completion_logprobs(graphdef, params, _rep(prompt, G), _rep(prompt_mask, G),
+                              s.tokens_NxT, s.mask_NxT, temperature=temperature)
+  mask = np.asarray(s.mask_NxT)
+  assert mask.sum() > B * G  # several tokens per row on average: a real comparison
+  np.testing.assert_allclose(np.asarray(s.logp_NxT)[mask], np.asarray(stats.logp_NxT)[mask],
+                             atol=1e-5, rtol=1e-5)
+  assert np.all(np.asarray(stats.logp_NxT)[~mask] == 0.0)
+
+
+def test_group_rows_differ_and_rng_is_deterministic(model):
+  graphdef, params = model
+  cfg = SamplingConfig(max_new_tokens=T, temperature=1.0)  # same compile as above
+  prompt, prompt_mask = _prompts(0)
+  s = generate(graphdef, params, prompt, prompt_mask, jax.random.key(2), cfg=cfg, group_size=G)
+  tokens = np.asarray(s.tokens_NxT).reshape(B, G, T)
+  for b in range(B):
+    rows = {tuple(r) for r in tokens[b]}
+    assert len(rows) == G, f"prompt {b}: samples of a group are not independent\n{tokens[b]}"
+  again = generate(graphdef, params, prompt, prompt_mask, jax.random.key(2), cfg=cfg,
+                   group_size=G)
+  np.testing.assert_array_equal(again.tokens_NxT, s.tokens_NxT)
+  other = generate(graphdef, params, prompt, prompt_mask, jax.random.key(3), cfg=cfg,
+                   group_size=G)
+  assert np.any(np.asarray(other.tokens_NxT) != np.asarray(s.tokens_NxT))
+
+
+# --- greedy -------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _full_logits(graphdef, params, tokens_NxL, mask_NxL):
+  positions = transformer.positions_from_mask(mask_NxL)
+  return transformer.merge(graphdef, params)(tokens_NxL, positions, mask_NxL)[0]
+
+
+def _greedy_reference(graphdef, params, prompt, prompt_mask, steps, eos_id, pad_id):
+  """Argmax decoding by re-running the whole sequence without a cache at every step."""
+  n = prompt.shape[0]
+  tokens = np.concatenate([prompt, np.full((n, steps), pad_id, np.int32)], axis=1)
+  mask = np.concatenate([prompt_mask, np.zeros((n, steps), bool)], axis=1)
+  for t in range(steps):
+    mask[:, P + t] = True
+    logits = np.asarray(_full_logits(graphdef, params, tokens, mask))
+    tokens[:, P + t] = logits[:, P - 1 + t].argmax(-1)
+  out = tokens[:, P:]
+  for row in out:  # everything after the first EOS becomes padding
+    eos_at = np.flatnonzero(row == eos_id)
+    if eos_at.size:
+      row[eos_at[0] + 1:] = pad_id
+  return out
+
+
+def test_greedy_equals_argmax_loop_without_cache(model):
+  graphdef, params = model
+  cfg = SamplingConfig(max_new_tokens=T, temperature=0.0)
+  prompt, prompt_mask = _prompts(4)
+  s = generate(graphdef, params, prompt, prompt_mask, jax.random.key(5), cfg=cfg, group_size=G)
+  _check_layout(s, cfg, B * G)
+  expected = _greedy_reference(graphdef, params, prompt, prompt_mask, T, cfg.eos_id,
+                               cfg.pad_id)
+  # Every sample of a group sees the same prompt: greedy makes them identical.
+  np.testing.assert_array_equal(s.tokens_NxT, _rep(expected, G))
+  # Greedy log-probs are those of the untempered policy.
+  stats = completion_logprobs(graphdef, params, _rep(prompt, G), _rep(prompt_mask, G),
+                              s.tokens_NxT, s.mask_NxT)
+  np.testing.assert_allclose(s.logp_NxT, stats.logp_NxT, atol=1e-5, rtol=1e-5)
+
+
+def test_top_k_1_equals_greedy(model):
+  graphdef, params = model
+  prompt, prompt_mask = _prompts(6)
+  greedy = generate(graphdef, params, prompt, prompt_mask, jax.random.key(0),
+                    cfg=SamplingConfig(max_new_tokens=T, temperature=0.0), group_size=G)
+  top1 = generate(graphdef, params, prompt, prompt_mask, jax.random.key(7),
+                  cfg=SamplingConfig(max_new_tokens=T, temperature=1.0, top_k=1), group_size=G)
+  np.testing.assert_array_equal(top1.tokens_NxT, greedy.tokens_NxT)
+  np.testing.assert_array_equal(top1.mask_NxT, greedy.mask_NxT)
+  # At temperature 1 both report log pi(token), before truncation.
+  np.testing.assert_allclose(top1.logp_NxT, greedy.logp_NxT, atol=1e-6)
+
+
+# --- EOS ----------------------------------------------------------------------
+
+
+def _bigram_params(params, next_token: dict[int, int], margin=40.0):
+  """Turns the transformer into a bigram model: logits depend on the current token only.
+
+  Attention and MLP outputs are zeroed (o_proj, down_proj), so the residual stream is the
+  token's embedding; embeddings are one-hot (D >= V) and lm_head maps token v to logits with
+  `margin` on `next_token[v]` and 0 elsewhere.
+  """
+  V, D = CFG.vocab_size, CFG.d_model
+  p = jax.tree.map(np.array, params)  # writable copies
+  for layer in p["layers"].values():
+    layer["attn"]["o_proj"]["kernel"][:] = 0.0
+    layer["mlp"]["down_proj"]["kernel"][:] = 0.0
+  p["embed"]["embedding"][:] = np.eye(V, D)
+  p["final_norm"]["scale"][:] = 1.0
+  table_VxV = np.zeros((V, V), np.float32)
+  for v, w in next_token.items():
+    table_VxV[v, w] = margin
+  # RMSNorm turns the one-hot e_v into sqrt(D) * e_v.
+  p["lm_head"]["kernel"][:] = np.concatenate([table_VxV, np.zeros((D - V, V))]) / np.sqrt(D)
+  return p
+
+
+EOS_ID, PAD_ID = 3, 1  # not the defaults, so hard-coded ids would show
+
+
+@pytest.fixture(scope="module")
+def bigram(model):
+  graphdef, params = model
+  chain = {10: 11, 11: 12, 12: EOS_ID,  # prompt ending in 10: "11 12 EOS"
+           20: EOS_ID,  # prompt ending in 20: EOS at once
+           30: 31, 31: 32, 32: 30,  # prompt ending in 30: a cycle without EOS
+           EOS_ID: 5, PAD_ID: 5}  # after EOS the model would say 5: the sampler must pad
+  return graphdef, _bigram_params(params, chain)
+
+
+def test_eos_ends_sequences_and_pads_after(bigram):
+  graphdef, params = bigram
+  cfg = SamplingConfig(max_new_tokens=7, temperature=1.0, eos_id=EOS_ID, pad_id=PAD_ID)
+  prompt, prompt_mask = _prompts(8, lengths=(5, 3, 6))
+  prompt[:, -1] = [10, 20, 30]
+  s = generate(graphdef, params, prompt, prompt_mask, jax.random.key(9), cfg=cfg, group_size=2)
+  _check_layout(s, cfg, 6)
+  expected_tokens = [[11, 12, EOS_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID]] * 2 + \
+                    [[EOS_ID] + [PAD_ID] * 6] * 2 + [[31, 32, 30, 31, 32, 30, 31]] * 2
+  np.testing.assert_array_equal(s.tokens_NxT, expected_tokens)
+  np.testing.assert_array_equal(s.lengths_N, [3, 3, 1, 1, 7, 7])  # EOS counted; 7 = max
+  np.testing.assert_array_equal(s.mask_NxT, np.asarray(expected_tokens) != PAD_ID)
+  logp, mask = np.asarray(s.logp_NxT), np.asarray(s.mask_NxT)
+  np.testing.assert_allclose(logp[mask], 0.0, atol=1e-5)  # near-certain tokens
+  assert np.all(logp[~mask] == 0.0)
+
+
+def test_decoding_stops_when_every_row_has_ended(bigram):
+  graphdef, params = bigram
+  cfg = SamplingConfig(max_new_tokens=7, temperature=0.0, eos_id=EOS_ID, pad_id=PAD_ID)
+  prompt, prompt_mask = _prompts(10, lengths=(2, 7))
+  prompt[:, -1] = [20, 10]
+  s = generate(graphdef, params, prompt, prompt_mask, jax.random.key(0), cfg=cfg, group_size=1)
+  _check_layout(s, cfg, 2)
+  np.testing.assert_array_equal(s.tokens_NxT, [[EOS_ID] + [PAD_ID] * 6,
+                                               [11, 12, EOS_ID] + [PAD_ID] * 4])
+  np.testing.assert_array_equal(s.lengths_N, [1, 3])
+
+
+# --- filter_logits --------------------------------------------------------------
+
+
+def _kept(logits):
+  return np.isfinite(np.asarray(logits))
+
+
+def test_top_k_keeps_exactly_k_largest():
+  logits = jnp.array([[0.3, -1.0, 2.5, 0.1, 1.7, -0.2, 0.9],
+                      [5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -1.0]])
+  out = filter_logits(logits, top_k=3, top_p=1.0)
+  np.testing.assert_array_equal(_kept(out), [[0, 0, 1, 0, 1, 0, 1], [1, 1, 1, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(np.asarray(out)[_kept(out)], np.asarray(logits)[_kept(out)])
+  np.testing.assert_array_equal(filter_logits(logits, top_k=0, top_p=1.0), logits)
+
+
+@pytest.mark.parametrize("top_p, expected", [
+    (0.3, [0, 0, 1, 0]),  # the top token alone already reaches 0.3
+    (0.7, [1, 0, 1, 0]),  # 0.5 < 0.7 <= 0.5 + 0.25
+    (0.8, [1, 0, 1, 1]),  # 0.75 < 0.8 <= 0.75 + 0.15
+    (0.95, [1, 1, 1, 1]),
+    (1e-4, [0, 0, 1, 0]),  # the top token is always kept
+])
+def test_top_p_keeps_smallest_prefix_reaching_p(top_p, expected):
+  probs = np.array([0.25, 0.1, 0.5, 0.15])  # sorted: 0.5, 0.25, 0.15, 0.1
+  logits = jnp.asarray(np.log(probs) + 3.0, jnp.float32)[None]  # a shift changes nothing
+  out = filter_logits(logits, top_k=0, top_p=top_p)
+  np.testing.assert_array_equal(_kept(out)[0], np.asarray(expected, bool))
+
+
+def test_top_p_is_per_row_and_composes_with_top_k():
+  probs = np.array([[0.25, 0.1, 0.5, 0.15], [0.05, 0.9, 0.03, 0.02]])
+  logits = jnp.asarray(np.log(probs), jnp.float32)
+  np.testing.assert_array_equal(_kept(filter_logits(logits, 0, 0.7)),
+                                [[1, 0, 1, 0], [0, 1, 0, 0]])
+  # top-k first (row 0 keeps 0.5, 0.25, renormalised to 2/3, 1/3), then top-p on what is
+  # left: 0.6 keeps one token after top-k although it keeps two without it.
+  np.testing.assert_array_equal(_kept(filter_logits(logits, 0, 0.6)),
+                                [[1, 0, 1, 0], [0, 1, 0, 0]])
+  np.testing.assert_array_equal(_kept(filter_logits(logits, 2, 0.6)),
+                                [[0, 0, 1, 0], [0, 1, 0, 0]])
+  np.testing.assert_array_equal(_kept(filter_logits(logits, 2, 0.9)),
+                                [[1, 0, 1, 0], [0, 1, 0, 0]])
+
+
+# --- compilation ----------------------------------------------------------------
+
+
+def test_no_recompilation_for_new_prompts_rng_and_params(model):
+  graphdef, params = model
+  cfg = SamplingConfig(max_new_tokens=T, temperature=1.0)
+  prompt, prompt_mask = _prompts(11)
+  generate(graphdef, params, prompt, prompt_mask, jax.random.key(0), cfg=cfg, group_size=G)
+  compiled = generate._cache_size()
+
+  prompt2, prompt_mask2 = _prompts(12, lengths=(1, 6, 3))
+  params2 = jax.tree.map(lambda x: x * 1.01, params)  # as after an update step
+  s = generate(graphdef, params2, prompt2, prompt_mask2, jax.random.key(1), cfg=cfg,
+               group_size=G)
+  s.tokens_NxT.block_until_ready()
+  assert generate._cache_size() == compiled, "generate recompiled for same-shaped inputs"
+
+  # The counter does count: a new group size is a new program.
+  generate(graphdef, params, prompt, prompt_mask, jax.random.key(0), cfg=cfg, group_size=1)
+  assert generate._cache_size() == compiled + 1
+
+
+def test_sampling_config_validation():
+  for kwargs, field in [(dict(max_new_tokens=0), "max_new_tokens"),
+                        (dict(max_new_tokens=4, temperature=-0.1), "temperature"),
+                        (dict(max_new_tokens=4, top_k=-1), "top_k"),
+                        (dict(max_new_tokens=4, top_p=0.0), "top_p"),
+                        (dict(max_new_tokens=4, top_p=1.5), "top_p")]:
+    with pytest.raises(ValueError, match=field):
+      SamplingConfig(**kwargs)

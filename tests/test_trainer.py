@@ -1,0 +1,135 @@
+"""The jitted update: policy-gradient identity at ratio 1, skip-on-non-finite, minibatching."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from rl_jax import algorithms, trainer
+from rl_jax.logprobs import completion_logprobs
+from rl_jax.models import transformer
+from rl_jax.types import TrainBatch
+
+V = 19
+
+
+def _setup(seed=0):
+  cfg = transformer.preset("test", V)
+  graphdef, params = transformer.init_model(cfg, seed)
+  return graphdef, params
+
+
+def _batch(N=8, P=5, T=4, seed=0, adv=None):
+  rng = np.random.default_rng(seed)
+  pm = np.ones((N, P), bool)
+  pm[::2, :2] = False
+  lengths = rng.integers(1, T + 1, N)
+  cm = np.arange(T)[None] < lengths[:, None]
+  if adv is None:
+    r = rng.random((N // 4, 4)).astype(np.float32)
+    adv = np.asarray(algorithms.grpo().advantages(jnp.asarray(r))).reshape(-1)
+  return TrainBatch(rng.integers(3, V, (N, P)).astype(np.int32), pm,
+                    rng.integers(3, V, (N, T)).astype(np.int32), cm,
+                    np.broadcast_to(np.asarray(adv, np.float32)[:, None], (N, T)).copy(),
+                    np.zeros((N, T), np.float32), np.zeros((N, T), np.float32))
+
+
+def test_on_policy_grpo_step_is_the_policy_gradient():
+  """At ratio 1 with no KL, the GRPO loss is -mean_seq(mean_t A) and its gradient is the
+  REINFORCE gradient -mean_seq(mean_t A grad log pi). If this fails, check that the trainer's
+  log-probs come from logprobs.completion_logprobs and that old log-probs are held constant."""
+  graphdef, params = _setup()
+  batch = _batch()
+  algo = algorithms.grpo(kl_coef=0.0)
+  (loss, m), grads = jax.value_and_grad(
+      lambda p: trainer.rl_loss(graphdef, p, batch, algo, temperature=1.0, on_policy=True,
+                                aggregation_constant=4), has_aux=True)(params)
+  mask = batch.completion_mask_NxT.astype(np.float32)
+
+  def reinforce(p):
+    logp = completion_logprobs(graphdef, p, batch.prompt_NxP, batch.prompt_mask_NxP,
+                               batch.completion_NxT, batch.completion_mask_NxT).logp_NxT
+    per_seq = (batch.adv_NxT * logp * mask).sum(1) / mask.sum(1)
+    return -per_seq.mean()
+
+  ref_grads = jax.grad(reinforce)(params)
+  np.testing.assert_allclose(float(loss), -float(batch.adv_NxT[:, 0].mean()), atol=1e-6)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  assert float(m["clip_frac"]) == 0.0 and float(m["kl"]) == 0.0
+
+
+def test_kl_term_uses_the_reference_logprobs():
+  graphdef, params = _setup()
+  batch = _batch()
+  logp = completion_logprobs(graphdef, params, batch.prompt_NxP, batch.prompt_mask_NxP,
+                             batch.completion_NxT, batch.completion_mask_NxT).logp_NxT
+  batch = batch._replace(ref_logp_NxT=np.asarray(logp) - 0.5)  # pi_ref = pi * e^-0.5 per token
+  algo = algorithms.grpo(kl_coef=0.1)
+  loss, m = trainer.rl_loss(graphdef, params, batch, algo, temperature=1.0, on_policy=True,
+                            aggregation_constant=4)
+  k3 = np.exp(-0.5) + 0.5 - 1.0  # exp(x) - x - 1 at x = ref - logp = -0.5
+  np.testing.assert_allclose(float(m["kl"]), k3, rtol=1e-5)
+  np.testing.assert_allclose(float(loss), -float(batch.adv_NxT[:, 0].mean()) + 0.1 * k3,
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_non_finite_update_is_skipped_and_counted():
+  graphdef, params = _setup()
+  tx = trainer.make_optimizer(learning_rate=1e-2)
+  algo = algorithms.grpo(kl_coef=0.0)
+  update = trainer.make_rl_update(graphdef, algo, tx)
+  state = trainer.init_state(params, tx)
+  before = [np.asarray(x) for x in jax.tree.leaves(state.params)]
+  bad = _batch(adv=[np.nan] + [1.0] * 7)
+  state, m = update(state, bad, jax.random.key(0))
+  assert int(m["skipped_updates"]) == 1 and float(m["finite"]) == 0.0
+  for a, b in zip(before, jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(a, np.asarray(b))
+  state, m = update(state, _batch(seed=1), jax.random.key(1))
+  assert int(m["skipped_updates"]) == 1 and float(m["finite"]) == 1.0
+  assert any(not np.array_equal(a, np.asarray(b))
+             for a, b in zip(before, jax.tree.leaves(state.params)))
+
+
+def test_minibatches_and_iterations_take_that_many_optimizer_steps():
+  graphdef, params = _setup()
+  tx = trainer.make_optimizer(learning_rate=1e-3)
+  algo = algorithms.grpo(kl_coef=0.0)
+  batch = _batch(N=8)
+  old = completion_logprobs(graphdef, params, batch.prompt_NxP, batch.prompt_mask_NxP,
+                            batch.completion_NxT, batch.completion_mask_NxT).logp_NxT
+  batch = batch._replace(old_logp_NxT=np.asarray(old))
+  update = trainer.make_rl_update(graphdef, algo, tx, num_minibatches=2, num_iterations=3)
+  state, m = update(trainer.init_state(params, tx), batch, jax.random.key(0))
+  assert int(state.step) == 6
+  # Off-policy epochs move the ratio away from 1, so some tokens can be clipped; the loss of the
+  # first minibatch equals -mean(A) of that minibatch, so the average is finite and bounded.
+  assert np.isfinite(float(m["loss"]))
+
+
+def test_sft_step_reduces_the_loss():
+  graphdef, params = _setup()
+  tx = trainer.make_optimizer(learning_rate=3e-3)
+  step = trainer.make_sft_step(graphdef, tx)
+  b = _batch()
+  state = trainer.init_state(params, tx)
+  losses = []
+  for _ in range(20):
+    state, m = step(state, b.prompt_NxP, b.prompt_mask_NxP, b.completion_NxT,
+                    b.completion_mask_NxT)
+    losses.append(float(m["loss"]))
+  assert losses[-1] < 0.5 * losses[0]
+
+
+def test_constant_learning_rate_after_warmup():
+  tx = trainer.make_optimizer(learning_rate=0.1, warmup_steps=4, max_grad_norm=None)
+  p = {"w": jnp.zeros(())}
+  s = tx.init(p)
+  sizes = []
+  for _ in range(8):
+    u, s = tx.update({"w": jnp.ones(())}, s, p)
+    sizes.append(-float(u["w"]))
+  np.testing.assert_allclose(sizes[:4], [0.0, 0.025, 0.05, 0.075], rtol=1e-3, atol=1e-6)
+  np.testing.assert_allclose(sizes[4:], [0.1] * 4, rtol=1e-3)
