@@ -42,6 +42,7 @@ class TaskConfig:
   max_digits: int = 3
   ops: str = "+"
   partial_credit: float = 0.0
+  sft_slip_prob: float = 0.0  # probability that a warm-start demonstration forgets the carries
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,7 @@ import numpy as np
 
 from rl_jax import algorithms, config as config_lib, parallel, trainer
 from rl_jax.checkpoint import Checkpointer, CheckpointError
-from rl_jax.metrics import MetricsWriter, Progress, format_duration, plot_rewards
+from rl_jax.metrics import MetricsWriter, Progress, format_duration, plot_rewards, read_jsonl
 from rl_jax.models import transformer
 from rl_jax.sampling import SamplingConfig, generate
 from rl_jax.tasks import Example, make_task
@@ -66,7 +66,11 @@ class Experiment:
           f"config field 'sft.batch_size'={config.sft.batch_size} must be a multiple of "
           f"mesh.data * mesh.fsdp = {div}")
     t = config.task
-    task = make_task(t.name, max_digits=t.max_digits, ops=t.ops, partial_credit=t.partial_credit)
+    try:
+      task = make_task(t.name, max_digits=t.max_digits, ops=t.ops,
+                       partial_credit=t.partial_credit, sft_slip_prob=t.sft_slip_prob)
+    except ValueError as e:
+      raise config_lib.ConfigError(str(e)) from None
     m = config.model
     overrides = {k: v for k, v in dataclasses.asdict(m).items() if k != "preset" and v is not None}
     model_cfg = transformer.preset(m.preset, task.tokenizer.vocab_size, **overrides)
@@ -298,7 +302,6 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
   writer.close()
 
   # 4. Summary: held-out accuracy before and after RL.
-  from rl_jax.metrics import read_jsonl
   evals = read_jsonl(os.path.join(workdir, "eval.jsonl"))
   if evals:
     first, final = evals[0], evals[-1]

@@ -25,6 +25,7 @@ from rl_jax.tasks.base import Example, Scores
 from rl_jax.tasks.tokenizer import CharTokenizer
 
 ALPHABET = "0123456789+-*="
+ALL_OPS = "+-*"
 
 
 def _mix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -49,6 +50,9 @@ class ArithmeticTask:
     if not 0 < heldout_fraction < 1:
       raise ValueError(f"task.heldout_fraction must be in (0, 1), got {heldout_fraction}")
     self.max_digits, self.ops = max_digits, ops
+    if not 0 <= partial_credit < 1:
+      raise ValueError(f"task.partial_credit must be in [0, 1) so that only an exact answer "
+                       f"earns 1, got {partial_credit}")
     if not 0 <= sft_slip_prob <= 1:
       raise ValueError(f"task.sft_slip_prob must be in [0, 1], got {sft_slip_prob}")
     self.heldout_fraction, self.partial_credit = heldout_fraction, partial_credit
@@ -59,7 +63,10 @@ class ArithmeticTask:
     self.max_answer_len = longest + ("-" in ops) + 1  # sign, eos
 
   def _is_heldout(self, a, b, op_idx):
-    h = _mix(np.asarray(a) * 4 + np.asarray(op_idx), np.asarray(b))
+    # Hash the operator itself (its index in "+-*"), not its position in `self.ops`, so a
+    # problem's split is the same whichever operator set a run uses.
+    op_code = np.asarray([ALL_OPS.index(o) for o in self.ops])[np.asarray(op_idx)]
+    h = _mix(np.asarray(a) * 4 + op_code, np.asarray(b))
     return (h % np.uint64(1 << 20)).astype(np.float64) < self.heldout_fraction * (1 << 20)
 
   def _draw(self, rng: np.random.Generator, n: int):
@@ -87,7 +94,9 @@ class ArithmeticTask:
     rng = np.random.default_rng(20261126)  # fixed: the held-out set never depends on the run
     out: list[Example] = []
     seen = set()
-    while len(out) < n:
+    for _ in range(64):
+      if len(out) >= n:
+        break
       a, b, o, _ = self._draw(rng, 4 * n)
       keep = self._is_heldout(a, b, o)
       for x, y, k in zip(a[keep], b[keep], o[keep]):
@@ -95,6 +104,10 @@ class ArithmeticTask:
         if key not in seen:
           seen.add(key)
           out.append(self._example(int(x), int(y), self.ops[k]))
+    if len(out) < n:
+      raise ValueError(f"the held-out split of this task has only about {len(out)} distinct "
+                       f"problems, fewer than eval.num_prompts={n}; raise task.max_digits or "
+                       f"lower eval.num_prompts")
     return out[:n]
 
   def sft_target(self, example: Example) -> str:
