@@ -82,7 +82,7 @@ class Experiment:
                               top_k=config.sampling.top_k, top_p=config.sampling.top_p,
                               eos_id=eos, pad_id=pad)
     greedy = SamplingConfig(max_new_tokens=max_new, temperature=0.0, eos_id=eos, pad_id=pad)
-    prompt_len = -(-task.max_prompt_len // 8) * 8  # one shape bucket: nothing recompiles
+    prompt_len = task.max_prompt_len  # one fixed prompt shape per run: nothing recompiles
     return cls(config, mesh, task, graphdef, model_cfg, algo, prompt_len, sampling, greedy)
 
   # --- placement -------------------------------------------------------------------------------
