@@ -19,9 +19,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.model.preset = "tiny"
   c.task.name = "arithmetic"
-  c.task.max_digits = 3
-  c.task.ops = "+"
-  c.task.sft_slip_prob = 0.6
+  c.task.arithmetic.max_digits = 3
+  c.task.arithmetic.ops = "+"
+  c.task.arithmetic.sft_slip_prob = 0.6
   c.sft.steps = 1500
   c.sft.batch_size = 64
   c.sft.learning_rate = 1e-3
@@ -31,7 +31,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.rl.prompts_per_step = 32
   c.sampling.temperature = 1.0
   c.algorithm.name = "grpo"
-  c.algorithm.kl_coef = 0.04
   c.eval.every = 25
   c.eval.num_prompts = 512
   c.checkpoint.every = 50

@@ -1,9 +1,21 @@
 """Named compositions of the pure objectives: what an RL method *is*, as data.
 
 An `Algorithm` says how rewards become advantages, which per-token policy loss is used, how
-per-token terms are reduced, and where the KL to the reference goes. The trainer reads these
-fields; it never branches on a method's name. A new method is a new preset function here (or a
-new `Algorithm(...)` in a notebook), not a new trainer.
+per-token terms are reduced, where the KL to the reference goes, and how rewards are shaped or
+groups filtered before that. The trainer and the loop read these fields; they never branch on a
+method's name. A new method is a new preset function here (or `dataclasses.replace` of one in a
+notebook), not a new trainer.
+
+| preset | advantages | policy loss | aggregation | KL |
+|---|---|---|---|---|
+| grpo | group z-score (ddof=1) | clip 0.2 | seq_mean_token_mean | k3 in loss, 0.04 |
+| dr_grpo | r - mean_g | clip 0.2 | seq_sum_const (max new tokens) | none |
+| dapo | group z-score | clip 0.2 / 0.28 | token_mean | none; overlong penalty, dynamic sampling |
+| gspo | group z-score | GSPO sequence ratio, 3e-4 / 4e-4 | seq_mean_token_mean | none |
+| gspo_token | group z-score | GSPO-token | seq_mean_token_mean | none |
+| rloo | G/(G-1) (r - mean_g) | clip 0.2 | token_mean | none |
+| reinforce_pp | whitened return-to-go of token rewards | clip 0.2 | token_mean | k1 in reward, 0.01 |
+| reinforce_pp_baseline | same, group mean subtracted first | clip 0.2 | token_mean | k1 in reward, 0.01 |
 """
 
 from __future__ import annotations
@@ -11,15 +23,28 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from rl_jax.objectives import advantages as adv_lib
 from rl_jax.objectives import kl as kl_lib
 from rl_jax.objectives import policy_losses
+from rl_jax.objectives import shaping
 from rl_jax.objectives.aggregation import AGGREGATION_MODES
 
-AdvantageFn = Callable[[jax.Array], jax.Array]  # rewards_BxG -> adv_BxG
+
+class AdvantageInputs(NamedTuple):
+  """What a token-level advantage estimator may read (N = B*G rows, prompt-major)."""
+  rewards_BxG: jax.Array  # float32 shaped task rewards
+  mask_NxT: jax.Array  # float32 1 on generated tokens
+  logp_NxT: jax.Array  # behaviour-policy log-probs of the sampled tokens
+  ref_logp_NxT: jax.Array | None  # reference log-probs (None when no KL is needed)
+
+
+GroupAdvantageFn = Callable[[jax.Array], jax.Array]  # rewards_BxG -> adv_BxG
+TokenAdvantageFn = Callable[[AdvantageInputs], jax.Array]  # inputs -> adv_NxT
 PolicyLossFn = Callable[..., jax.Array]  # (logp_NxT, old_logp_NxT, adv_NxT, mask_NxT) -> loss_NxT
 KLFn = Callable[[jax.Array, jax.Array], jax.Array]  # (logp, ref_logp) -> per-token
 
@@ -30,21 +55,28 @@ class Algorithm:
 
   Attributes:
     name: for logs.
-    advantages: rewards_BxG -> adv_BxG (sequence-level advantages, broadcast to tokens).
+    advantages: rewards_BxG -> adv_BxG, sequence-level advantages broadcast over tokens.
+    token_advantages: if set, replaces `advantages`: AdvantageInputs -> adv_NxT (REINFORCE++,
+      anything that needs per-token rewards or the KL in the reward).
     policy_loss: (logp, old_logp, adv, mask) -> per-token loss, all [N, T].
     aggregation: one of `AGGREGATION_MODES`.
     aggregation_constant: the constant of `seq_sum_const` (None = max new tokens).
     kl_coef: weight of the KL to the reference policy (0 skips the reference pass).
-    kl_estimator: per-token KL estimator (k1, k2 or k3).
-    kl_in_reward: False puts `kl_coef * KL` in the loss (GRPO); True folds it into the
-      reward (PPO, REINFORCE++; needs a token-level advantage estimator).
+    kl_estimator: per-token KL estimator used in the loss (and for the logged `kl`).
+    kl_in_reward: False puts `kl_coef * KL` in the loss (GRPO); True means the advantage
+      estimator folds it into the rewards (REINFORCE++, PPO) and the loss has no KL term.
     entropy_coef: weight of an entropy bonus (subtracted from the loss).
-    clip_eps_low, clip_eps_high: the ratio clip range, for the clip-fraction metric.
+    clip_eps_low, clip_eps_high: the ratio clip range (for the clip-fraction metric).
+    overlong_cache_len: if set, DAPO's soft overlong penalty with L_max = max new tokens and
+      this L_cache is added to the task reward.
+    dynamic_sampling: drop groups whose rewards are all equal (no signal) and sample more
+      prompts until the batch is full, at most `dynamic_sampling_max_rounds` extra rounds.
   """
 
   name: str
-  advantages: AdvantageFn
+  advantages: GroupAdvantageFn
   policy_loss: PolicyLossFn
+  token_advantages: TokenAdvantageFn | None = None
   aggregation: str = "seq_mean_token_mean"
   aggregation_constant: float | None = None
   kl_coef: float = 0.0
@@ -53,6 +85,9 @@ class Algorithm:
   entropy_coef: float = 0.0
   clip_eps_low: float = 0.2
   clip_eps_high: float = 0.2
+  overlong_cache_len: int | None = None
+  dynamic_sampling: bool = False
+  dynamic_sampling_max_rounds: int = 3
 
   def __post_init__(self):
     if self.aggregation not in AGGREGATION_MODES:
@@ -60,9 +95,41 @@ class Algorithm:
                        f"{list(AGGREGATION_MODES)}")
     if self.kl_coef < 0:
       raise ValueError(f"algorithm.kl_coef must be >= 0, got {self.kl_coef}")
-    if self.kl_in_reward:
-      raise NotImplementedError("algorithm.kl_in_reward=True needs token-level advantages "
-                                "(PPO / REINFORCE++), which are not implemented yet")
+    if self.kl_in_reward and self.token_advantages is None:
+      raise ValueError("algorithm.kl_in_reward needs a token-level advantage estimator "
+                       "(token_advantages) that folds the KL into the rewards")
+    if self.overlong_cache_len is not None and self.overlong_cache_len < 1:
+      raise ValueError(f"algorithm.overlong_cache_len must be >= 1, got "
+                       f"{self.overlong_cache_len}")
+    if self.dynamic_sampling_max_rounds < 0:
+      raise ValueError("algorithm.dynamic_sampling_max_rounds must be >= 0")
+
+  @property
+  def needs_reference(self) -> bool:
+    return self.kl_coef > 0
+
+
+def compute_advantages(algo: Algorithm, inputs: AdvantageInputs) -> jax.Array:
+  """adv_NxT for a batch: the token-level estimator if the algorithm has one, else the group
+  estimator's sequence advantages broadcast over each row's tokens (0 on masked tokens)."""
+  mask = jnp.asarray(inputs.mask_NxT, jnp.float32)
+  if algo.token_advantages is not None:
+    return algo.token_advantages(inputs) * mask
+  adv_N = algo.advantages(inputs.rewards_BxG).reshape(-1)
+  return adv_N[:, None] * mask
+
+
+def shape_rewards(algo: Algorithm, rewards_N: jax.Array, lengths_N: jax.Array,
+                  max_new_tokens: int) -> jax.Array:
+  """Task rewards plus the algorithm's reward shaping (DAPO's overlong penalty)."""
+  if algo.overlong_cache_len is None:
+    return rewards_N
+  return rewards_N + shaping.soft_overlong_penalty(
+      lengths_N, max_len=max_new_tokens, cache_len=min(algo.overlong_cache_len, max_new_tokens))
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks.
 
 
 def _clipped(eps_low: float, eps_high: float, dual_clip: float | None = None) -> PolicyLossFn:
@@ -71,6 +138,43 @@ def _clipped(eps_low: float, eps_high: float, dual_clip: float | None = None) ->
     return policy_losses.ppo_clip(logp, old_logp, adv, eps_low=eps_low, eps_high=eps_high,
                                   dual_clip=dual_clip)
   return loss
+
+
+def _gspo_loss(eps_low: float, eps_high: float, token_level: bool) -> PolicyLossFn:
+  def loss(logp, old_logp, adv, mask):
+    return policy_losses.gspo(logp, old_logp, adv, mask, eps_low=eps_low, eps_high=eps_high,
+                              token_level=token_level)
+  return loss
+
+
+def reinforce_pp_advantages(inputs: AdvantageInputs, *, kl_coef: float, gamma: float = 1.0,
+                            group_baseline: bool = False) -> jax.Array:
+  """REINFORCE++ (arXiv:2501.03262): whitened return-to-go of per-token rewards.
+
+  r_t = R * 1[t = last] - kl_coef * (logp_t - ref_logp_t)   (k1, the behaviour policy's tokens)
+  G_t = sum_{t' >= t} gamma^(t'-t) r_t';   A = whiten(G) over every valid token of the batch.
+  With `group_baseline` ("REINFORCE++-baseline") R is replaced by R - mean_g(R) first.
+  """
+  rewards = inputs.rewards_BxG
+  if group_baseline:
+    rewards = rewards - jnp.mean(rewards, axis=-1, keepdims=True)
+  kl = None
+  if kl_coef and inputs.ref_logp_NxT is not None:
+    kl = kl_lib.kl_k1(inputs.logp_NxT, inputs.ref_logp_NxT)
+  token_rewards = shaping.token_level_rewards(rewards.reshape(-1), inputs.mask_NxT, kl_NxT=kl,
+                                              kl_coef=kl_coef)
+  returns = adv_lib.discounted_returns(token_rewards, inputs.mask_NxT, gamma=gamma)
+  return adv_lib.whiten(returns, inputs.mask_NxT)
+
+
+def _no_extras(name: str, unused: dict) -> None:
+  extra = {k: v for k, v in unused.items() if v is not None}
+  if extra:
+    raise ValueError(f"algorithm {name!r} does not take {sorted('algorithm.' + k for k in extra)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets. Keyword arguments are the config's `algorithm.*` fields; None keeps the default.
 
 
 def grpo(*, kl_coef: float = 0.04, clip_eps_low: float = 0.2, clip_eps_high: float = 0.2,
@@ -89,8 +193,7 @@ def grpo(*, kl_coef: float = 0.04, clip_eps_low: float = 0.2, clip_eps_high: flo
 
 
 def dr_grpo(*, kl_coef: float = 0.0, clip_eps_low: float = 0.2, clip_eps_high: float = 0.2,
-            aggregation: str = "seq_sum_const", aggregation_constant: float | None = None,
-            entropy_coef: float = 0.0, **unused) -> Algorithm:
+            aggregation: str = "seq_sum_const", entropy_coef: float = 0.0, **unused) -> Algorithm:
   """Dr. GRPO (arXiv:2503.20783): r - mean_g without std scaling, token sums divided by a
   constant (the max completion length), no KL by default."""
   _no_extras("dr_grpo", unused)
@@ -98,8 +201,49 @@ def dr_grpo(*, kl_coef: float = 0.0, clip_eps_low: float = 0.2, clip_eps_high: f
       name="dr_grpo",
       advantages=functools.partial(adv_lib.grpo_advantages, scale_by_std=False),
       policy_loss=_clipped(clip_eps_low, clip_eps_high),
-      aggregation=aggregation, aggregation_constant=aggregation_constant, kl_coef=kl_coef,
+      aggregation=aggregation, kl_coef=kl_coef,
       entropy_coef=entropy_coef, clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high)
+
+
+def dapo(*, kl_coef: float = 0.0, clip_eps_low: float = 0.2, clip_eps_high: float = 0.28,
+         aggregation: str = "token_mean", std_ddof: int = 1, entropy_coef: float = 0.0,
+         overlong_cache_len: int | None = 2, dynamic_sampling: bool = True,
+         dynamic_sampling_max_rounds: int = 3, **unused) -> Algorithm:
+  """DAPO (arXiv:2503.14476): clip-higher (0.2 / 0.28), token-mean over the whole batch, no KL,
+  soft overlong penalty, dynamic sampling (a switch: arXiv:2512.07611 found DAPO best without).
+
+  `overlong_cache_len` is L_cache in tokens (L_max is the max new tokens; 0 turns the penalty
+  off); the default 2 suits the embedded tasks' few-token answers, the paper used 4096 of 20480.
+  """
+  _no_extras("dapo", unused)
+  return Algorithm(
+      name="dapo",
+      advantages=functools.partial(adv_lib.grpo_advantages, scale_by_std=True, ddof=std_ddof),
+      policy_loss=_clipped(clip_eps_low, clip_eps_high),
+      aggregation=aggregation, kl_coef=kl_coef, entropy_coef=entropy_coef,
+      clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high,
+      overlong_cache_len=overlong_cache_len or None, dynamic_sampling=dynamic_sampling,
+      dynamic_sampling_max_rounds=dynamic_sampling_max_rounds)
+
+
+def gspo(*, kl_coef: float = 0.0, clip_eps_low: float = 3e-4, clip_eps_high: float = 4e-4,
+         aggregation: str = "seq_mean_token_mean", std_ddof: int = 1, entropy_coef: float = 0.0,
+         token_level: bool = False, **unused) -> Algorithm:
+  """GSPO (arXiv:2507.18071): the clipped, length-normalised *sequence* likelihood ratio
+  exp(mean_t(logp - old_logp)), eps 3e-4 / 4e-4, group z-score advantages, no KL.
+  `token_level=True` is GSPO-token (same value, per-token gradient path)."""
+  _no_extras("gspo", unused)
+  return Algorithm(
+      name="gspo_token" if token_level else "gspo",
+      advantages=functools.partial(adv_lib.grpo_advantages, scale_by_std=True, ddof=std_ddof),
+      policy_loss=_gspo_loss(clip_eps_low, clip_eps_high, token_level),
+      aggregation=aggregation, kl_coef=kl_coef, entropy_coef=entropy_coef,
+      clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high)
+
+
+def gspo_token(**kwargs) -> Algorithm:
+  """GSPO-token: `gspo(token_level=True)`."""
+  return gspo(token_level=True, **kwargs)
 
 
 def rloo(*, kl_coef: float = 0.0, clip_eps_low: float = 0.2, clip_eps_high: float = 0.2,
@@ -114,17 +258,35 @@ def rloo(*, kl_coef: float = 0.0, clip_eps_low: float = 0.2, clip_eps_high: floa
       clip_eps_high=clip_eps_high)
 
 
-def _no_extras(name: str, unused: dict) -> None:
-  extra = {k: v for k, v in unused.items() if v is not None}
-  if extra:
-    raise ValueError(f"algorithm {name!r} does not take {sorted(extra)}")
+def reinforce_pp(*, kl_coef: float = 0.01, clip_eps_low: float = 0.2, clip_eps_high: float = 0.2,
+                 aggregation: str = "token_mean", entropy_coef: float = 0.0, gamma: float = 1.0,
+                 group_baseline: bool = False, **unused) -> Algorithm:
+  """REINFORCE++ (arXiv:2501.03262): token rewards (task reward at EOS minus kl_coef * k1 per
+  token), return-to-go, whitened over the batch; clipped ratio; token mean; KL in the reward."""
+  _no_extras("reinforce_pp", unused)
+  return Algorithm(
+      name="reinforce_pp_baseline" if group_baseline else "reinforce_pp",
+      advantages=adv_lib.rloo_advantages,  # unused: token_advantages takes precedence
+      token_advantages=functools.partial(reinforce_pp_advantages, kl_coef=kl_coef, gamma=gamma,
+                                         group_baseline=group_baseline),
+      policy_loss=_clipped(clip_eps_low, clip_eps_high), aggregation=aggregation,
+      kl_coef=kl_coef, kl_estimator=kl_lib.kl_k1, kl_in_reward=True,
+      entropy_coef=entropy_coef, clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high)
 
 
-PRESETS: dict[str, Callable[..., Algorithm]] = {"grpo": grpo, "dr_grpo": dr_grpo, "rloo": rloo}
+def reinforce_pp_baseline(**kwargs) -> Algorithm:
+  """REINFORCE++-baseline: the group mean reward is subtracted before the return-to-go."""
+  return reinforce_pp(group_baseline=True, **kwargs)
+
+
+PRESETS: dict[str, Callable[..., Algorithm]] = {
+    "grpo": grpo, "dr_grpo": dr_grpo, "dapo": dapo, "gspo": gspo, "gspo_token": gspo_token,
+    "rloo": rloo, "reinforce_pp": reinforce_pp, "reinforce_pp_baseline": reinforce_pp_baseline,
+}
 
 
 def make_algorithm(name: str, **overrides) -> Algorithm:
-  """A preset by name; `overrides` set with None keep the preset's default."""
+  """A preset by name; `overrides` set to None keep the preset's default."""
   if name not in PRESETS:
     raise ValueError(f"algorithm.name={name!r} is unknown; choose one of {sorted(PRESETS)}")
   return PRESETS[name](**{k: v for k, v in overrides.items() if v is not None})

@@ -37,12 +37,27 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TaskConfig:
-  name: str = "arithmetic"
+class ArithmeticConfig:
   max_digits: int = 3
   ops: str = "+"
   partial_credit: float = 0.0
   sft_slip_prob: float = 0.0  # probability that a warm-start demonstration forgets the carries
+
+
+@dataclasses.dataclass(frozen=True)
+class CountdownConfig:
+  num_numbers: int = 3
+  max_number: int = 20
+  max_target: int = 100
+  format_reward: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+  """`name` picks the task; only that task's section is used (each section is validated)."""
+  name: str = "arithmetic"
+  arithmetic: ArithmeticConfig = ArithmeticConfig()
+  countdown: CountdownConfig = CountdownConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +77,7 @@ class TrainConfig:
   max_grad_norm: float = 1.0
   num_minibatches: int = 1  # optimizer steps per epoch over a rollout batch
   num_iterations: int = 1  # epochs over each rollout batch (mu in the GRPO paper)
+  num_microbatches: int = 1  # gradient accumulation inside a minibatch (exact, memory only)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +104,10 @@ class AlgorithmConfig:
   aggregation: str | None = None
   std_ddof: int | None = None
   entropy_coef: float | None = None
+  gamma: float | None = None  # REINFORCE++ discount
+  overlong_cache_len: int | None = None  # DAPO soft overlong penalty ramp (tokens)
+  dynamic_sampling: bool | None = None  # DAPO: drop all-equal groups, resample
+  dynamic_sampling_max_rounds: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,6 +253,11 @@ def validate(c: RunConfig, num_devices: int | None = None) -> None:
   _require(n % c.train.num_minibatches == 0, "train.num_minibatches",
            f"={c.train.num_minibatches} must divide the {n} sequences of a step "
            f"(rl.prompts_per_step * rl.group_size)")
+  _require(c.train.num_microbatches >= 1, "train.num_microbatches", "must be >= 1")
+  _require((n // c.train.num_minibatches) % c.train.num_microbatches == 0,
+           "train.num_microbatches",
+           f"={c.train.num_microbatches} must divide the {n // c.train.num_minibatches} "
+           f"sequences of a minibatch")
   _require(c.eval.every >= 0, "eval.every", f"must be >= 0, got {c.eval.every}")
   _require(c.eval.num_prompts >= 1, "eval.num_prompts", "must be >= 1")
   _require(c.checkpoint.every >= 1, "checkpoint.every", f"must be >= 1, got {c.checkpoint.every}")

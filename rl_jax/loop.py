@@ -9,12 +9,13 @@ completions, rewards) in and out.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -67,8 +68,10 @@ class Experiment:
           f"mesh.data * mesh.fsdp = {div}")
     t = config.task
     try:
-      task = make_task(t.name, max_digits=t.max_digits, ops=t.ops,
-                       partial_credit=t.partial_credit, sft_slip_prob=t.sft_slip_prob)
+      if not hasattr(t, t.name):
+        raise ValueError(f"task.name={t.name!r} is unknown; choose one of "
+                         f"{[f.name for f in dataclasses.fields(t) if f.name != 'name']}")
+      task = make_task(t.name, **dataclasses.asdict(getattr(t, t.name)))
     except ValueError as e:
       raise config_lib.ConfigError(str(e)) from None
     m = config.model
@@ -158,6 +161,75 @@ def warm_start(exp: Experiment, params, *, log: Callable[[str], None] = _print):
   return state.params
 
 
+class HostRollout(NamedTuple):
+  """One step's training batch on the host: N = B*G rows, prompt-major."""
+  prompt_NxP: np.ndarray
+  prompt_mask_NxP: np.ndarray
+  tokens_NxT: np.ndarray
+  logp_NxT: np.ndarray
+  mask_NxT: np.ndarray
+  rewards_N: np.ndarray  # shaped rewards (task reward + the algorithm's shaping)
+
+
+def collect_rollout(exp: Experiment, params, step: int, key) -> tuple[HostRollout, dict]:
+  """Samples B prompts x G completions and scores them.
+
+  Under dynamic sampling (DAPO) groups whose rewards are all equal carry no signal and are
+  dropped; more prompts are drawn, up to `dynamic_sampling_max_rounds` extra rounds, until B
+  groups are kept. If the rounds run out, dropped groups fill the batch (their advantages are
+  0) so shapes never change. Reward and accuracy metrics describe the first round: a fresh
+  on-policy sample, unbiased by the filtering.
+  """
+  c, algo = exp.config, exp.algo
+  B, G = c.rl.prompts_per_step, c.rl.group_size
+  T = exp.sampling.max_new_tokens
+  extra_rounds = algo.dynamic_sampling_max_rounds if algo.dynamic_sampling else 0
+  kept: list[dict] = []
+  dropped: list[dict] = []
+  metrics: dict[str, float] = {}
+  rounds = 0
+  for rnd in range(1 + extra_rounds):
+    # Data position = step (and round): each has its own seeded prompt stream.
+    seed_seq = [c.seed, _RL_STREAM, step] + ([rnd] if rnd else [])
+    examples = exp.task.train_examples(np.random.default_rng(seed_seq), B)
+    prompts, prompt_mask = exp.encode_prompts(examples)
+    out = generate(exp.graphdef, params, *exp.shard((prompts, prompt_mask)),
+                   jax.random.fold_in(key, rnd), cfg=exp.sampling, group_size=G)
+    tokens, logp, mask, lengths = jax.device_get(
+        (out.tokens_NxT, out.logp_NxT, out.mask_NxT, out.lengths_N))
+    scores = exp.task.score([ex for ex in examples for _ in range(G)], exp.decode(tokens))
+    shaped = np.asarray(algorithms.shape_rewards(algo, jnp.asarray(scores.rewards),
+                                                 jnp.asarray(lengths), T))
+    rounds += 1
+    if rnd == 0:
+      metrics.update(reward_mean=float(scores.rewards.mean()),
+                     reward_std=float(scores.rewards.std()),
+                     response_len_mean=float(lengths.mean()),
+                     generated_tokens=0)
+      if scores.correct is not None:
+        metrics["accuracy"] = float(scores.correct.mean())
+      if algo.overlong_cache_len is not None:
+        metrics["reward_shaped_mean"] = float(shaped.mean())
+    metrics["generated_tokens"] += int(lengths.sum())
+    for b in range(B):
+      rows = slice(b * G, (b + 1) * G)
+      group = dict(prompt_NxP=np.repeat(prompts[b:b + 1], G, 0),
+                   prompt_mask_NxP=np.repeat(prompt_mask[b:b + 1], G, 0),
+                   tokens_NxT=tokens[rows], logp_NxT=logp[rows], mask_NxT=mask[rows],
+                   rewards_N=shaped[rows])
+      informative = not algo.dynamic_sampling or np.ptp(shaped[rows]) > 0
+      (kept if informative else dropped).append(group)
+    if len(kept) >= B:
+      break
+  filled = max(0, B - len(kept))
+  groups = (kept + dropped[:filled])[:B]
+  roll = HostRollout(**{k: np.concatenate([g[k] for g in groups]) for k in HostRollout._fields})
+  if algo.dynamic_sampling:
+    metrics.update(ds_rounds=rounds, ds_dropped_groups=len(dropped),
+                   ds_filled_groups=filled)
+  return roll, metrics
+
+
 def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None] = _print,
         stream=sys.stdout, algorithm: algorithms.Algorithm | None = None) -> dict[str, Any]:
   """Runs (or resumes) an RL experiment in `workdir`. Returns the final summary.
@@ -222,12 +294,13 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
   update = trainer.make_rl_update(exp.graphdef, exp.algo, tx,
                                   num_minibatches=c.train.num_minibatches,
                                   num_iterations=c.train.num_iterations,
+                                  num_microbatches=c.train.num_microbatches,
                                   temperature=c.sampling.temperature,
                                   aggregation_constant=exp.algo.aggregation_constant
                                   or exp.sampling.max_new_tokens,
                                   state_sharding=state_sh, batch_sharding=batch_sh)
   logprob_fn = trainer.make_logprob_fn(exp.graphdef, temperature=c.sampling.temperature)
-  need_ref = exp.algo.kl_coef > 0
+  advantages_fn = jax.jit(functools.partial(algorithms.compute_advantages, exp.algo))
   on_policy = c.train.num_minibatches == 1 and c.train.num_iterations == 1
   sampler_logp_exact = (c.sampling.temperature == 1.0 and c.sampling.top_k == 0
                         and c.sampling.top_p == 1.0)
@@ -241,49 +314,41 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
     step_key = jax.random.fold_in(root_key, step)
     sample_key, update_key = jax.random.split(step_key)
 
-    # Prompts: data position = step; each step's prompts come from their own seeded stream.
-    examples = exp.task.train_examples(np.random.default_rng([c.seed, _RL_STREAM, step]), B)
-    prompts, prompt_mask = exp.shard(exp.encode_prompts(examples))
-    roll = generate(exp.graphdef, state.params, prompts, prompt_mask, sample_key,
-                    cfg=exp.sampling, group_size=G)
-    completions = exp.decode(roll.tokens_NxT)
-    group_examples = [ex for ex in examples for _ in range(G)]
-    scores = exp.task.score(group_examples, completions)
+    # Rollout: B prompts x G samples, scored by the task (more rounds under dynamic sampling).
+    roll, roll_metrics = collect_rollout(exp, state.params, step, sample_key)
     t_rollout = time.time() - t0
 
-    # Reference and behaviour log-probs, advantages.
+    # Reference and behaviour log-probs, advantages, the update.
     t1 = time.time()
-    rep = lambda x: jnp.repeat(x, G, axis=0)
-    prompt_N, prompt_mask_N = exp.shard((rep(prompts), rep(prompt_mask)))
-    zeros = jnp.zeros(roll.logp_NxT.shape, jnp.float32)
-    ref_logp = (logprob_fn(ref_params, prompt_N, prompt_mask_N, roll.tokens_NxT, roll.mask_NxT)
-                if need_ref else zeros)
+    prompt_N, prompt_mask_N, tokens, mask = exp.shard(
+        (roll.prompt_NxP, roll.prompt_mask_NxP, roll.tokens_NxT, roll.mask_NxT))
+    zeros = jnp.zeros(tokens.shape, jnp.float32)
+    ref_logp = (logprob_fn(ref_params, prompt_N, prompt_mask_N, tokens, mask)
+                if exp.algo.needs_reference else zeros)
+    sampler_logp = exp.shard(roll.logp_NxT)
     if on_policy:
       old_logp = zeros  # the update uses stop_gradient(current log-probs): ratio exactly 1
     elif sampler_logp_exact:
-      old_logp = roll.logp_NxT
+      old_logp = sampler_logp
     else:
-      old_logp = logprob_fn(state.params, prompt_N, prompt_mask_N, roll.tokens_NxT, roll.mask_NxT)
-    rewards_BxG = jnp.asarray(scores.rewards.reshape(B, G))
-    adv_N = exp.algo.advantages(rewards_BxG).reshape(-1)
-    adv_NxT = jnp.broadcast_to(adv_N[:, None], roll.logp_NxT.shape)
-    batch = exp.shard(TrainBatch(prompt_N, prompt_mask_N, roll.tokens_NxT, roll.mask_NxT,
-                                 adv_NxT, old_logp, ref_logp))
+      old_logp = logprob_fn(state.params, prompt_N, prompt_mask_N, tokens, mask)
+    adv_NxT = advantages_fn(algorithms.AdvantageInputs(
+        jnp.asarray(roll.rewards_N.reshape(B, G)), mask.astype(jnp.float32), sampler_logp,
+        ref_logp if exp.algo.needs_reference else None))
+    batch = exp.shard(TrainBatch(prompt_N, prompt_mask_N, tokens, mask, adv_NxT, old_logp,
+                                 ref_logp))
     state, m = update(state, batch, update_key)
     m = jax.device_get(m)
     t_update = time.time() - t1
 
-    lengths = np.asarray(roll.lengths_N)
     metrics = dict(
-        reward_mean=float(scores.rewards.mean()), reward_std=float(scores.rewards.std()),
+        **roll_metrics,
         loss=float(m["loss"]), pg_loss=float(m["pg_loss"]), kl=float(m["kl"]),
         entropy=float(m["entropy"]), clip_frac=float(m["clip_frac"]),
         grad_norm=float(m["grad_norm"]), skipped_updates=int(m["skipped_updates"]),
-        response_len_mean=float(lengths.mean()), rollout_s=t_rollout, update_s=t_update,
-        gen_tokens_per_s=float(lengths.sum() / max(t_rollout, 1e-9)),
+        rollout_s=t_rollout, update_s=t_update,
+        gen_tokens_per_s=roll_metrics["generated_tokens"] / max(t_rollout, 1e-9),
         step_s=time.time() - t0)
-    if scores.correct is not None:
-      metrics["accuracy"] = float(scores.correct.mean())
     writer.write(step, metrics)
     progress.update(step, metrics)
 

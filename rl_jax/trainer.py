@@ -16,7 +16,8 @@ import optax
 
 from rl_jax.algorithms import Algorithm
 from rl_jax.logprobs import completion_logprobs
-from rl_jax.objectives.aggregation import aggregate
+from rl_jax.objectives.aggregation import (aggregate, aggregate_with_denominator,
+                                            aggregation_denominator)
 from rl_jax.objectives.policy_losses import clip_fraction
 from rl_jax.types import TrainBatch
 
@@ -64,12 +65,16 @@ def apply_gradients(state: TrainState, grads, loss, tx) -> tuple[TrainState, jax
 
 
 def rl_loss(graphdef, params, mb: TrainBatch, algo: Algorithm, *, temperature: float,
-            on_policy: bool, aggregation_constant: float):
-  """The policy objective of one minibatch and its diagnostics.
+            on_policy: bool, aggregation_constant: float | None, denominator=None):
+  """The policy objective of one (micro-)batch and its diagnostics.
 
-  `on_policy=True` means the minibatch was sampled by exactly these parameters (one epoch, one
+  `on_policy=True` means the batch was sampled by exactly these parameters (one epoch, one
   minibatch): the old log-probs are then the current ones, held constant, so the ratio is 1
   and its gradient is the policy gradient, with no extra forward pass.
+
+  `denominator`: the aggregation denominator of the whole batch this micro-batch belongs to
+  (see `objectives.aggregation`); the micro-batch losses then sum to the batch loss exactly.
+  None normalises by this batch alone.
   """
   stats = completion_logprobs(graphdef, params, mb.prompt_NxP, mb.prompt_mask_NxP,
                               mb.completion_NxT, mb.completion_mask_NxT,
@@ -78,48 +83,86 @@ def rl_loss(graphdef, params, mb: TrainBatch, algo: Algorithm, *, temperature: f
   mask = mb.completion_mask_NxT.astype(jnp.float32)
   old = jax.lax.stop_gradient(logp) if on_policy else mb.old_logp_NxT
   per_token = algo.policy_loss(logp, old, mb.adv_NxT, mask)
-  pg_loss = aggregate(per_token, mask, algo.aggregation, constant=aggregation_constant)
+  mode, const = algo.aggregation, aggregation_constant
+  if denominator is None:
+    denominator = aggregation_denominator(mask, mode, constant=const)
+  reduce = lambda x: aggregate_with_denominator(x, mask, mode, denominator, constant=const)
+  pg_loss = reduce(per_token)
   kl = jnp.zeros_like(logp)
-  if algo.kl_coef > 0:
+  if algo.needs_reference:
     kl = algo.kl_estimator(logp, mb.ref_logp_NxT)
-    per_token = per_token + algo.kl_coef * kl
+    if not algo.kl_in_reward:
+      per_token = per_token + algo.kl_coef * kl
   if algo.entropy_coef:
     per_token = per_token - algo.entropy_coef * stats.entropy_NxT
-  loss = aggregate(per_token, mask, algo.aggregation, constant=aggregation_constant)
+  loss = reduce(per_token)
   metrics = dict(
       loss=loss, pg_loss=pg_loss,
-      kl=aggregate(kl, mask, "token_mean"),
+      kl=aggregate(jax.lax.stop_gradient(kl), mask, "token_mean"),
       entropy=aggregate(jax.lax.stop_gradient(stats.entropy_NxT), mask, "token_mean"),
       clip_frac=clip_fraction(jax.lax.stop_gradient(logp), old, mb.adv_NxT, mask,
                               eps_low=algo.clip_eps_low, eps_high=algo.clip_eps_high))
   return loss, metrics
 
 
+def _split(tree, parts: int):
+  """[N, ...] leaves -> [parts, N / parts, ...]."""
+  return jax.tree.map(lambda x: x.reshape(parts, x.shape[0] // parts, *x.shape[1:]), tree)
+
+
 def make_rl_update(graphdef, algo: Algorithm, tx: optax.GradientTransformation, *,
-                   num_minibatches: int = 1, num_iterations: int = 1, temperature: float = 1.0,
-                   aggregation_constant: float | None = None,
+                   num_minibatches: int = 1, num_iterations: int = 1, num_microbatches: int = 1,
+                   temperature: float = 1.0, aggregation_constant: float | None = None,
                    state_sharding=None, batch_sharding=None) -> Callable:
-  """Returns `update(state, batch, rng) -> (state, metrics)`, jitted with donated state."""
+  """Returns `update(state, batch, rng) -> (state, metrics)`, jitted with donated state.
+
+  Each of `num_iterations` epochs shuffles the batch into `num_minibatches` minibatches, one
+  optimizer step each. A minibatch is processed as `num_microbatches` micro-batches whose
+  gradients are accumulated with the minibatch's global aggregation denominator, so the
+  update is the same as with one micro-batch (only peak memory changes).
+  """
   on_policy = num_minibatches == 1 and num_iterations == 1
-  loss_and_grad = jax.value_and_grad(
-      lambda p, mb: rl_loss(graphdef, p, mb, algo, temperature=temperature, on_policy=on_policy,
-                            aggregation_constant=aggregation_constant), has_aux=True)
+
+  def loss_fn(params, mb, denominator):
+    return rl_loss(graphdef, params, mb, algo, temperature=temperature, on_policy=on_policy,
+                   aggregation_constant=aggregation_constant, denominator=denominator)
+
+  loss_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def minibatch_grads(params, mb):
+    mask = mb.completion_mask_NxT.astype(jnp.float32)
+    den = aggregation_denominator(mask, algo.aggregation, constant=aggregation_constant)
+    if num_microbatches == 1:
+      return loss_and_grad(params, mb, den)
+
+    def accumulate(carry, micro):
+      loss_sum, grad_sum = carry
+      (loss, metrics), grads = loss_and_grad(params, micro, den)
+      return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), metrics
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (loss, grads), metrics = jax.lax.scan(accumulate, (jnp.zeros(()), zeros),
+                                          _split(mb, num_microbatches))
+    # Partial losses (global denominator) add up; per-micro-batch diagnostics are averaged.
+    metrics = {k: jnp.sum(v) if k in ("loss", "pg_loss") else jnp.mean(v)
+               for k, v in metrics.items()}
+    return (loss, metrics), grads
 
   def minibatch_step(state, mb):
-    (loss, metrics), grads = loss_and_grad(state.params, mb)
+    (loss, metrics), grads = minibatch_grads(state.params, mb)
     state, ok = apply_gradients(state, grads, loss, tx)
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads), finite=ok.astype(jnp.float32))
     return state, metrics
 
   def update(state: TrainState, batch: TrainBatch, rng):
     N = batch.completion_NxT.shape[0]
-    if N % num_minibatches:
-      raise ValueError(f"batch of {N} sequences does not split into {num_minibatches} minibatches")
+    if N % (num_minibatches * num_microbatches):
+      raise ValueError(f"batch of {N} sequences does not split into {num_minibatches} "
+                       f"minibatches of {num_microbatches} micro-batches")
 
     def epoch(state, rng_e):
       order = (jax.random.permutation(rng_e, N) if num_minibatches > 1 else jnp.arange(N))
-      mbs = jax.tree.map(
-          lambda x: x[order].reshape(num_minibatches, N // num_minibatches, *x.shape[1:]), batch)
+      mbs = _split(jax.tree.map(lambda x: x[order], batch), num_minibatches)
       return jax.lax.scan(minibatch_step, state, mbs)
 
     state, metrics = jax.lax.scan(epoch, state, jax.random.split(rng, num_iterations))

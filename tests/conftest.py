@@ -13,7 +13,7 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 # A run small enough for CI: the "test" model preset, few prompts, short warm start.
 SMALL_OVERRIDES = {
     "model.preset": "test",
-    "task.max_digits": "2",
+    "task.arithmetic.max_digits": "2",
     "sft.steps": "30",
     "sft.batch_size": "32",
     "train.steps": "6",

@@ -27,9 +27,9 @@ def test_default_experiment_is_valid_and_contract_fields_exist():
 
 def test_overrides_are_typed():
   cd = config_lib.apply_overrides(_default(), {"train.steps": "6", "algorithm.kl_coef": "0.1",
-                                               "log.tensorboard": "false", "task.ops": "+-"})
+                                               "log.tensorboard": "false", "task.arithmetic.ops": "+-"})
   c = config_lib.from_configdict(cd)
-  assert (c.train.steps, c.algorithm.kl_coef, c.log.tensorboard, c.task.ops) == (6, 0.1, False,
+  assert (c.train.steps, c.algorithm.kl_coef, c.log.tensorboard, c.task.arithmetic.ops) == (6, 0.1, False,
                                                                                   "+-")
 
 

@@ -235,12 +235,12 @@ def test_sft_slip_rate_matches_probability():
     (dict(sft_slip_prob=1.5), "sft_slip_prob"),
 ])
 def test_invalid_arguments_name_the_field(kwargs, field):
-  with pytest.raises(ValueError, match=f"task.{field}"):
+  with pytest.raises(ValueError, match=f"task.arithmetic.{field}"):
     ArithmeticTask(**kwargs)
 
 
 def test_partial_credit_out_of_range_raises():
-  with pytest.raises(ValueError, match="task.partial_credit"):
+  with pytest.raises(ValueError, match="task.arithmetic.partial_credit"):
     ArithmeticTask(partial_credit=1.5)
 
 

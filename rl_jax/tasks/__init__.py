@@ -2,9 +2,10 @@
 
 from rl_jax.tasks.arithmetic import ArithmeticTask
 from rl_jax.tasks.base import Example, Scores, Task
+from rl_jax.tasks.countdown import CountdownTask
 from rl_jax.tasks.tokenizer import CharTokenizer
 
-TASKS = {"arithmetic": ArithmeticTask}
+TASKS = {"arithmetic": ArithmeticTask, "countdown": CountdownTask}
 
 
 def make_task(name: str, **kwargs) -> Task:
@@ -14,4 +15,4 @@ def make_task(name: str, **kwargs) -> Task:
   return TASKS[name](**kwargs)
 
 
-__all__ = ["ArithmeticTask", "CharTokenizer", "Example", "Scores", "TASKS", "Task", "make_task"]
+__all__ = ["ArithmeticTask", "CharTokenizer", "CountdownTask", "Example", "Scores", "TASKS", "Task", "make_task"]

@@ -44,17 +44,17 @@ class ArithmeticTask:
   def __init__(self, *, max_digits: int = 3, ops: str = "+", heldout_fraction: float = 1 / 16,
                partial_credit: float = 0.0, sft_slip_prob: float = 0.0):
     if max_digits < 1:
-      raise ValueError(f"task.max_digits must be >= 1, got {max_digits}")
+      raise ValueError(f"task.arithmetic.max_digits must be >= 1, got {max_digits}")
     if not ops or set(ops) - set("+-*"):
-      raise ValueError(f"task.ops must be a non-empty subset of '+-*', got {ops!r}")
+      raise ValueError(f"task.arithmetic.ops must be a non-empty subset of '+-*', got {ops!r}")
     if not 0 < heldout_fraction < 1:
-      raise ValueError(f"task.heldout_fraction must be in (0, 1), got {heldout_fraction}")
+      raise ValueError(f"task.arithmetic.heldout_fraction must be in (0, 1), got {heldout_fraction}")
     self.max_digits, self.ops = max_digits, ops
     if not 0 <= partial_credit < 1:
-      raise ValueError(f"task.partial_credit must be in [0, 1) so that only an exact answer "
+      raise ValueError(f"task.arithmetic.partial_credit must be in [0, 1) so that only an exact answer "
                        f"earns 1, got {partial_credit}")
     if not 0 <= sft_slip_prob <= 1:
-      raise ValueError(f"task.sft_slip_prob must be in [0, 1], got {sft_slip_prob}")
+      raise ValueError(f"task.arithmetic.sft_slip_prob must be in [0, 1], got {sft_slip_prob}")
     self.heldout_fraction, self.partial_credit = heldout_fraction, partial_credit
     self.sft_slip_prob = sft_slip_prob
     self.tokenizer = CharTokenizer(ALPHABET)
@@ -106,7 +106,7 @@ class ArithmeticTask:
           out.append(self._example(int(x), int(y), self.ops[k]))
     if len(out) < n:
       raise ValueError(f"the held-out split of this task has only about {len(out)} distinct "
-                       f"problems, fewer than eval.num_prompts={n}; raise task.max_digits or "
+                       f"problems, fewer than eval.num_prompts={n}; raise task.arithmetic.max_digits or "
                        f"lower eval.num_prompts")
     return out[:n]
 

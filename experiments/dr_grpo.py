@@ -1,0 +1,15 @@
+"""Dr. GRPO (arXiv:2503.20783): r - mean_g, token sums over a constant length, no KL.
+
+The default experiment (experiments/default.py: tiny policy, arithmetic with a flawed warm
+start) with this algorithm. Countdown instead: --config.task.name=countdown.
+"""
+
+import os
+
+from rl_jax.config import load_config_file
+
+
+def get_config():
+  c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py"))
+  c.algorithm.name = "dr_grpo"
+  return c

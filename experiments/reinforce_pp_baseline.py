@@ -1,0 +1,15 @@
+"""REINFORCE++-baseline (arXiv:2501.03262): the group mean reward is subtracted first.
+
+The default experiment (experiments/default.py: tiny policy, arithmetic with a flawed warm
+start) with this algorithm. Countdown instead: --config.task.name=countdown.
+"""
+
+import os
+
+from rl_jax.config import load_config_file
+
+
+def get_config():
+  c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py"))
+  c.algorithm.name = "reinforce_pp_baseline"
+  return c

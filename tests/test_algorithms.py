@@ -1,0 +1,176 @@
+"""Algorithm presets: composition, token-level advantages, reward shaping, dynamic sampling."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from rl_jax import algorithms, trainer
+from rl_jax.algorithms import AdvantageInputs, compute_advantages
+from rl_jax.models import transformer
+from rl_jax.objectives import AGGREGATION_MODES
+from rl_jax.types import TrainBatch
+
+PRESETS = sorted(algorithms.PRESETS)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_builds_and_is_loss_minus_mean_adv_at_ratio_one(name):
+  algo = algorithms.make_algorithm(name)
+  graphdef, params = transformer.init_model(transformer.preset("test", 19), 0)
+  rng = np.random.default_rng(0)
+  N, P, T = 8, 4, 5
+  mask = np.arange(T)[None] < rng.integers(1, T + 1, N)[:, None]
+  rewards = rng.random((2, 4)).astype(np.float32)
+  adv = compute_advantages(algo, AdvantageInputs(jnp.asarray(rewards), jnp.asarray(mask, jnp.float32),
+                                                 jnp.zeros((N, T)), jnp.zeros((N, T))))
+  assert adv.shape == (N, T) and np.all(np.asarray(adv)[~mask] == 0)
+  batch = TrainBatch(rng.integers(3, 19, (N, P)).astype(np.int32), np.ones((N, P), bool),
+                     rng.integers(3, 19, (N, T)).astype(np.int32), mask, adv,
+                     np.zeros((N, T), np.float32), np.zeros((N, T), np.float32))
+  no_kl = dataclasses.replace(algo, kl_coef=0.0)
+  loss, m = trainer.rl_loss(graphdef, params, batch, no_kl, temperature=1.0, on_policy=True,
+                            aggregation_constant=T)
+  from rl_jax.objectives import aggregate
+  expected = aggregate(-adv, jnp.asarray(mask, jnp.float32), algo.aggregation, constant=T)
+  np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5, atol=1e-6)
+  assert float(m["clip_frac"]) == 0.0
+
+
+def test_unknown_preset_and_unsupported_field_name_the_field():
+  with pytest.raises(ValueError, match="algorithm.name"):
+    algorithms.make_algorithm("ppo_plus_plus")
+  with pytest.raises(ValueError, match="algorithm.std_ddof"):
+    algorithms.make_algorithm("rloo", std_ddof=0)
+  with pytest.raises(ValueError, match="algorithm.aggregation"):
+    algorithms.make_algorithm("grpo", aggregation="sum_of_squares")
+
+
+def test_preset_defaults_match_the_method_table():
+  dapo = algorithms.make_algorithm("dapo")
+  assert (dapo.clip_eps_low, dapo.clip_eps_high, dapo.aggregation, dapo.kl_coef,
+          dapo.dynamic_sampling) == (0.2, 0.28, "token_mean", 0.0, True)
+  assert not algorithms.make_algorithm("dapo", dynamic_sampling=False).dynamic_sampling
+  grpo = algorithms.make_algorithm("grpo")
+  assert (grpo.kl_coef, grpo.aggregation) == (0.04, "seq_mean_token_mean")
+  gspo = algorithms.make_algorithm("gspo")
+  assert (gspo.clip_eps_low, gspo.clip_eps_high) == (3e-4, 4e-4)
+  assert algorithms.make_algorithm("dr_grpo").aggregation == "seq_sum_const"
+  rpp = algorithms.make_algorithm("reinforce_pp")
+  assert rpp.kl_in_reward and rpp.token_advantages is not None
+
+
+def test_group_advantages_broadcast_and_masked():
+  r = jnp.array([[1.0, 0.0, 0.0, 0.0]])
+  mask = jnp.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 0, 0]], jnp.float32)
+  adv = compute_advantages(algorithms.grpo(), AdvantageInputs(r, mask, jnp.zeros((4, 3)), None))
+  np.testing.assert_allclose(adv, [[1.5, 1.5, 0], [-0.5, 0, 0], [-0.5] * 3, [0, 0, 0]],
+                             rtol=1e-5)
+
+
+def _whiten(x, m):
+  v = x[m > 0]
+  return np.where(m > 0, (x - v.mean()) / np.sqrt(v.var() + 1e-8), 0.0)
+
+
+def test_reinforce_pp_hand_example():
+  """r = [1, 0]; masks [1,1,0], [1,0,0]; no KL: token rewards [[0,1,0],[0,0,0]], returns
+  [[1,1,0],[0,0,0]], whitened over the 3 valid tokens (mean 2/3, std sqrt(2)/3)."""
+  mask = jnp.array([[1, 1, 0], [1, 0, 0]], jnp.float32)
+  inputs = AdvantageInputs(jnp.array([[1.0, 0.0]]), mask, jnp.zeros((2, 3)), None)
+  adv = compute_advantages(algorithms.reinforce_pp(kl_coef=0.0), inputs)
+  np.testing.assert_allclose(adv, [[0.70711, 0.70711, 0], [-1.41421, 0, 0]], rtol=1e-4)
+
+
+def test_reinforce_pp_baseline_and_kl_in_reward():
+  mask = np.array([[1, 1, 1], [1, 1, 0]], np.float32)
+  logp = np.array([[-1.0, -2.0, -0.5], [-0.3, -1.0, 0.0]], np.float32)
+  ref = np.array([[-1.5, -2.0, -0.1], [-0.3, -0.2, 0.0]], np.float32)
+  inputs = AdvantageInputs(jnp.array([[1.0, 0.0]]), jnp.asarray(mask), jnp.asarray(logp),
+                           jnp.asarray(ref))
+  adv = compute_advantages(algorithms.reinforce_pp_baseline(kl_coef=0.1), inputs)
+  # By hand: R - mean_g(R) = [0.5, -0.5] on the last valid token; minus 0.1 * (logp - ref).
+  tok = -0.1 * (logp - ref) * mask
+  tok[0, 2] += 0.5
+  tok[1, 1] += -0.5
+  returns = np.cumsum(tok[:, ::-1], axis=1)[:, ::-1] * mask
+  np.testing.assert_allclose(adv, _whiten(returns, mask), rtol=1e-4, atol=1e-6)
+
+
+def test_dapo_overlong_penalty_shapes_rewards():
+  algo = algorithms.dapo(overlong_cache_len=4)
+  shaped = algorithms.shape_rewards(algo, jnp.ones(4), jnp.array([2, 6, 7, 8]), 8)
+  np.testing.assert_allclose(shaped, [1.0, 0.5, 0.25, 0.0])
+  assert algorithms.shape_rewards(algorithms.grpo(), jnp.ones(2), jnp.array([8, 8]), 8).tolist() \
+      == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("mode", AGGREGATION_MODES)
+def test_microbatch_accumulation_equals_one_batch(mode):
+  """Split invariance: 4 micro-batches with the global denominator == the whole batch."""
+  graphdef, params = transformer.init_model(transformer.preset("test", 19), 1)
+  algo = dataclasses.replace(algorithms.grpo(kl_coef=0.04), aggregation=mode)
+  rng = np.random.default_rng(3)
+  N, P, T = 16, 4, 6
+  mask = np.arange(T)[None] < rng.integers(1, T + 1, N)[:, None]
+  mask[5] = False  # one empty completion
+  adv = np.broadcast_to(rng.normal(size=(N, 1)), (N, T)).astype(np.float32) * mask
+  batch = TrainBatch(rng.integers(3, 19, (N, P)).astype(np.int32), np.ones((N, P), bool),
+                     rng.integers(3, 19, (N, T)).astype(np.int32), mask, adv,
+                     np.zeros((N, T), np.float32),
+                     (-1.0 - rng.random((N, T))).astype(np.float32))
+  # Plain SGD with rate 1: the parameter change *is* the gradient (Adam's first step,
+  # g / (|g| + eps), would amplify float noise in near-zero gradient entries).
+  tx = optax.sgd(1.0)
+  results = []
+  for micro in (1, 4):
+    update = trainer.make_rl_update(graphdef, algo, tx, num_microbatches=micro,
+                                    aggregation_constant=T)
+    state, m = update(trainer.init_state(jax.tree.map(jnp.copy, params), tx), batch,
+                      jax.random.key(0))
+    results.append((m, state.params))
+  (m1, p1), (m4, p4) = results
+  np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(m4["pg_loss"], m1["pg_loss"], rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(m4["grad_norm"], m1["grad_norm"], rtol=1e-5)
+  for a, b, p0 in zip(jax.tree.leaves(p1), jax.tree.leaves(p4), jax.tree.leaves(params)):
+    g1, g4 = np.asarray(p0) - np.asarray(a), np.asarray(p0) - np.asarray(b)
+    np.testing.assert_allclose(g4, g1, rtol=1e-5, atol=1e-5 * np.abs(g1).max())
+
+
+def test_dynamic_sampling_keeps_only_informative_groups():
+  """Prompts whose first operand is even get the same reward for every sample (no signal);
+  dynamic sampling must drop them, draw more rounds, and fill only when rounds run out."""
+  from tests_support import make_small_config
+  from rl_jax import loop
+  from rl_jax.tasks.base import Scores
+
+  config = make_small_config(**{"algorithm.name": "dapo", "rl.prompts_per_step": 4})
+  exp = loop.Experiment.build(config)
+  exp.algo = dataclasses.replace(exp.algo, overlong_cache_len=None)  # rewards = task rewards
+  _, params = transformer.init_model(exp.model_cfg, 0)
+
+  def score(examples, completions):
+    rewards = np.array([0.5 if ex.meta[0] % 2 == 0 else float(i % 2)
+                        for i, ex in enumerate(examples)], np.float32)
+    return Scores(rewards, rewards == 1.0)
+
+  exp.task.score = score
+  roll, metrics = loop.collect_rollout(exp, params, step=1, key=jax.random.key(0))
+  G = config.rl.group_size
+  groups = roll.rewards_N.reshape(-1, G)
+  assert groups.shape == (4, G)
+  informative = np.ptp(groups, axis=1) > 0
+  assert informative.sum() == 4 - metrics["ds_filled_groups"]
+  assert metrics["ds_rounds"] >= 1 and metrics["ds_dropped_groups"] >= 0
+  # The kept groups are exactly the odd-first-operand prompts.
+  firsts = [int(exp.task.tokenizer.decode(p).split("+")[0]) for p in roll.prompt_NxP[::G]]
+  for first, keep in zip(firsts, informative):
+    assert keep == (first % 2 == 1)
+  # Without dynamic sampling every group is kept as drawn, in one round.
+  exp.algo = dataclasses.replace(exp.algo, dynamic_sampling=False)
+  roll2, metrics2 = loop.collect_rollout(exp, params, step=1, key=jax.random.key(0))
+  assert "ds_rounds" not in metrics2 and roll2.rewards_N.shape == (4 * G,)
