@@ -22,8 +22,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-DEFAULT_PRESETS = ("grpo", "dr_grpo", "dapo", "dapo_no_ds", "gspo", "rloo", "reinforce_pp",
-                   "reinforce_pp_baseline")
+DEFAULT_PRESETS = ("ppo", "grpo", "dr_grpo", "dapo", "dapo_no_ds", "gspo", "gspo_token", "rloo",
+                   "reinforce_pp", "reinforce_pp_baseline")
 
 
 def _config(task: str, preset: str, steps: int, extra: dict[str, str]):
@@ -32,6 +32,8 @@ def _config(task: str, preset: str, steps: int, extra: dict[str, str]):
   cd = config_lib.load_config_file(base)
   overrides = {"train.steps": str(steps), "checkpoint.every": str(steps),
                "log.tensorboard": "false"}
+  if preset == "ppo":
+    overrides["train.critic_learning_rate"] = "1e-3"  # as experiments/ppo.py
   if preset == "dapo_no_ds":
     overrides.update({"algorithm.name": "dapo", "algorithm.dynamic_sampling": "false"})
   else:

@@ -16,6 +16,7 @@ notebook), not a new trainer.
 | rloo | G/(G-1) (r - mean_g) | clip 0.2 | token_mean | none |
 | reinforce_pp | whitened return-to-go of token rewards | clip 0.2 | token_mean | k1 in reward, 0.01 |
 | reinforce_pp_baseline | same, group mean subtracted first | clip 0.2 | token_mean | k1 in reward, 0.01 |
+| ppo | GAE (critic), whitened | clip 0.2, dual clip 3 | token_mean | k1 in reward, 0.01; clipped value loss |
 """
 
 from __future__ import annotations
@@ -41,10 +42,12 @@ class AdvantageInputs(NamedTuple):
   mask_NxT: jax.Array  # float32 1 on generated tokens
   logp_NxT: jax.Array  # behaviour-policy log-probs of the sampled tokens
   ref_logp_NxT: jax.Array | None  # reference log-probs (None when no KL is needed)
+  values_NxT: jax.Array | None = None  # critic values at sampling time (PPO)
 
 
 GroupAdvantageFn = Callable[[jax.Array], jax.Array]  # rewards_BxG -> adv_BxG
-TokenAdvantageFn = Callable[[AdvantageInputs], jax.Array]  # inputs -> adv_NxT
+# inputs -> adv_NxT, or (adv_NxT, returns_NxT) for estimators that also produce value targets
+TokenAdvantageFn = Callable[[AdvantageInputs], jax.Array | tuple[jax.Array, jax.Array]]
 PolicyLossFn = Callable[..., jax.Array]  # (logp_NxT, old_logp_NxT, adv_NxT, mask_NxT) -> loss_NxT
 KLFn = Callable[[jax.Array, jax.Array], jax.Array]  # (logp, ref_logp) -> per-token
 
@@ -71,6 +74,10 @@ class Algorithm:
       this L_cache is added to the task reward.
     dynamic_sampling: drop groups whose rewards are all equal (no signal) and sample more
       prompts until the batch is full, at most `dynamic_sampling_max_rounds` extra rounds.
+    critic: train a value model (PPO); `token_advantages` then receives its values and must
+      return (adv, returns).
+    value_clip_eps: the clip range of the clipped value loss.
+    vf_coef: weight of the value loss.
   """
 
   name: str
@@ -88,6 +95,9 @@ class Algorithm:
   overlong_cache_len: int | None = None
   dynamic_sampling: bool = False
   dynamic_sampling_max_rounds: int = 3
+  critic: bool = False
+  value_clip_eps: float = 0.2
+  vf_coef: float = 1.0
 
   def __post_init__(self):
     if self.aggregation not in AGGREGATION_MODES:
@@ -103,20 +113,26 @@ class Algorithm:
                        f"{self.overlong_cache_len}")
     if self.dynamic_sampling_max_rounds < 0:
       raise ValueError("algorithm.dynamic_sampling_max_rounds must be >= 0")
+    if self.critic and self.token_advantages is None:
+      raise ValueError("an algorithm with a critic needs token_advantages that use its values")
 
   @property
   def needs_reference(self) -> bool:
     return self.kl_coef > 0
 
 
-def compute_advantages(algo: Algorithm, inputs: AdvantageInputs) -> jax.Array:
-  """adv_NxT for a batch: the token-level estimator if the algorithm has one, else the group
-  estimator's sequence advantages broadcast over each row's tokens (0 on masked tokens)."""
+def compute_advantages(algo: Algorithm, inputs: AdvantageInputs
+                       ) -> tuple[jax.Array, jax.Array | None]:
+  """(adv_NxT, returns_NxT or None) for a batch: the token-level estimator if the algorithm has
+  one, else the group estimator's sequence advantages broadcast over each row's tokens.
+  Both are 0 on masked tokens; returns (value targets) come only from critic estimators."""
   mask = jnp.asarray(inputs.mask_NxT, jnp.float32)
   if algo.token_advantages is not None:
-    return algo.token_advantages(inputs) * mask
+    out = algo.token_advantages(inputs)
+    adv, returns = out if isinstance(out, tuple) else (out, None)
+    return adv * mask, None if returns is None else returns * mask
   adv_N = algo.advantages(inputs.rewards_BxG).reshape(-1)
-  return adv_N[:, None] * mask
+  return adv_N[:, None] * mask, None
 
 
 def shape_rewards(algo: Algorithm, rewards_N: jax.Array, lengths_N: jax.Array,
@@ -165,6 +181,28 @@ def reinforce_pp_advantages(inputs: AdvantageInputs, *, kl_coef: float, gamma: f
                                               kl_coef=kl_coef)
   returns = adv_lib.discounted_returns(token_rewards, inputs.mask_NxT, gamma=gamma)
   return adv_lib.whiten(returns, inputs.mask_NxT)
+
+
+def ppo_advantages(inputs: AdvantageInputs, *, kl_coef: float, gamma: float = 1.0,
+                   lam: float = 0.95, whiten_advantages: bool = True
+                   ) -> tuple[jax.Array, jax.Array]:
+  """PPO for language models (InstructGPT, arXiv:2203.02155): GAE over per-token rewards.
+
+  r_t = R * 1[t = last] - kl_coef * (logp_t - ref_logp_t);  (A, G) = GAE(r, V, gamma, lam);
+  returns G = A + V are the value targets; A is whitened over the batch's valid tokens.
+  """
+  if inputs.values_NxT is None:
+    raise ValueError("PPO advantages need the critic's values")
+  kl = None
+  if kl_coef and inputs.ref_logp_NxT is not None:
+    kl = kl_lib.kl_k1(inputs.logp_NxT, inputs.ref_logp_NxT)
+  token_rewards = shaping.token_level_rewards(inputs.rewards_BxG.reshape(-1), inputs.mask_NxT,
+                                              kl_NxT=kl, kl_coef=kl_coef)
+  adv, returns = adv_lib.gae(token_rewards, inputs.values_NxT, inputs.mask_NxT, gamma=gamma,
+                             lam=lam)
+  if whiten_advantages:
+    adv = adv_lib.whiten(adv, inputs.mask_NxT)
+  return adv, returns
 
 
 def _no_extras(name: str, unused: dict) -> None:
@@ -279,7 +317,26 @@ def reinforce_pp_baseline(**kwargs) -> Algorithm:
   return reinforce_pp(group_baseline=True, **kwargs)
 
 
+def ppo(*, kl_coef: float = 0.01, clip_eps_low: float = 0.2, clip_eps_high: float = 0.2,
+        dual_clip: float = 3.0, aggregation: str = "token_mean", entropy_coef: float = 0.0,
+        gamma: float = 1.0, gae_lambda: float = 0.95, value_clip_eps: float = 0.2,
+        vf_coef: float = 1.0, **unused) -> Algorithm:
+  """PPO with a critic (arXiv:1707.06347; InstructGPT arXiv:2203.02155): GAE advantages from a
+  value model initialised from the policy trunk, whitened; clipped ratio with dual clip c=3
+  for A < 0; clipped value loss; per-token k1 KL folded into the reward; token mean."""
+  _no_extras("ppo", unused)
+  return Algorithm(
+      name="ppo", advantages=adv_lib.rloo_advantages,  # unused: token_advantages
+      token_advantages=functools.partial(ppo_advantages, kl_coef=kl_coef, gamma=gamma,
+                                         lam=gae_lambda),
+      policy_loss=_clipped(clip_eps_low, clip_eps_high, dual_clip), aggregation=aggregation,
+      kl_coef=kl_coef, kl_estimator=kl_lib.kl_k1, kl_in_reward=True, entropy_coef=entropy_coef,
+      clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high, critic=True,
+      value_clip_eps=value_clip_eps, vf_coef=vf_coef)
+
+
 PRESETS: dict[str, Callable[..., Algorithm]] = {
+    "ppo": ppo,
     "grpo": grpo, "dr_grpo": dr_grpo, "dapo": dapo, "gspo": gspo, "gspo_token": gspo_token,
     "rloo": rloo, "reinforce_pp": reinforce_pp, "reinforce_pp_baseline": reinforce_pp_baseline,
 }

@@ -78,6 +78,7 @@ class TrainConfig:
   num_minibatches: int = 1  # optimizer steps per epoch over a rollout batch
   num_iterations: int = 1  # epochs over each rollout batch (mu in the GRPO paper)
   num_microbatches: int = 1  # gradient accumulation inside a minibatch (exact, memory only)
+  critic_learning_rate: float | None = None  # PPO critic (None = learning_rate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +105,11 @@ class AlgorithmConfig:
   aggregation: str | None = None
   std_ddof: int | None = None
   entropy_coef: float | None = None
-  gamma: float | None = None  # REINFORCE++ discount
+  gamma: float | None = None  # discount (REINFORCE++, PPO)
+  gae_lambda: float | None = None  # PPO
+  value_clip_eps: float | None = None  # PPO clipped value loss
+  vf_coef: float | None = None  # PPO value-loss weight
+  dual_clip: float | None = None  # PPO dual clip c for A < 0
   overlong_cache_len: int | None = None  # DAPO soft overlong penalty ramp (tokens)
   dynamic_sampling: bool | None = None  # DAPO: drop all-equal groups, resample
   dynamic_sampling_max_rounds: int | None = None

@@ -49,3 +49,25 @@ def completion_logprobs(graphdef, params, prompt_NxP, prompt_mask_NxP, completio
   mask = completion_mask_NxT.astype(logp.dtype)
   ent = entropy_from_logits(logits_NxTxV) * mask if with_entropy else None
   return TokenStats(logp * mask, ent)
+
+
+def init_critic(policy_params, d_model: int) -> dict:
+  """Critic parameters: a copy of the policy's trunk plus a fresh zero-initialised scalar head
+  (so the critic starts from the policy's features and predicts 0 everywhere)."""
+  return dict(trunk=jax.tree.map(jnp.copy, policy_params),
+              value_head=dict(kernel=jnp.zeros((d_model, 1), jnp.float32),
+                              bias=jnp.zeros((1,), jnp.float32)))
+
+
+def completion_values(graphdef, critic_params, prompt_NxP, prompt_mask_NxP, completion_NxT,
+                      completion_mask_NxT) -> jax.Array:
+  """V(s_t) for each completion token t: the critic's estimate of the return from the state
+  that emits token t (hidden state at index P - 1 + t). float32 [N, T], 0 where masked."""
+  model = transformer.merge(graphdef, critic_params["trunk"])
+  P = prompt_NxP.shape[1]
+  tokens = jnp.concatenate([prompt_NxP, completion_NxT], axis=1)
+  valid = jnp.concatenate([prompt_mask_NxP, completion_mask_NxT.astype(bool)], axis=1)
+  h, _ = model.hidden(tokens, transformer.positions_from_mask(valid), valid)
+  head = critic_params["value_head"]
+  values = (h[:, P - 1:-1].astype(jnp.float32) @ head["kernel"])[..., 0] + head["bias"][0]
+  return values * completion_mask_NxT.astype(jnp.float32)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rl_jax import algorithms, config as config_lib, parallel, trainer
+from rl_jax import algorithms, config as config_lib, logprobs, parallel, trainer
 from rl_jax.checkpoint import Checkpointer, CheckpointError
 from rl_jax.metrics import MetricsWriter, Progress, format_duration, plot_rewards, read_jsonl
 from rl_jax.models import transformer
@@ -97,10 +97,23 @@ class Experiment:
     init = jax.jit(lambda: transformer.init_model(self.model_cfg, seed)[1], out_shardings=shardings)
     return init()
 
-  def init_state(self, params, tx):
-    abstract = jax.eval_shape(lambda p: trainer.init_state(p, tx), params)
+  def init_state(self, params, tx, critic_tx=None):
+    """Train state at its shardings; with `critic_tx`, also a critic initialised from `params`."""
+    def init(p):
+      critic = None if critic_tx is None else logprobs.init_critic(p, self.model_cfg.d_model)
+      return trainer.init_state(p, tx, critic, critic_tx)
+    abstract = jax.eval_shape(init, params)
     shardings = parallel.state_shardings(abstract, self.mesh)
-    return jax.jit(lambda p: trainer.init_state(p, tx), out_shardings=shardings)(params), shardings
+    return jax.jit(init, out_shardings=shardings)(params), shardings
+
+  def rl_optimizers(self):
+    """(policy optimizer, critic optimizer or None) for the RL phase."""
+    t = self.config.train
+    make = lambda lr: trainer.make_optimizer(learning_rate=lr, warmup_steps=t.warmup_steps,
+                                             weight_decay=t.weight_decay,
+                                             max_grad_norm=t.max_grad_norm)
+    critic_tx = make(t.critic_learning_rate or t.learning_rate) if self.algo.critic else None
+    return make(t.learning_rate), critic_tx
 
   def shard(self, tree):
     return parallel.shard_batch(tree, self.mesh)
@@ -248,10 +261,7 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
       f"({exp.model_cfg.num_params() / 1e6:.2f} M params) | {jax.device_count()} "
       f"{jax.devices()[0].platform} device(s), mesh {dict(exp.mesh.shape)} | workdir {workdir}")
 
-  tx = trainer.make_optimizer(learning_rate=c.train.learning_rate,
-                              warmup_steps=c.train.warmup_steps,
-                              weight_decay=c.train.weight_decay,
-                              max_grad_norm=c.train.max_grad_norm)
+  tx, critic_tx = exp.rl_optimizers()
   ckpt = Checkpointer(workdir, keep=c.checkpoint.keep, async_save=c.checkpoint.async_save)
   writer = MetricsWriter(workdir, tensorboard=c.log.tensorboard,
                          wandb_project=c.log.wandb_project, config=c.to_dict())
@@ -263,7 +273,7 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
   params = exp.init_params(c.seed)
   start = ckpt.latest_step()
   if start is not None:
-    state, state_sh = exp.init_state(params, tx)
+    state, state_sh = exp.init_state(params, tx, critic_tx)
     state, root_key, meta = ckpt.restore(start, state, root_key)
     ref_params = ckpt.restore_reference(params)
     if meta.get("data_position") != start:
@@ -282,7 +292,7 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
     else:
       ckpt.save_reference(params)
     ref_params = params
-    state, state_sh = exp.init_state(params, tx)
+    state, state_sh = exp.init_state(params, tx, critic_tx)
     start = 0
     before = exp.evaluate(state.params, heldout)
     writer.write_eval(0, before)
@@ -291,7 +301,7 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
 
   # 2. The jitted pieces of one step.
   batch_sh = parallel.batch_sharding(exp.mesh)
-  update = trainer.make_rl_update(exp.graphdef, exp.algo, tx,
+  update = trainer.make_rl_update(exp.graphdef, exp.algo, tx, critic_tx=critic_tx,
                                   num_minibatches=c.train.num_minibatches,
                                   num_iterations=c.train.num_iterations,
                                   num_microbatches=c.train.num_microbatches,
@@ -300,6 +310,7 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
                                   or exp.sampling.max_new_tokens,
                                   state_sharding=state_sh, batch_sharding=batch_sh)
   logprob_fn = trainer.make_logprob_fn(exp.graphdef, temperature=c.sampling.temperature)
+  value_fn = trainer.make_value_fn(exp.graphdef) if exp.algo.critic else None
   advantages_fn = jax.jit(functools.partial(algorithms.compute_advantages, exp.algo))
   on_policy = c.train.num_minibatches == 1 and c.train.num_iterations == 1
   sampler_logp_exact = (c.sampling.temperature == 1.0 and c.sampling.top_k == 0
@@ -332,11 +343,13 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
       old_logp = sampler_logp
     else:
       old_logp = logprob_fn(state.params, prompt_N, prompt_mask_N, tokens, mask)
-    adv_NxT = advantages_fn(algorithms.AdvantageInputs(
+    values = (value_fn(state.critic_params, prompt_N, prompt_mask_N, tokens, mask)
+              if value_fn else None)
+    adv_NxT, returns = advantages_fn(algorithms.AdvantageInputs(
         jnp.asarray(roll.rewards_N.reshape(B, G)), mask.astype(jnp.float32), sampler_logp,
-        ref_logp if exp.algo.needs_reference else None))
+        ref_logp if exp.algo.needs_reference else None, values))
     batch = exp.shard(TrainBatch(prompt_N, prompt_mask_N, tokens, mask, adv_NxT, old_logp,
-                                 ref_logp))
+                                 ref_logp, values, returns))
     state, m = update(state, batch, update_key)
     m = jax.device_get(m)
     t_update = time.time() - t1
@@ -349,6 +362,9 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
         rollout_s=t_rollout, update_s=t_update,
         gen_tokens_per_s=roll_metrics["generated_tokens"] / max(t_rollout, 1e-9),
         step_s=time.time() - t0)
+    for key in ("value_loss", "value_mean", "value_abs_err"):  # present with a critic
+      if key in m:
+        metrics[key] = float(m[key])
     writer.write(step, metrics)
     progress.update(step, metrics)
 
@@ -433,11 +449,8 @@ def evaluate_workdir(workdir: str, overrides: dict[str, str] | None = None, *,
   ckpt = Checkpointer(workdir, keep=config.checkpoint.keep)
   params = exp.init_params(config.seed)
   if step is not None or ckpt.latest_step() is not None:
-    tx = trainer.make_optimizer(learning_rate=config.train.learning_rate,
-                                warmup_steps=config.train.warmup_steps,
-                                weight_decay=config.train.weight_decay,
-                                max_grad_norm=config.train.max_grad_norm)
-    state, _ = exp.init_state(params, tx)
+    tx, critic_tx = exp.rl_optimizers()
+    state, _ = exp.init_state(params, tx, critic_tx)
     state, _, meta = ckpt.restore(step, state, jax.random.key(config.seed))
     params, source = state.params, f"checkpoint step {meta['step']}"
   else:

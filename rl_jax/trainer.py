@@ -7,6 +7,7 @@ gradient is not finite is skipped (parameters and optimizer state kept) and coun
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -15,10 +16,11 @@ import jax.numpy as jnp
 import optax
 
 from rl_jax.algorithms import Algorithm
-from rl_jax.logprobs import completion_logprobs
+from rl_jax.logprobs import completion_logprobs, completion_values
 from rl_jax.objectives.aggregation import (aggregate, aggregate_with_denominator,
                                             aggregation_denominator)
 from rl_jax.objectives.policy_losses import clip_fraction
+from rl_jax.objectives.value import clipped_value_loss
 from rl_jax.types import TrainBatch
 
 
@@ -27,6 +29,8 @@ class TrainState(NamedTuple):
   params: Any  # pure dict of arrays
   opt_state: Any
   skipped: jax.Array  # int32, updates skipped because the loss or gradient was not finite
+  critic_params: Any = None  # PPO value model (trunk + value head), None without a critic
+  critic_opt_state: Any = None
 
 
 def make_optimizer(*, learning_rate: float, warmup_steps: int = 0, weight_decay: float = 0.0,
@@ -44,8 +48,11 @@ def make_optimizer(*, learning_rate: float, warmup_steps: int = 0, weight_decay:
   return optax.chain(*parts)
 
 
-def init_state(params, tx: optax.GradientTransformation) -> TrainState:
-  return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jnp.zeros((), jnp.int32))
+def init_state(params, tx: optax.GradientTransformation, critic_params=None,
+               critic_tx: optax.GradientTransformation | None = None) -> TrainState:
+  critic_opt = None if critic_params is None else (critic_tx or tx).init(critic_params)
+  return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jnp.zeros((), jnp.int32),
+                    critic_params, critic_opt)
 
 
 def _tree_finite(tree) -> jax.Array:
@@ -53,15 +60,26 @@ def _tree_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def apply_gradients(state: TrainState, grads, loss, tx) -> tuple[TrainState, jax.Array]:
-  """One optimizer step, skipped (state kept, `skipped` + 1) if loss or grads are not finite."""
-  ok = jnp.isfinite(loss) & _tree_finite(grads)
-  safe_grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.zeros_like(g)), grads)
-  updates, new_opt = tx.update(safe_grads, state.opt_state, state.params)
-  new_params = optax.apply_updates(state.params, updates)
+def _optimizer_step(params, opt_state, grads, tx, ok):
+  safe = jax.tree.map(lambda g: jnp.where(ok, g, jnp.zeros_like(g)), grads)
+  updates, new_opt = tx.update(safe, opt_state, params)
+  new_params = optax.apply_updates(params, updates)
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-  return TrainState(state.step + 1, keep(new_params, state.params), keep(new_opt, state.opt_state),
-                    state.skipped + (~ok).astype(jnp.int32)), ok
+  return keep(new_params, params), keep(new_opt, opt_state)
+
+
+def apply_gradients(state: TrainState, grads, loss, tx, critic_grads=None,
+                    critic_tx=None) -> tuple[TrainState, jax.Array]:
+  """One optimizer step (policy, and critic if any), skipped as a whole (state kept,
+  `skipped` + 1) if the loss or any gradient is not finite."""
+  ok = jnp.isfinite(loss) & _tree_finite(grads) & _tree_finite(critic_grads)
+  params, opt_state = _optimizer_step(state.params, state.opt_state, grads, tx, ok)
+  critic_params, critic_opt = state.critic_params, state.critic_opt_state
+  if critic_grads is not None:
+    critic_params, critic_opt = _optimizer_step(critic_params, critic_opt, critic_grads,
+                                                critic_tx or tx, ok)
+  return TrainState(state.step + 1, params, opt_state, state.skipped + (~ok).astype(jnp.int32),
+                    critic_params, critic_opt), ok
 
 
 def rl_loss(graphdef, params, mb: TrainBatch, algo: Algorithm, *, temperature: float,
@@ -105,6 +123,21 @@ def rl_loss(graphdef, params, mb: TrainBatch, algo: Algorithm, *, temperature: f
   return loss, metrics
 
 
+def value_loss(graphdef, critic_params, mb: TrainBatch, algo: Algorithm, *, denominator=None):
+  """Clipped value loss (token mean, or the batch's global token count as `denominator`)."""
+  mask = mb.completion_mask_NxT.astype(jnp.float32)
+  values = completion_values(graphdef, critic_params, mb.prompt_NxP, mb.prompt_mask_NxP,
+                             mb.completion_NxT, mb.completion_mask_NxT)
+  per_token = clipped_value_loss(values, mb.old_values_NxT, mb.returns_NxT,
+                                 eps=algo.value_clip_eps)
+  if denominator is None:
+    denominator = aggregation_denominator(mask, "token_mean")
+  loss = aggregate_with_denominator(per_token, mask, "token_mean", denominator)
+  err = (values - mb.returns_NxT) * mask
+  return loss, dict(value_loss=loss, value_mean=aggregate(values, mask, "token_mean"),
+                    value_abs_err=aggregate(jnp.abs(err), mask, "token_mean"))
+
+
 def _split(tree, parts: int):
   """[N, ...] leaves -> [parts, N / parts, ...]."""
   return jax.tree.map(lambda x: x.reshape(parts, x.shape[0] // parts, *x.shape[1:]), tree)
@@ -113,6 +146,7 @@ def _split(tree, parts: int):
 def make_rl_update(graphdef, algo: Algorithm, tx: optax.GradientTransformation, *,
                    num_minibatches: int = 1, num_iterations: int = 1, num_microbatches: int = 1,
                    temperature: float = 1.0, aggregation_constant: float | None = None,
+                   critic_tx: optax.GradientTransformation | None = None,
                    state_sharding=None, batch_sharding=None) -> Callable:
   """Returns `update(state, batch, rng) -> (state, metrics)`, jitted with donated state.
 
@@ -120,18 +154,30 @@ def make_rl_update(graphdef, algo: Algorithm, tx: optax.GradientTransformation, 
   optimizer step each. A minibatch is processed as `num_microbatches` micro-batches whose
   gradients are accumulated with the minibatch's global aggregation denominator, so the
   update is the same as with one micro-batch (only peak memory changes).
+
+  With a critic (`algo.critic`), the value model is trained alongside with the clipped value
+  loss (weight `algo.vf_coef`) and its own optimizer `critic_tx`; `params` below are then the
+  pair (policy, critic), whose losses are independent.
   """
   on_policy = num_minibatches == 1 and num_iterations == 1
 
   def loss_fn(params, mb, denominator):
-    return rl_loss(graphdef, params, mb, algo, temperature=temperature, on_policy=on_policy,
-                   aggregation_constant=aggregation_constant, denominator=denominator)
+    policy_params, critic_params = params
+    loss, metrics = rl_loss(graphdef, policy_params, mb, algo, temperature=temperature,
+                            on_policy=on_policy, aggregation_constant=aggregation_constant,
+                            denominator=denominator[0])
+    if algo.critic:
+      vloss, vmetrics = value_loss(graphdef, critic_params, mb, algo, denominator=denominator[1])
+      loss = loss + algo.vf_coef * vloss
+      metrics.update(vmetrics, loss=loss)
+    return loss, metrics
 
   loss_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
 
   def minibatch_grads(params, mb):
     mask = mb.completion_mask_NxT.astype(jnp.float32)
-    den = aggregation_denominator(mask, algo.aggregation, constant=aggregation_constant)
+    den = (aggregation_denominator(mask, algo.aggregation, constant=aggregation_constant),
+           aggregation_denominator(mask, "token_mean"))
     if num_microbatches == 1:
       return loss_and_grad(params, mb, den)
 
@@ -144,13 +190,14 @@ def make_rl_update(graphdef, algo: Algorithm, tx: optax.GradientTransformation, 
     (loss, grads), metrics = jax.lax.scan(accumulate, (jnp.zeros(()), zeros),
                                           _split(mb, num_microbatches))
     # Partial losses (global denominator) add up; per-micro-batch diagnostics are averaged.
-    metrics = {k: jnp.sum(v) if k in ("loss", "pg_loss") else jnp.mean(v)
+    metrics = {k: jnp.sum(v) if k in ("loss", "pg_loss", "value_loss") else jnp.mean(v)
                for k, v in metrics.items()}
     return (loss, metrics), grads
 
   def minibatch_step(state, mb):
-    (loss, metrics), grads = minibatch_grads(state.params, mb)
-    state, ok = apply_gradients(state, grads, loss, tx)
+    (loss, metrics), (grads, critic_grads) = minibatch_grads(
+        (state.params, state.critic_params), mb)
+    state, ok = apply_gradients(state, grads, loss, tx, critic_grads, critic_tx)
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads), finite=ok.astype(jnp.float32))
     return state, metrics
 
@@ -175,6 +222,11 @@ def make_rl_update(graphdef, algo: Algorithm, tx: optax.GradientTransformation, 
     shardings = dict(in_shardings=(state_sharding, batch_sharding, None),
                      out_shardings=(state_sharding, None))
   return jax.jit(update, donate_argnums=(0,), **shardings)
+
+
+def make_value_fn(graphdef) -> Callable:
+  """Jitted `(critic_params, prompt, prompt_mask, completion, completion_mask) -> values_NxT`."""
+  return jax.jit(functools.partial(completion_values, graphdef))
 
 
 def make_logprob_fn(graphdef, *, temperature: float = 1.0, batch_sharding=None) -> Callable:

@@ -29,3 +29,5 @@ class TrainBatch(NamedTuple):
   adv_NxT: jax.Array  # float32 per-token advantages (sequence advantages broadcast over T)
   old_logp_NxT: jax.Array  # float32 behaviour-policy log-probs (ignored when exactly on-policy)
   ref_logp_NxT: jax.Array  # float32 reference log-probs (ignored when the KL weight is 0)
+  old_values_NxT: jax.Array | None = None  # critic values at sampling time (PPO)
+  returns_NxT: jax.Array | None = None  # value targets (PPO)

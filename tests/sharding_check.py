@@ -58,12 +58,38 @@ def two_steps(mesh):
   return losses, sizes, specs, flat
 
 
+def split_invariance(mesh_one, mesh_eight):
+  """Loss and gradient of one global batch, every aggregation mode, 1 device vs 8 shards."""
+  import dataclasses
+  from rl_jax.objectives import AGGREGATION_MODES
+  cfg = transformer.preset("test", 17)
+  graphdef, params = transformer.init_model(cfg, 2)
+  batch = make_batch(N=16, seed=5)
+  out = {}
+  for mode in AGGREGATION_MODES:
+    algo = dataclasses.replace(algorithms.grpo(kl_coef=0.04), aggregation=mode)
+    fn = jax.value_and_grad(lambda p, b: trainer.rl_loss(
+        graphdef, p, b, algo, temperature=1.0, on_policy=True, aggregation_constant=6)[0])
+    results = []
+    for mesh in (mesh_one, mesh_eight):
+      p = jax.device_put(params, parallel.param_shardings(params, mesh))
+      b = jax.device_put(batch, parallel.batch_sharding(mesh))
+      loss, grads = jax.jit(fn)(p, b)
+      results.append((float(loss), np.concatenate([np.asarray(g).ravel()
+                                                   for g in jax.tree.leaves(grads)])))
+    (l1, g1), (l8, g8) = results
+    out[mode] = dict(loss_rel=abs(l1 - l8) / max(abs(l1), 1e-12),
+                     grad_rel=float(np.max(np.abs(g1 - g8)) / np.max(np.abs(g1))))
+  return out
+
+
 def main():
   assert jax.device_count() == 8, jax.devices()
   one = parallel.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   eight = parallel.make_mesh(dict(data=2, fsdp=4, tensor=1))
   l1, s1, _, p1 = two_steps(one)
   l8, s8, specs, p8 = two_steps(eight)
+  invariance = split_invariance(one, eight)
 
   # The whole loop on the (data=2, fsdp=4) mesh, two RL steps.
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -77,7 +103,7 @@ def main():
   print(json.dumps(dict(loss_one=l1, loss_mesh=l8, cache_one=s1, cache_mesh=s8,
                         max_param_diff=float(np.max(np.abs(p1 - p8))), specs=specs,
                         loop_losses=[r["loss"] for r in rows],
-                        loop_after=summary["after"]["accuracy"])))
+                        loop_after=summary["after"]["accuracy"], invariance=invariance)))
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ def test_every_preset_builds_and_is_loss_minus_mean_adv_at_ratio_one(name):
   N, P, T = 8, 4, 5
   mask = np.arange(T)[None] < rng.integers(1, T + 1, N)[:, None]
   rewards = rng.random((2, 4)).astype(np.float32)
-  adv = compute_advantages(algo, AdvantageInputs(jnp.asarray(rewards), jnp.asarray(mask, jnp.float32),
-                                                 jnp.zeros((N, T)), jnp.zeros((N, T))))
+  adv, _ = compute_advantages(algo, AdvantageInputs(
+      jnp.asarray(rewards), jnp.asarray(mask, jnp.float32), jnp.zeros((N, T)), jnp.zeros((N, T)),
+      jnp.asarray(rng.normal(size=(N, T)) * mask, jnp.float32)))
   assert adv.shape == (N, T) and np.all(np.asarray(adv)[~mask] == 0)
   batch = TrainBatch(rng.integers(3, 19, (N, P)).astype(np.int32), np.ones((N, P), bool),
                      rng.integers(3, 19, (N, T)).astype(np.int32), mask, adv,
@@ -66,7 +67,9 @@ def test_preset_defaults_match_the_method_table():
 def test_group_advantages_broadcast_and_masked():
   r = jnp.array([[1.0, 0.0, 0.0, 0.0]])
   mask = jnp.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 0, 0]], jnp.float32)
-  adv = compute_advantages(algorithms.grpo(), AdvantageInputs(r, mask, jnp.zeros((4, 3)), None))
+  adv, returns = compute_advantages(algorithms.grpo(),
+                                    AdvantageInputs(r, mask, jnp.zeros((4, 3)), None))
+  assert returns is None
   np.testing.assert_allclose(adv, [[1.5, 1.5, 0], [-0.5, 0, 0], [-0.5] * 3, [0, 0, 0]],
                              rtol=1e-5)
 
@@ -81,7 +84,7 @@ def test_reinforce_pp_hand_example():
   [[1,1,0],[0,0,0]], whitened over the 3 valid tokens (mean 2/3, std sqrt(2)/3)."""
   mask = jnp.array([[1, 1, 0], [1, 0, 0]], jnp.float32)
   inputs = AdvantageInputs(jnp.array([[1.0, 0.0]]), mask, jnp.zeros((2, 3)), None)
-  adv = compute_advantages(algorithms.reinforce_pp(kl_coef=0.0), inputs)
+  adv, _ = compute_advantages(algorithms.reinforce_pp(kl_coef=0.0), inputs)
   np.testing.assert_allclose(adv, [[0.70711, 0.70711, 0], [-1.41421, 0, 0]], rtol=1e-4)
 
 
@@ -91,7 +94,7 @@ def test_reinforce_pp_baseline_and_kl_in_reward():
   ref = np.array([[-1.5, -2.0, -0.1], [-0.3, -0.2, 0.0]], np.float32)
   inputs = AdvantageInputs(jnp.array([[1.0, 0.0]]), jnp.asarray(mask), jnp.asarray(logp),
                            jnp.asarray(ref))
-  adv = compute_advantages(algorithms.reinforce_pp_baseline(kl_coef=0.1), inputs)
+  adv, _ = compute_advantages(algorithms.reinforce_pp_baseline(kl_coef=0.1), inputs)
   # By hand: R - mean_g(R) = [0.5, -0.5] on the last valid token; minus 0.1 * (logp - ref).
   tok = -0.1 * (logp - ref) * mask
   tok[0, 2] += 0.5
@@ -174,3 +177,71 @@ def test_dynamic_sampling_keeps_only_informative_groups():
   exp.algo = dataclasses.replace(exp.algo, dynamic_sampling=False)
   roll2, metrics2 = loop.collect_rollout(exp, params, step=1, key=jax.random.key(0))
   assert "ds_rounds" not in metrics2 and roll2.rewards_N.shape == (4 * G,)
+
+
+def test_ppo_with_zero_values_and_lambda_one_is_reinforce_pp():
+  """GAE with V = 0, gamma = lam = 1 is the return-to-go, so PPO's whitened advantages equal
+  REINFORCE++'s, and PPO's value targets are the returns themselves."""
+  rng = np.random.default_rng(0)
+  mask = jnp.asarray(np.arange(5)[None] < rng.integers(1, 6, 8)[:, None], jnp.float32)
+  logp, ref = (jnp.asarray(-rng.random((8, 5)), jnp.float32) for _ in range(2))
+  inputs = AdvantageInputs(jnp.asarray(rng.random((2, 4)), jnp.float32), mask, logp, ref,
+                           jnp.zeros((8, 5)))
+  ppo_adv, returns = compute_advantages(algorithms.ppo(kl_coef=0.05, gae_lambda=1.0), inputs)
+  rpp_adv, _ = compute_advantages(algorithms.reinforce_pp(kl_coef=0.05), inputs)
+  np.testing.assert_allclose(ppo_adv, rpp_adv, rtol=1e-5, atol=1e-6)
+  from rl_jax.objectives import discounted_returns
+  from rl_jax.objectives.kl import kl_k1
+  from rl_jax.objectives.shaping import token_level_rewards
+  tok = token_level_rewards(inputs.rewards_BxG.reshape(-1), mask, kl_NxT=kl_k1(logp, ref),
+                            kl_coef=0.05)
+  np.testing.assert_allclose(returns, discounted_returns(tok, mask), rtol=1e-5, atol=1e-6)
+
+
+def _ppo_batch(graphdef, critic, seed=0):
+  from rl_jax.logprobs import completion_values
+  rng = np.random.default_rng(seed)
+  N, P, T = 8, 4, 5
+  mask = np.arange(T)[None] < rng.integers(1, T + 1, N)[:, None]
+  prompts = rng.integers(3, 19, (N, P)).astype(np.int32)
+  comps = rng.integers(3, 19, (N, T)).astype(np.int32)
+  values = completion_values(graphdef, critic, prompts, np.ones((N, P), bool), comps, mask)
+  inputs = AdvantageInputs(jnp.asarray(rng.random((2, 4)), jnp.float32),
+                           jnp.asarray(mask, jnp.float32), jnp.zeros((N, T)), None, values)
+  adv, returns = compute_advantages(algorithms.ppo(kl_coef=0.0), inputs)
+  return TrainBatch(prompts, np.ones((N, P), bool), comps, mask, adv, np.zeros((N, T)),
+                    np.zeros((N, T)), values, returns)
+
+
+def test_ppo_critic_learns_and_does_not_touch_the_policy_update():
+  from rl_jax.logprobs import init_critic
+  cfg = transformer.preset("test", 19)
+  graphdef, params = transformer.init_model(cfg, 0)
+  critic = init_critic(params, cfg.d_model)
+  batch = _ppo_batch(graphdef, critic)
+  algo = algorithms.ppo(kl_coef=0.0)
+  tx = trainer.make_optimizer(learning_rate=1e-3)
+  critic_tx = trainer.make_optimizer(learning_rate=3e-3)
+  update = trainer.make_rl_update(graphdef, algo, tx, critic_tx=critic_tx)
+  state = trainer.init_state(jax.tree.map(jnp.copy, params), tx,
+                             jax.tree.map(jnp.copy, critic), critic_tx)
+  losses = []
+  for i in range(15):
+    # Fixed targets; old values = the current critic's (fresh each step) so clipping allows
+    # steady progress towards the returns.
+    from rl_jax.logprobs import completion_values
+    v = completion_values(graphdef, state.critic_params, batch.prompt_NxP, batch.prompt_mask_NxP,
+                          batch.completion_NxT, batch.completion_mask_NxT)
+    state, m = update(state, batch._replace(old_values_NxT=v), jax.random.key(i))
+    losses.append(float(m["value_loss"]))
+  assert losses[-1] < 0.3 * losses[0], losses
+  # The policy's trajectory is the same with or without the critic: the losses are independent.
+  no_critic = dataclasses.replace(algo, critic=False)
+  update_pg = trainer.make_rl_update(graphdef, no_critic, tx)
+  state_pg = trainer.init_state(jax.tree.map(jnp.copy, params), tx)
+  state_joint = trainer.init_state(jax.tree.map(jnp.copy, params), tx,
+                                   jax.tree.map(jnp.copy, critic), critic_tx)
+  state_pg, _ = update_pg(state_pg, batch, jax.random.key(0))
+  state_joint, _ = update(state_joint, batch, jax.random.key(0))
+  for a, b in zip(jax.tree.leaves(state_pg.params), jax.tree.leaves(state_joint.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
