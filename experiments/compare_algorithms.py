@@ -34,8 +34,11 @@ def _config(task: str, preset: str, steps: int, extra: dict[str, str]):
                "log.tensorboard": "false"}
   if preset == "ppo":
     overrides["train.critic_learning_rate"] = "1e-3"  # as experiments/ppo.py
-  if preset == "dapo_no_ds":
-    overrides.update({"algorithm.name": "dapo", "algorithm.dynamic_sampling": "false"})
+  if preset in ("dapo", "dapo_no_ds"):  # as experiments/dapo.py, overlong ramp past the answers
+    overrides.update({"algorithm.name": "dapo", "sampling.max_new_tokens": "8",
+                      "algorithm.overlong_cache_len": "3"})
+    if preset == "dapo_no_ds":
+      overrides["algorithm.dynamic_sampling"] = "false"
   else:
     overrides["algorithm.name"] = preset
   overrides.update(extra)
@@ -66,6 +69,10 @@ def main(argv=None) -> int:
     loop.run_sft_only(_config(args.task, "grpo", args.steps, extra), warm)
 
   results = {}
+  summary_path = os.path.join(args.out, "compare.json")
+  if os.path.exists(summary_path):  # keep earlier presets' results; rerun ones are replaced
+    with open(summary_path) as f:
+      results = json.load(f)
   for preset in presets:
     workdir = os.path.join(args.out, preset)
     if os.path.exists(workdir):
@@ -86,7 +93,7 @@ def main(argv=None) -> int:
     print(f"   {preset}: held-out {results[preset]['before']:.1%} -> "
           f"{results[preset]['final']:.1%} in {wall:.0f} s", flush=True)
 
-  with open(os.path.join(args.out, "compare.json"), "w") as f:
+  with open(summary_path, "w") as f:
     json.dump(results, f, indent=2)
   _plot(results, os.path.join(args.out, "compare.png"), args)
   table = _table(results, args)

@@ -15,4 +15,8 @@ from rl_jax.config import load_config_file
 def get_config():
   c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py"))
   c.algorithm.name = "dapo"
+  # Soft overlong penalty: answers are at most 5 tokens (4 digits + EOS); allow 8 and punish
+  # lengths 6-8 on a ramp, as DAPO punishes lengths beyond 16k of 20k.
+  c.sampling.max_new_tokens = 8
+  c.algorithm.overlong_cache_len = 3
   return c

@@ -10,7 +10,7 @@ notebook), not a new trainer.
 |---|---|---|---|---|
 | grpo | group z-score (ddof=1) | clip 0.2 | seq_mean_token_mean | k3 in loss, 0.04 |
 | dr_grpo | r - mean_g | clip 0.2 | seq_sum_const (max new tokens) | none |
-| dapo | group z-score | clip 0.2 / 0.28 | token_mean | none; overlong penalty, dynamic sampling |
+| dapo | group z-score | clip 0.2 / 0.28 | token_mean | none; dynamic sampling; overlong penalty (opt-in) |
 | gspo | group z-score | GSPO sequence ratio, 3e-4 / 4e-4 | seq_mean_token_mean | none |
 | gspo_token | group z-score | GSPO-token | seq_mean_token_mean | none |
 | rloo | G/(G-1) (r - mean_g) | clip 0.2 | token_mean | none |
@@ -245,13 +245,16 @@ def dr_grpo(*, kl_coef: float = 0.0, clip_eps_low: float = 0.2, clip_eps_high: f
 
 def dapo(*, kl_coef: float = 0.0, clip_eps_low: float = 0.2, clip_eps_high: float = 0.28,
          aggregation: str = "token_mean", std_ddof: int = 1, entropy_coef: float = 0.0,
-         overlong_cache_len: int | None = 2, dynamic_sampling: bool = True,
+         overlong_cache_len: int | None = 0, dynamic_sampling: bool = True,
          dynamic_sampling_max_rounds: int = 3, **unused) -> Algorithm:
   """DAPO (arXiv:2503.14476): clip-higher (0.2 / 0.28), token-mean over the whole batch, no KL,
   soft overlong penalty, dynamic sampling (a switch: arXiv:2512.07611 found DAPO best without).
 
-  `overlong_cache_len` is L_cache in tokens (L_max is the max new tokens; 0 turns the penalty
-  off); the default 2 suits the embedded tasks' few-token answers, the paper used 4096 of 20480.
+  `overlong_cache_len` is L_cache in tokens, with L_max = the max new tokens; 0 (the default)
+  turns the penalty off. Set it together with `sampling.max_new_tokens` so that the ramp lies
+  beyond the lengths of good answers, as the paper did (L_cache 4096 of L_max 20480);
+  experiments/dapo.py shows how. On by default it would punish correct answers of the embedded
+  tasks, whose max new tokens is exactly their longest answer.
   """
   _no_extras("dapo", unused)
   return Algorithm(

@@ -79,3 +79,28 @@ def test_finished_run_is_a_no_op_resume(runs, tmp_path):
   before = read_jsonl(os.path.join(full_dir, "metrics.jsonl"))
   _run(make_small_config(), full_dir)
   assert read_jsonl(os.path.join(full_dir, "metrics.jsonl")) == before
+
+
+def test_eval_command_reproduces_the_final_evaluation(runs):
+  """`rl-jax eval` restores the latest checkpoint and gets the run's own final numbers."""
+  full_dir = runs[0]
+  result = loop.evaluate_workdir(str(full_dir), log=lambda m: None)
+  final = read_jsonl(os.path.join(full_dir, "eval.jsonl"))[-1]
+  assert result["accuracy"] == final["accuracy"] and result["n"] == final["n"]
+  # --step picks an older checkpoint; the warm-start reference is used when none is asked for
+  # and none exists (covered by test_sft_then_train).
+  older = loop.evaluate_workdir(str(full_dir), step=4, log=lambda m: None)
+  assert older["n"] == final["n"]
+
+
+def test_sft_then_train_starts_rl_from_the_saved_warm_start(tmp_path):
+  from tests_support import make_small_config
+  cfg = make_small_config(**{"train.steps": 1, "eval.every": 0})
+  sft = loop.run_sft_only(cfg, str(tmp_path), log=lambda m: None)
+  assert os.path.isdir(os.path.join(tmp_path, "reference"))
+  ref_eval = loop.evaluate_workdir(str(tmp_path), log=lambda m: None)
+  assert ref_eval["accuracy"] == sft["after"]["accuracy"]
+  logs = []
+  _ = loop.run(cfg, str(tmp_path), log=logs.append, stream=io.StringIO())
+  assert any("warm start loaded" in line for line in logs)
+  assert read_jsonl(os.path.join(tmp_path, "eval.jsonl"))[0]["accuracy"] == sft["after"]["accuracy"]

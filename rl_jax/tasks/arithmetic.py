@@ -30,7 +30,8 @@ ALL_OPS = "+-*"
 
 def _mix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   """A fixed integer hash of operand pairs (splitmix-style), independent of any seed."""
-  x = (a.astype(np.uint64) * np.uint64(1_000_003) + b.astype(np.uint64)) ^ np.uint64(0x9E3779B97F4A7C15)
+  x = a.astype(np.uint64) * np.uint64(1_000_003) + b.astype(np.uint64)
+  x = x ^ np.uint64(0x9E3779B97F4A7C15)
   x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
   x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
   return x ^ (x >> np.uint64(31))
@@ -48,10 +49,12 @@ class ArithmeticTask:
     if not ops or set(ops) - set("+-*"):
       raise ValueError(f"task.arithmetic.ops must be a non-empty subset of '+-*', got {ops!r}")
     if not 0 < heldout_fraction < 1:
-      raise ValueError(f"task.arithmetic.heldout_fraction must be in (0, 1), got {heldout_fraction}")
+      raise ValueError(f"task.arithmetic.heldout_fraction must be in (0, 1), got "
+                       f"{heldout_fraction}")
     self.max_digits, self.ops = max_digits, ops
     if not 0 <= partial_credit < 1:
-      raise ValueError(f"task.arithmetic.partial_credit must be in [0, 1) so that only an exact answer "
+      raise ValueError(f"task.arithmetic.partial_credit must be in [0, 1) so that only an "
+                       f"exact answer "
                        f"earns 1, got {partial_credit}")
     if not 0 <= sft_slip_prob <= 1:
       raise ValueError(f"task.arithmetic.sft_slip_prob must be in [0, 1], got {sft_slip_prob}")
@@ -106,8 +109,8 @@ class ArithmeticTask:
           out.append(self._example(int(x), int(y), self.ops[k]))
     if len(out) < n:
       raise ValueError(f"the held-out split of this task has only about {len(out)} distinct "
-                       f"problems, fewer than eval.num_prompts={n}; raise task.arithmetic.max_digits or "
-                       f"lower eval.num_prompts")
+                       f"problems, fewer than eval.num_prompts={n}; raise "
+                       f"task.arithmetic.max_digits or lower eval.num_prompts")
     return out[:n]
 
   def sft_target(self, example: Example) -> str:

@@ -265,7 +265,8 @@ class CountdownTask:
     if not 0 < heldout_fraction < 1:
       raise ValueError(f"task.countdown.heldout_fraction must be in (0, 1), got {heldout_fraction}")
     if not 0 <= format_reward < 1:
-      raise ValueError(f"task.countdown.format_reward must be in [0, 1) so that only a correct answer "
+      raise ValueError(f"task.countdown.format_reward must be in [0, 1) so that only a "
+                       f"correct answer "
                        f"earns 1, got {format_reward}")
     self.num_numbers, self.max_number, self.max_target = num_numbers, max_number, max_target
     self.heldout_fraction, self.format_reward = heldout_fraction, format_reward
@@ -351,8 +352,9 @@ class CountdownTask:
       stale_rounds = stale_rounds + 1 if len(out) == before else 0
     if len(out) < n:
       raise ValueError(f"found only {len(out)} distinct held-out problems of this task, fewer "
-                       f"than eval.num_prompts={n}; raise task.countdown.max_number, task.countdown.max_target or "
-                       f"task.countdown.heldout_fraction, or lower eval.num_prompts")
+                       f"than eval.num_prompts={n}; raise task.countdown.max_number, "
+                       f"task.countdown.max_target or task.countdown.heldout_fraction, or lower "
+                       f"eval.num_prompts")
     return out[:n]
 
   def sft_target(self, example: Example) -> str:

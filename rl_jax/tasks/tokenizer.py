@@ -48,7 +48,10 @@ class CharTokenizer:
     return "".join(out)
 
   def batch_encode_left_padded(self, texts: Sequence[str], length: int, *, bos: bool = True):
-    """Left-pads encoded texts to `length`. Returns (tokens int32[N, length], mask bool[N, length])."""
+    """Left-pads encoded texts to `length`.
+
+    Returns (tokens int32[N, length], mask bool[N, length]).
+    """
     tokens = np.full((len(texts), length), self.pad_id, np.int32)
     mask = np.zeros((len(texts), length), bool)
     for n, t in enumerate(texts):
