@@ -66,8 +66,10 @@ class Algorithm:
     aggregation_constant: the constant of `seq_sum_const` (None = max new tokens).
     kl_coef: weight of the KL to the reference policy (0 skips the reference pass).
     kl_estimator: per-token KL estimator used in the loss (and for the logged `kl`).
-    kl_in_reward: False puts `kl_coef * KL` in the loss (GRPO); True means the advantage
-      estimator folds it into the rewards (REINFORCE++, PPO) and the loss has no KL term.
+    kl_in_reward: False puts `kl_coef * KL` in the loss (GRPO); True folds it into the rewards
+      and the loss has no KL term: token-level estimators (REINFORCE++, PPO) put
+      -kl_coef * k1 on every token; group estimators see the sequence reward
+      R - kl_coef * sum_t k1_t (k1 = logp - ref_logp of the sampled tokens).
     entropy_coef: weight of an entropy bonus (subtracted from the loss).
     clip_eps_low, clip_eps_high: the ratio clip range (for the clip-fraction metric).
     overlong_cache_len: if set, DAPO's soft overlong penalty with L_max = max new tokens and
@@ -76,6 +78,8 @@ class Algorithm:
       prompts until the batch is full, at most `dynamic_sampling_max_rounds` extra rounds.
     critic: train a value model (PPO); `token_advantages` then receives its values and must
       return (adv, returns).
+    shared_trunk: the value head sits on the policy's own trunk (one network, the value loss
+      also trains the trunk) instead of a separate critic initialised from it.
     value_clip_eps: the clip range of the clipped value loss.
     vf_coef: weight of the value loss.
   """
@@ -96,6 +100,7 @@ class Algorithm:
   dynamic_sampling: bool = False
   dynamic_sampling_max_rounds: int = 3
   critic: bool = False
+  shared_trunk: bool = False
   value_clip_eps: float = 0.2
   vf_coef: float = 1.0
 
@@ -105,9 +110,6 @@ class Algorithm:
                        f"{list(AGGREGATION_MODES)}")
     if self.kl_coef < 0:
       raise ValueError(f"algorithm.kl_coef must be >= 0, got {self.kl_coef}")
-    if self.kl_in_reward and self.token_advantages is None:
-      raise ValueError("algorithm.kl_in_reward needs a token-level advantage estimator "
-                       "(token_advantages) that folds the KL into the rewards")
     if self.overlong_cache_len is not None and self.overlong_cache_len < 1:
       raise ValueError(f"algorithm.overlong_cache_len must be >= 1, got "
                        f"{self.overlong_cache_len}")
@@ -131,7 +133,11 @@ def compute_advantages(algo: Algorithm, inputs: AdvantageInputs
     out = algo.token_advantages(inputs)
     adv, returns = out if isinstance(out, tuple) else (out, None)
     return adv * mask, None if returns is None else returns * mask
-  adv_N = algo.advantages(inputs.rewards_BxG).reshape(-1)
+  rewards = inputs.rewards_BxG
+  if algo.kl_in_reward and algo.needs_reference and inputs.ref_logp_NxT is not None:
+    kl_N = jnp.sum(kl_lib.kl_k1(inputs.logp_NxT, inputs.ref_logp_NxT) * mask, axis=-1)
+    rewards = rewards - algo.kl_coef * kl_N.reshape(rewards.shape)
+  adv_N = algo.advantages(rewards).reshape(-1)
   return adv_N[:, None] * mask, None
 
 
@@ -217,7 +223,7 @@ def _no_extras(name: str, unused: dict) -> None:
 
 def grpo(*, kl_coef: float = 0.04, clip_eps_low: float = 0.2, clip_eps_high: float = 0.2,
          aggregation: str = "seq_mean_token_mean", std_ddof: int = 1, eps: float = 1e-6,
-         entropy_coef: float = 0.0, **unused) -> Algorithm:
+         entropy_coef: float = 0.0, kl_in_reward: bool = False, **unused) -> Algorithm:
   """GRPO (DeepSeekMath, arXiv:2402.03300): group z-score advantages, clipped ratio, k3 KL in
   the loss with beta=0.04, per-sequence mean of token means."""
   _no_extras("grpo", unused)
@@ -227,11 +233,13 @@ def grpo(*, kl_coef: float = 0.04, clip_eps_low: float = 0.2, clip_eps_high: flo
                                    eps=eps),
       policy_loss=_clipped(clip_eps_low, clip_eps_high),
       aggregation=aggregation, kl_coef=kl_coef, kl_estimator=kl_lib.kl_k3,
-      entropy_coef=entropy_coef, clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high)
+      kl_in_reward=kl_in_reward, entropy_coef=entropy_coef, clip_eps_low=clip_eps_low,
+      clip_eps_high=clip_eps_high)
 
 
 def dr_grpo(*, kl_coef: float = 0.0, clip_eps_low: float = 0.2, clip_eps_high: float = 0.2,
-            aggregation: str = "seq_sum_const", entropy_coef: float = 0.0, **unused) -> Algorithm:
+            aggregation: str = "seq_sum_const", entropy_coef: float = 0.0,
+            kl_in_reward: bool = False, **unused) -> Algorithm:
   """Dr. GRPO (arXiv:2503.20783): r - mean_g without std scaling, token sums divided by a
   constant (the max completion length), no KL by default."""
   _no_extras("dr_grpo", unused)
@@ -239,14 +247,15 @@ def dr_grpo(*, kl_coef: float = 0.0, clip_eps_low: float = 0.2, clip_eps_high: f
       name="dr_grpo",
       advantages=functools.partial(adv_lib.grpo_advantages, scale_by_std=False),
       policy_loss=_clipped(clip_eps_low, clip_eps_high),
-      aggregation=aggregation, kl_coef=kl_coef,
+      aggregation=aggregation, kl_coef=kl_coef, kl_in_reward=kl_in_reward,
       entropy_coef=entropy_coef, clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high)
 
 
 def dapo(*, kl_coef: float = 0.0, clip_eps_low: float = 0.2, clip_eps_high: float = 0.28,
          aggregation: str = "token_mean", std_ddof: int = 1, entropy_coef: float = 0.0,
          overlong_cache_len: int | None = 0, dynamic_sampling: bool = True,
-         dynamic_sampling_max_rounds: int = 3, **unused) -> Algorithm:
+         dynamic_sampling_max_rounds: int = 3, kl_in_reward: bool = False,
+         **unused) -> Algorithm:
   """DAPO (arXiv:2503.14476): clip-higher (0.2 / 0.28), token-mean over the whole batch, no KL,
   soft overlong penalty, dynamic sampling (a switch: arXiv:2512.07611 found DAPO best without).
 
@@ -261,15 +270,15 @@ def dapo(*, kl_coef: float = 0.0, clip_eps_low: float = 0.2, clip_eps_high: floa
       name="dapo",
       advantages=functools.partial(adv_lib.grpo_advantages, scale_by_std=True, ddof=std_ddof),
       policy_loss=_clipped(clip_eps_low, clip_eps_high),
-      aggregation=aggregation, kl_coef=kl_coef, entropy_coef=entropy_coef,
-      clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high,
+      aggregation=aggregation, kl_coef=kl_coef, kl_in_reward=kl_in_reward,
+      entropy_coef=entropy_coef, clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high,
       overlong_cache_len=overlong_cache_len or None, dynamic_sampling=dynamic_sampling,
       dynamic_sampling_max_rounds=dynamic_sampling_max_rounds)
 
 
 def gspo(*, kl_coef: float = 0.0, clip_eps_low: float = 3e-4, clip_eps_high: float = 4e-4,
          aggregation: str = "seq_mean_token_mean", std_ddof: int = 1, entropy_coef: float = 0.0,
-         token_level: bool = False, **unused) -> Algorithm:
+         token_level: bool = False, kl_in_reward: bool = False, **unused) -> Algorithm:
   """GSPO (arXiv:2507.18071): the clipped, length-normalised *sequence* likelihood ratio
   exp(mean_t(logp - old_logp)), eps 3e-4 / 4e-4, group z-score advantages, no KL.
   `token_level=True` is GSPO-token (same value, per-token gradient path)."""
@@ -278,7 +287,8 @@ def gspo(*, kl_coef: float = 0.0, clip_eps_low: float = 3e-4, clip_eps_high: flo
       name="gspo_token" if token_level else "gspo",
       advantages=functools.partial(adv_lib.grpo_advantages, scale_by_std=True, ddof=std_ddof),
       policy_loss=_gspo_loss(clip_eps_low, clip_eps_high, token_level),
-      aggregation=aggregation, kl_coef=kl_coef, entropy_coef=entropy_coef,
+      aggregation=aggregation, kl_coef=kl_coef, kl_in_reward=kl_in_reward,
+      entropy_coef=entropy_coef,
       clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high)
 
 
@@ -288,30 +298,35 @@ def gspo_token(**kwargs) -> Algorithm:
 
 
 def rloo(*, kl_coef: float = 0.0, clip_eps_low: float = 0.2, clip_eps_high: float = 0.2,
-         aggregation: str = "token_mean", entropy_coef: float = 0.0, **unused) -> Algorithm:
+         aggregation: str = "token_mean", entropy_coef: float = 0.0, kl_in_reward: bool = False,
+         **unused) -> Algorithm:
   """RLOO (arXiv:2402.14740): leave-one-out baseline G/(G-1) (r - mean_g), clipped ratio,
   token mean."""
   _no_extras("rloo", unused)
   return Algorithm(
       name="rloo", advantages=adv_lib.rloo_advantages,
       policy_loss=_clipped(clip_eps_low, clip_eps_high), aggregation=aggregation,
-      kl_coef=kl_coef, entropy_coef=entropy_coef, clip_eps_low=clip_eps_low,
-      clip_eps_high=clip_eps_high)
+      kl_coef=kl_coef, kl_in_reward=kl_in_reward, entropy_coef=entropy_coef,
+      clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high)
 
 
 def reinforce_pp(*, kl_coef: float = 0.01, clip_eps_low: float = 0.2, clip_eps_high: float = 0.2,
                  aggregation: str = "token_mean", entropy_coef: float = 0.0, gamma: float = 1.0,
-                 group_baseline: bool = False, **unused) -> Algorithm:
+                 group_baseline: bool = False, kl_in_reward: bool = True,
+                 **unused) -> Algorithm:
   """REINFORCE++ (arXiv:2501.03262): token rewards (task reward at EOS minus kl_coef * k1 per
-  token), return-to-go, whitened over the batch; clipped ratio; token mean; KL in the reward."""
+  token), return-to-go, whitened over the batch; clipped ratio; token mean; KL in the reward
+  (`kl_in_reward=False` moves a k3 KL into the loss instead)."""
   _no_extras("reinforce_pp", unused)
   return Algorithm(
       name="reinforce_pp_baseline" if group_baseline else "reinforce_pp",
       advantages=adv_lib.rloo_advantages,  # unused: token_advantages takes precedence
-      token_advantages=functools.partial(reinforce_pp_advantages, kl_coef=kl_coef, gamma=gamma,
+      token_advantages=functools.partial(reinforce_pp_advantages,
+                                         kl_coef=kl_coef if kl_in_reward else 0.0, gamma=gamma,
                                          group_baseline=group_baseline),
       policy_loss=_clipped(clip_eps_low, clip_eps_high), aggregation=aggregation,
-      kl_coef=kl_coef, kl_estimator=kl_lib.kl_k1, kl_in_reward=True,
+      kl_coef=kl_coef, kl_estimator=kl_lib.kl_k1 if kl_in_reward else kl_lib.kl_k3,
+      kl_in_reward=kl_in_reward,
       entropy_coef=entropy_coef, clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high)
 
 
@@ -323,19 +338,23 @@ def reinforce_pp_baseline(**kwargs) -> Algorithm:
 def ppo(*, kl_coef: float = 0.01, clip_eps_low: float = 0.2, clip_eps_high: float = 0.2,
         dual_clip: float = 3.0, aggregation: str = "token_mean", entropy_coef: float = 0.0,
         gamma: float = 1.0, gae_lambda: float = 0.95, value_clip_eps: float = 0.2,
-        vf_coef: float = 1.0, **unused) -> Algorithm:
+        vf_coef: float = 1.0, shared_trunk: bool = False, kl_in_reward: bool = True,
+        **unused) -> Algorithm:
   """PPO with a critic (arXiv:1707.06347; InstructGPT arXiv:2203.02155): GAE advantages from a
   value model initialised from the policy trunk, whitened; clipped ratio with dual clip c=3
-  for A < 0; clipped value loss; per-token k1 KL folded into the reward; token mean."""
+  for A < 0; clipped value loss; per-token k1 KL folded into the reward; token mean.
+  `shared_trunk=True` puts the value head on the policy's trunk instead (one network)."""
   _no_extras("ppo", unused)
   return Algorithm(
       name="ppo", advantages=adv_lib.rloo_advantages,  # unused: token_advantages
-      token_advantages=functools.partial(ppo_advantages, kl_coef=kl_coef, gamma=gamma,
+      token_advantages=functools.partial(ppo_advantages,
+                                         kl_coef=kl_coef if kl_in_reward else 0.0, gamma=gamma,
                                          lam=gae_lambda),
       policy_loss=_clipped(clip_eps_low, clip_eps_high, dual_clip), aggregation=aggregation,
-      kl_coef=kl_coef, kl_estimator=kl_lib.kl_k1, kl_in_reward=True, entropy_coef=entropy_coef,
+      kl_coef=kl_coef, kl_estimator=kl_lib.kl_k1 if kl_in_reward else kl_lib.kl_k3,
+      kl_in_reward=kl_in_reward, entropy_coef=entropy_coef,
       clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high, critic=True,
-      value_clip_eps=value_clip_eps, vf_coef=vf_coef)
+      shared_trunk=shared_trunk, value_clip_eps=value_clip_eps, vf_coef=vf_coef)
 
 
 PRESETS: dict[str, Callable[..., Algorithm]] = {

@@ -110,6 +110,8 @@ class AlgorithmConfig:
   value_clip_eps: float | None = None  # PPO clipped value loss
   vf_coef: float | None = None  # PPO value-loss weight
   dual_clip: float | None = None  # PPO dual clip c for A < 0
+  shared_trunk: bool | None = None  # PPO: value head on the policy trunk
+  kl_in_reward: bool | None = None  # KL placement: folded into the reward, or in the loss
   overlong_cache_len: int | None = None  # DAPO soft overlong penalty ramp (tokens)
   dynamic_sampling: bool | None = None  # DAPO: drop all-equal groups, resample
   dynamic_sampling_max_rounds: int | None = None

@@ -51,12 +51,22 @@ def completion_logprobs(graphdef, params, prompt_NxP, prompt_mask_NxP, completio
   return TokenStats(logp * mask, ent)
 
 
-def init_critic(policy_params, d_model: int) -> dict:
+def init_critic(policy_params, d_model: int, *, shared_trunk: bool = False) -> dict:
   """Critic parameters: a copy of the policy's trunk plus a fresh zero-initialised scalar head
-  (so the critic starts from the policy's features and predicts 0 everywhere)."""
-  return dict(trunk=jax.tree.map(jnp.copy, policy_params),
-              value_head=dict(kernel=jnp.zeros((d_model, 1), jnp.float32),
-                              bias=jnp.zeros((1,), jnp.float32)))
+  (so the critic starts from the policy's features and predicts 0 everywhere). With
+  `shared_trunk` only the head: values then come from the policy's own trunk (`critic_view`)."""
+  head = dict(kernel=jnp.zeros((d_model, 1), jnp.float32), bias=jnp.zeros((1,), jnp.float32))
+  if shared_trunk:
+    return dict(value_head=head)
+  return dict(trunk=jax.tree.map(jnp.copy, policy_params), value_head=head)
+
+
+def critic_view(policy_params, critic_params) -> dict:
+  """The parameters `completion_values` reads: the critic's own trunk, or (shared trunk) the
+  policy's trunk under the critic's head."""
+  if "trunk" in critic_params:
+    return critic_params
+  return dict(trunk=policy_params, value_head=critic_params["value_head"])
 
 
 def completion_values(graphdef, critic_params, prompt_NxP, prompt_mask_NxP, completion_NxT,

@@ -100,7 +100,8 @@ class Experiment:
   def init_state(self, params, tx, critic_tx=None):
     """Train state at its shardings; with `critic_tx`, also a critic initialised from `params`."""
     def init(p):
-      critic = None if critic_tx is None else logprobs.init_critic(p, self.model_cfg.d_model)
+      critic = None if critic_tx is None else logprobs.init_critic(
+          p, self.model_cfg.d_model, shared_trunk=self.algo.shared_trunk)
       return trainer.init_state(p, tx, critic, critic_tx)
     abstract = jax.eval_shape(init, params)
     shardings = parallel.state_shardings(abstract, self.mesh)
@@ -343,7 +344,7 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
       old_logp = sampler_logp
     else:
       old_logp = logprob_fn(state.params, prompt_N, prompt_mask_N, tokens, mask)
-    values = (value_fn(state.critic_params, prompt_N, prompt_mask_N, tokens, mask)
+    values = (value_fn(state.params, state.critic_params, prompt_N, prompt_mask_N, tokens, mask)
               if value_fn else None)
     adv_NxT, returns = advantages_fn(algorithms.AdvantageInputs(
         jnp.asarray(roll.rewards_N.reshape(B, G)), mask.astype(jnp.float32), sampler_logp,

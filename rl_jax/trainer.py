@@ -7,7 +7,6 @@ gradient is not finite is skipped (parameters and optimizer state kept) and coun
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -16,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from rl_jax.algorithms import Algorithm
-from rl_jax.logprobs import completion_logprobs, completion_values
+from rl_jax.logprobs import completion_logprobs, completion_values, critic_view
 from rl_jax.objectives.aggregation import (aggregate, aggregate_with_denominator,
                                             aggregation_denominator)
 from rl_jax.objectives.policy_losses import clip_fraction
@@ -167,7 +166,9 @@ def make_rl_update(graphdef, algo: Algorithm, tx: optax.GradientTransformation, 
                             on_policy=on_policy, aggregation_constant=aggregation_constant,
                             denominator=denominator[0])
     if algo.critic:
-      vloss, vmetrics = value_loss(graphdef, critic_params, mb, algo, denominator=denominator[1])
+      # With a shared trunk the value loss also reaches the policy parameters.
+      vloss, vmetrics = value_loss(graphdef, critic_view(policy_params, critic_params), mb, algo,
+                                   denominator=denominator[1])
       loss = loss + algo.vf_coef * vloss
       metrics.update(vmetrics, loss=loss)
     return loss, metrics
@@ -225,8 +226,11 @@ def make_rl_update(graphdef, algo: Algorithm, tx: optax.GradientTransformation, 
 
 
 def make_value_fn(graphdef) -> Callable:
-  """Jitted `(critic_params, prompt, prompt_mask, completion, completion_mask) -> values_NxT`."""
-  return jax.jit(functools.partial(completion_values, graphdef))
+  """Jitted `(policy_params, critic_params, prompt, prompt_mask, completion, completion_mask)
+  -> values_NxT` (the policy's parameters are read only with a shared trunk)."""
+  def fn(policy_params, critic_params, *batch):
+    return completion_values(graphdef, critic_view(policy_params, critic_params), *batch)
+  return jax.jit(fn)
 
 
 def make_logprob_fn(graphdef, *, temperature: float = 1.0, batch_sharding=None) -> Callable:

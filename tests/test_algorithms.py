@@ -245,3 +245,52 @@ def test_ppo_critic_learns_and_does_not_touch_the_policy_update():
   state_joint, _ = update(state_joint, batch, jax.random.key(0))
   for a, b in zip(jax.tree.leaves(state_pg.params), jax.tree.leaves(state_joint.params)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_kl_placement_is_a_choice_for_group_estimators():
+  """kl_in_reward=True: the sequence reward becomes R - beta * sum_t k1_t and the loss carries no
+  KL term; False (GRPO's default): rewards untouched, k3 in the loss."""
+  mask = jnp.array([[1, 1, 0], [1, 1, 1]], jnp.float32)
+  logp = jnp.array([[-1.0, -1.0, 0.0], [-1.0, -1.0, -1.0]])
+  ref = jnp.array([[-1.2, -1.3, 0.0], [-0.8, -0.9, -0.8]])  # sum k1: +0.5 and -0.5
+  r = jnp.array([[1.0, 0.0]])
+  folded = algorithms.grpo(kl_coef=0.1, kl_in_reward=True)
+  adv, _ = compute_advantages(folded, AdvantageInputs(r, mask, logp, ref))
+  from rl_jax.objectives import grpo_advantages
+  shaped = grpo_advantages(jnp.array([[1.0 - 0.05, 0.0 + 0.05]]))
+  np.testing.assert_allclose(adv[:, 0], shaped[0], rtol=1e-5)
+  in_loss = algorithms.grpo(kl_coef=0.1)
+  adv2, _ = compute_advantages(in_loss, AdvantageInputs(r, mask, logp, ref))
+  np.testing.assert_allclose(adv2[:, 0], grpo_advantages(r)[0], rtol=1e-5)
+  # PPO / REINFORCE++ can move the KL into the loss too.
+  assert not algorithms.make_algorithm("reinforce_pp", kl_in_reward=False).kl_in_reward
+  assert not algorithms.make_algorithm("ppo", kl_in_reward=False).kl_in_reward
+
+
+def test_shared_trunk_value_head_trains_the_policy_trunk_too():
+  from rl_jax.logprobs import critic_view, init_critic
+  cfg = transformer.preset("test", 19)
+  graphdef, params = transformer.init_model(cfg, 0)
+  head = init_critic(params, cfg.d_model, shared_trunk=True)
+  assert set(head) == {"value_head"}
+  # A zero-initialised head passes no gradient to the trunk; give it weights.
+  kernel = jax.random.normal(jax.random.key(1), (cfg.d_model, 1)) * 0.1
+  head = dict(value_head=dict(kernel=kernel, bias=jnp.zeros((1,))))
+  own = init_critic(params, cfg.d_model)
+  own["value_head"] = dict(kernel=jnp.copy(kernel), bias=jnp.zeros((1,)))
+  batch = _ppo_batch(graphdef, critic_view(params, head))
+  batch = batch._replace(returns_NxT=batch.returns_NxT + 1.0)  # a value error to learn from
+  tx = trainer.make_optimizer(learning_rate=1e-3)
+  shared = algorithms.ppo(kl_coef=0.0, shared_trunk=True)
+  separate = algorithms.ppo(kl_coef=0.0)
+  s_shared = trainer.init_state(jax.tree.map(jnp.copy, params), tx, head, tx)
+  s_sep = trainer.init_state(jax.tree.map(jnp.copy, params), tx, own, tx)
+  s_shared, m1 = trainer.make_rl_update(graphdef, shared, tx, critic_tx=tx)(
+      s_shared, batch, jax.random.key(0))
+  s_sep, m2 = trainer.make_rl_update(graphdef, separate, tx, critic_tx=tx)(
+      s_sep, batch, jax.random.key(0))
+  np.testing.assert_allclose(m1["value_loss"], m2["value_loss"], rtol=1e-5)  # same start
+  diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+             for a, b in zip(jax.tree.leaves(s_shared.params), jax.tree.leaves(s_sep.params)))
+  assert diff > 0  # the value loss moved the shared trunk
+  assert set(s_shared.critic_params) == {"value_head"}
