@@ -4,6 +4,7 @@
   rl-jax sft   [...same flags...]        supervised warm start only; `train` on DIR continues
   rl-jax eval  --workdir=DIR [--step=N]  greedy held-out accuracy of a saved policy
   rl-jax config [--config=...]           print the resolved config and exit
+  rl-jax bench [--workloads=w1,w2,w3] [--json=FILE]   the performance workloads (benchmarks/)
 
 Running `train` again on a DIR that has checkpoints resumes from the latest one. Without
 --workdir a fresh run gets `runs/<experiment>-<date-time>`.
@@ -26,6 +27,8 @@ def parse_args(argv: list[str]):
     print(USAGE)
     raise SystemExit(0 if argv else 2)
   command, rest = argv[0], argv[1:]
+  if command == "bench":
+    return command, None, None, {}, {"argv": rest}
   if command not in ("train", "sft", "eval", "config"):
     raise SystemExit(f"rl-jax: unknown command {command!r}\n{USAGE}")
   config_path, workdir, overrides, extra = None, None, {}, {}
@@ -72,6 +75,9 @@ def resolve_config(config_path: str | None, overrides: dict[str, str]):
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   command, config_path, workdir, overrides, extra = parse_args(argv)
+  if command == "bench":
+    from rl_jax import bench
+    return bench.main(extra["argv"])
   from rl_jax import config as config_lib
   from rl_jax.checkpoint import CheckpointError
 

@@ -104,3 +104,16 @@ def test_cli_mesh_that_does_not_divide_devices(tmp_path):
 def test_cli_eval_on_missing_workdir_is_a_clear_error(tmp_path):
   r = _cli("eval", f"--workdir={tmp_path / 'nothing'}")
   assert r.returncode == 2 and "no config.json" in r.stderr
+
+
+def test_bench_model_is_the_one_in_benchmarks_md():
+  from rl_jax.models import transformer
+  cfg = transformer.preset("bench", 512)
+  assert cfg.num_params() == 4_458_752
+  assert (cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.head_dim, cfg.mlp_dim) == \
+      (256, 4, 4, 64, 1024)
+
+
+def test_cli_bench_help():
+  r = _cli("bench", "--help")
+  assert r.returncode == 0 and "W1" in r.stdout

@@ -1,0 +1,209 @@
+"""`rl-jax bench`: the rl_jax half of the performance workloads in shared/benchmarks.md.
+
+  W1  one full GRPO step: 8 prompts x 8 samples, 32-token prompts, 64 new tokens (EOS
+      suppressed), temperature 1, beta 0.04 (reference pass), eps 0.2, one AdamW step (lr 1e-5)
+      on the 64 sequences, a cheap Python reward. Median seconds per step over 10 steps after 2
+      warm-up steps, the generation share, and peak resident memory.
+  W2  sampling throughput: 64 sequences, 32-token prompts, 128 new tokens. Generated tokens per
+      second, median of 5 after 1 warm-up.
+  W3  training throughput: forward + backward + AdamW on 64 x 96 tokens with the GRPO loss.
+      Tokens per second and the fraction of the float32 matmul rate measured in the same process
+      (6 x matmul parameters x tokens + attention FLOPs).
+
+The model is the Llama-style benchmark model (`bench` preset: vocabulary 512, width 256,
+4 layers, 4 heads of 64, MLP 1024, 4,458,752 parameters, float32). Prints a table and, with
+--json, writes the numbers for benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rl_jax import algorithms, trainer
+from rl_jax.models import transformer
+from rl_jax.sampling import SamplingConfig, generate
+from rl_jax.types import TrainBatch
+
+VOCAB, PROMPT, SEED = 512, 32, 0
+
+
+def _model():
+  cfg = transformer.preset("bench", VOCAB)
+  graphdef, params = transformer.init_model(cfg, SEED)
+  return cfg, graphdef, params
+
+
+def _prompts(n: int, seed: int = 1):
+  rng = np.random.default_rng(seed)
+  return (rng.integers(3, VOCAB, (n, PROMPT)).astype(np.int32), np.ones((n, PROMPT), bool))
+
+
+def _timed(fn, repeats: int, warmup: int) -> list[float]:
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def _summary(times: list[float]) -> dict[str, float]:
+  return dict(median=statistics.median(times), min=min(times), max=max(times))
+
+
+def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
+  """Measured float32 FLOP/s of a large jitted matmul (the denominator of W3)."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  f = jax.jit(lambda x, y: x @ y)
+  times = _timed(lambda: f(a, b), repeats, 1)
+  return 2 * n**3 / statistics.median(times)
+
+
+def w2_sampling(repeats: int = 5) -> dict:
+  cfg, graphdef, params = _model()
+  prompts, mask = _prompts(64)
+  sampling = SamplingConfig(max_new_tokens=128, temperature=1.0, eos_id=-1)
+  keys = iter(jax.random.split(jax.random.key(0), repeats + 1))
+  times = _timed(lambda: generate(graphdef, params, prompts, mask, next(keys), cfg=sampling,
+                                  group_size=1).tokens_NxT, repeats, 1)
+  s = _summary(times)
+  return dict(tokens_per_s=64 * 128 / s["median"], seconds=s)
+
+
+def _grpo_batch(graphdef, params, roll, prompts, mask, rewards_BxG, algo, logprob_fn):
+  G = 8
+  rep = lambda x: jnp.repeat(x, G, axis=0)
+  prompt_N, mask_N = rep(prompts), rep(mask)
+  ref = logprob_fn(params, prompt_N, mask_N, roll.tokens_NxT, roll.mask_NxT)
+  adv, _ = algorithms.compute_advantages(algo, algorithms.AdvantageInputs(
+      jnp.asarray(rewards_BxG), roll.mask_NxT.astype(jnp.float32), roll.logp_NxT, ref))
+  return TrainBatch(prompt_N, mask_N, roll.tokens_NxT, roll.mask_NxT, adv,
+                    jnp.zeros_like(roll.logp_NxT), ref)
+
+
+def w1_grpo_step(steps: int = 10, warmup: int = 2) -> dict:
+  cfg, graphdef, params = _model()
+  prompts, mask = _prompts(8)
+  algo = algorithms.grpo(kl_coef=0.04, clip_eps_low=0.2, clip_eps_high=0.2)
+  tx = trainer.make_optimizer(learning_rate=1e-5, max_grad_norm=None)
+  update = trainer.make_rl_update(graphdef, algo, tx, aggregation_constant=64)
+  logprob_fn = trainer.make_logprob_fn(graphdef)
+  sampling = SamplingConfig(max_new_tokens=64, temperature=1.0, top_p=1.0, eos_id=-1)
+  state = trainer.init_state(params, tx)
+  ref_params = jax.tree.map(jnp.copy, params)
+  totals, gens = [], []
+  for i in range(steps + warmup):
+    t0 = time.perf_counter()
+    roll = generate(graphdef, state.params, prompts, mask, jax.random.key(i), cfg=sampling,
+                    group_size=8)
+    tokens = np.asarray(roll.tokens_NxT)
+    t_gen = time.perf_counter() - t0
+    rewards = (tokens % 2 == 0).mean(axis=1).reshape(8, 8).astype(np.float32)  # cheap reward
+    batch = _grpo_batch(graphdef, ref_params, roll, prompts, mask, rewards, algo, logprob_fn)
+    state, m = update(state, batch, jax.random.key(i))
+    jax.block_until_ready(m)
+    if i >= warmup:
+      totals.append(time.perf_counter() - t0)
+      gens.append(t_gen)
+  s = _summary(totals)
+  return dict(seconds=s, generation_s=statistics.median(gens),
+              generation_share=statistics.median(gens) / s["median"],
+              peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+
+
+def w3_train(repeats: int = 5, rate: float | None = None) -> dict:
+  cfg, graphdef, params = _model()
+  N, T = 64, 64
+  rng = np.random.default_rng(2)
+  prompts, mask = _prompts(N)
+  algo = algorithms.grpo(kl_coef=0.04)
+  tx = trainer.make_optimizer(learning_rate=1e-5, max_grad_norm=None)
+  update = trainer.make_rl_update(graphdef, algo, tx, aggregation_constant=T)
+  batch = TrainBatch(prompts, mask, rng.integers(3, VOCAB, (N, T)).astype(np.int32),
+                     np.ones((N, T), bool),
+                     np.repeat(rng.normal(size=(N, 1)), T, 1).astype(np.float32),
+                     np.zeros((N, T), np.float32), -np.ones((N, T), np.float32) * 6.0)
+  batch = jax.device_put(batch)
+  holder = [trainer.init_state(params, tx)]
+
+  def step():
+    holder[0], m = update(holder[0], batch, jax.random.key(0))
+    return m
+
+  times = _timed(step, repeats, 1)
+  s = _summary(times)
+  tokens = N * (PROMPT + T)
+  L, D = PROMPT + T, cfg.num_heads * cfg.head_dim
+  matmul_params = cfg.num_params() - cfg.vocab_size * cfg.d_model  # all but the embedding lookup
+  attention = 4 * N * L * L * D * cfg.num_layers  # QK^T and PV, forward
+  flops = 6 * matmul_params * tokens + 3 * attention
+  rate = rate or matmul_rate()
+  return dict(tokens_per_s=tokens / s["median"], seconds=s, step_gflop=flops / 1e9,
+              achieved_gflops=flops / s["median"] / 1e9, matmul_gflops=rate / 1e9,
+              fraction_of_matmul_rate=flops / s["median"] / rate)
+
+
+def machine() -> dict:
+  cpu = platform.processor()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  return dict(cpu=cpu, devices=f"{jax.device_count()} x {jax.devices()[0].platform}",
+              jax=jax.__version__, python=platform.python_version(),
+              date=time.strftime("%Y-%m-%d"))
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="rl-jax bench", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workloads", default="w1,w2,w3")
+  parser.add_argument("--json", default=None, help="write the results to this file")
+  args = parser.parse_args(argv)
+  chosen = set(args.workloads.split(","))
+  out: dict = dict(machine=machine(), params=transformer.preset("bench", VOCAB).num_params())
+  print(f"rl_jax bench on {out['machine']['cpu']} ({out['machine']['devices']}), "
+        f"model {out['params']:,} parameters", flush=True)
+  if "w3" in chosen:
+    rate = matmul_rate()
+    out["matmul_gflops"] = rate / 1e9
+    print(f"float32 matmul rate: {rate / 1e9:.0f} GFLOP/s", flush=True)
+    out["w3"] = w3_train(rate=rate)
+    w = out["w3"]
+    print(f"W3 train: {w['tokens_per_s']:,.0f} tokens/s, {w['achieved_gflops']:.0f} GFLOP/s = "
+          f"{w['fraction_of_matmul_rate']:.1%} of the matmul rate "
+          f"(median {w['seconds']['median']:.3f} s)", flush=True)
+  if "w2" in chosen:
+    out["w2"] = w2_sampling()
+    w = out["w2"]
+    print(f"W2 sampling: {w['tokens_per_s']:,.0f} tokens/s (median {w['seconds']['median']:.3f} s,"
+          f" {w['seconds']['min']:.3f}-{w['seconds']['max']:.3f})", flush=True)
+  if "w1" in chosen:
+    out["w1"] = w1_grpo_step()
+    w = out["w1"]
+    print(f"W1 GRPO step: {w['seconds']['median']:.3f} s median "
+          f"({w['seconds']['min']:.3f}-{w['seconds']['max']:.3f}); generation "
+          f"{w['generation_s']:.3f} s ({w['generation_share']:.0%}); peak RSS "
+          f"{w['peak_rss_gib']:.2f} GiB", flush=True)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(out, f, indent=2)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
