@@ -52,15 +52,15 @@ PolicyLossFn = Callable[..., jax.Array]  # (logp_NxT, old_logp_NxT, adv_NxT, mas
 KLFn = Callable[[jax.Array, jax.Array], jax.Array]  # (logp, ref_logp) -> per-token
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Algorithm:
   """A complete RL objective, composed from `rl_jax.objectives`.
 
   Attributes:
     name: for logs.
     advantages: rewards_BxG -> adv_BxG, sequence-level advantages broadcast over tokens.
-    token_advantages: if set, replaces `advantages`: AdvantageInputs -> adv_NxT (REINFORCE++,
-      anything that needs per-token rewards or the KL in the reward).
+    token_advantages: instead of `advantages` (exactly one is set): AdvantageInputs -> adv_NxT
+      (REINFORCE++, PPO: anything that needs per-token rewards or values).
     policy_loss: (logp, old_logp, adv, mask) -> per-token loss, all [N, T].
     aggregation: one of `AGGREGATION_MODES`.
     aggregation_constant: the constant of `seq_sum_const` (None = max new tokens).
@@ -85,8 +85,8 @@ class Algorithm:
   """
 
   name: str
-  advantages: GroupAdvantageFn
   policy_loss: PolicyLossFn
+  advantages: GroupAdvantageFn | None = None
   token_advantages: TokenAdvantageFn | None = None
   aggregation: str = "seq_mean_token_mean"
   aggregation_constant: float | None = None
@@ -105,6 +105,9 @@ class Algorithm:
   vf_coef: float = 1.0
 
   def __post_init__(self):
+    if (self.advantages is None) == (self.token_advantages is None):
+      raise ValueError(f"algorithm {self.name!r} needs exactly one of `advantages` (group "
+                       "estimator) and `token_advantages` (token-level estimator)")
     if self.aggregation not in AGGREGATION_MODES:
       raise ValueError(f"algorithm.aggregation={self.aggregation!r} is unknown; choose one of "
                        f"{list(AGGREGATION_MODES)}")
@@ -135,8 +138,8 @@ def compute_advantages(algo: Algorithm, inputs: AdvantageInputs
     return adv * mask, None if returns is None else returns * mask
   rewards = inputs.rewards_BxG
   if algo.kl_in_reward and algo.needs_reference and inputs.ref_logp_NxT is not None:
-    kl_N = jnp.sum(kl_lib.kl_k1(inputs.logp_NxT, inputs.ref_logp_NxT) * mask, axis=-1)
-    rewards = rewards - algo.kl_coef * kl_N.reshape(rewards.shape)
+    rewards = shaping.sequence_kl_penalized_rewards(rewards, inputs.logp_NxT, inputs.ref_logp_NxT,
+                                                    mask, kl_coef=algo.kl_coef)
   adv_N = algo.advantages(rewards).reshape(-1)
   return adv_N[:, None] * mask, None
 
@@ -320,7 +323,6 @@ def reinforce_pp(*, kl_coef: float = 0.01, clip_eps_low: float = 0.2, clip_eps_h
   _no_extras("reinforce_pp", unused)
   return Algorithm(
       name="reinforce_pp_baseline" if group_baseline else "reinforce_pp",
-      advantages=adv_lib.rloo_advantages,  # unused: token_advantages takes precedence
       token_advantages=functools.partial(reinforce_pp_advantages,
                                          kl_coef=kl_coef if kl_in_reward else 0.0, gamma=gamma,
                                          group_baseline=group_baseline),
@@ -346,7 +348,7 @@ def ppo(*, kl_coef: float = 0.01, clip_eps_low: float = 0.2, clip_eps_high: floa
   `shared_trunk=True` puts the value head on the policy's trunk instead (one network)."""
   _no_extras("ppo", unused)
   return Algorithm(
-      name="ppo", advantages=adv_lib.rloo_advantages,  # unused: token_advantages
+      name="ppo",
       token_advantages=functools.partial(ppo_advantages,
                                          kl_coef=kl_coef if kl_in_reward else 0.0, gamma=gamma,
                                          lam=gae_lambda),

@@ -21,6 +21,17 @@ class TokenStats(NamedTuple):
   entropy_NxT: jax.Array | None  # float32 entropy of pi(. | x, y_<t), 0 where masked
 
 
+def _completion_states(model, prompt_NxP, prompt_mask_NxP, completion_NxT, completion_mask_NxT):
+  """Hidden states [N, T, D] that predict each completion token: one causal pass over
+  `[prompt ; completion]`, taking index P - 1 + t for token t. RoPE positions count valid
+  tokens only, exactly as in the sampler."""
+  P = prompt_NxP.shape[1]
+  tokens = jnp.concatenate([prompt_NxP, completion_NxT], axis=1)
+  valid = jnp.concatenate([prompt_mask_NxP, completion_mask_NxT.astype(bool)], axis=1)
+  h, _ = model.hidden(tokens, transformer.positions_from_mask(valid), valid)
+  return h[:, P - 1:-1]
+
+
 def completion_logprobs(graphdef, params, prompt_NxP, prompt_mask_NxP, completion_NxT,
                         completion_mask_NxT, *, temperature: float = 1.0,
                         with_entropy: bool = False) -> TokenStats:
@@ -38,12 +49,8 @@ def completion_logprobs(graphdef, params, prompt_NxP, prompt_mask_NxP, completio
     with_entropy: also return the per-token entropy of the (tempered) policy.
   """
   model = transformer.merge(graphdef, params)
-  P = prompt_NxP.shape[1]
-  tokens = jnp.concatenate([prompt_NxP, completion_NxT], axis=1)
-  valid = jnp.concatenate([prompt_mask_NxP, completion_mask_NxT.astype(bool)], axis=1)
-  positions = transformer.positions_from_mask(valid)
-  logits, _ = model(tokens, positions, valid)
-  logits_NxTxV = logits[:, P - 1:-1] / temperature
+  h = _completion_states(model, prompt_NxP, prompt_mask_NxP, completion_NxT, completion_mask_NxT)
+  logits_NxTxV = model.logits(h) / temperature
   logp_all = jax.nn.log_softmax(logits_NxTxV, axis=-1)
   logp = jnp.take_along_axis(logp_all, completion_NxT[..., None], axis=-1)[..., 0]
   mask = completion_mask_NxT.astype(logp.dtype)
@@ -74,10 +81,7 @@ def completion_values(graphdef, critic_params, prompt_NxP, prompt_mask_NxP, comp
   """V(s_t) for each completion token t: the critic's estimate of the return from the state
   that emits token t (hidden state at index P - 1 + t). float32 [N, T], 0 where masked."""
   model = transformer.merge(graphdef, critic_params["trunk"])
-  P = prompt_NxP.shape[1]
-  tokens = jnp.concatenate([prompt_NxP, completion_NxT], axis=1)
-  valid = jnp.concatenate([prompt_mask_NxP, completion_mask_NxT.astype(bool)], axis=1)
-  h, _ = model.hidden(tokens, transformer.positions_from_mask(valid), valid)
+  h = _completion_states(model, prompt_NxP, prompt_mask_NxP, completion_NxT, completion_mask_NxT)
   head = critic_params["value_head"]
-  values = (h[:, P - 1:-1].astype(jnp.float32) @ head["kernel"])[..., 0] + head["bias"][0]
+  values = (h.astype(jnp.float32) @ head["kernel"])[..., 0] + head["bias"][0]
   return values * completion_mask_NxT.astype(jnp.float32)

@@ -268,7 +268,6 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
                          wandb_project=c.log.wandb_project, config=c.to_dict())
   heldout = exp.task.heldout_examples(c.eval.num_prompts)
   root_key = jax.random.key(c.seed)
-  summary: dict[str, Any] = {}
 
   # 1. Initial state: resume, or warm-start and save the reference policy.
   params = exp.init_params(c.seed)
@@ -320,7 +319,6 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
 
   # 3. The RL steps.
   progress = Progress(c.train.steps, stream=stream, every=c.log.progress_every)
-  last_eval = None
   for step in range(start + 1, c.train.steps + 1):
     t0 = time.time()
     step_key = jax.random.fold_in(root_key, step)
@@ -385,6 +383,7 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
 
   # 4. Summary: held-out accuracy before and after RL.
   evals = read_jsonl(os.path.join(workdir, "eval.jsonl"))
+  summary: dict[str, Any] = {}
   if evals:
     first, final = evals[0], evals[-1]
     summary = dict(before=first, after=final, wall_s=time.time() - t_start, workdir=workdir)

@@ -97,17 +97,9 @@ def shard_batch(tree, mesh: Mesh):
 
 
 def state_shardings(state, mesh: Mesh, rules=TRANSFORMER_RULES):
-  """Shardings for a pytree containing params-shaped subtrees (train state, optimizer moments).
+  """Shardings for a whole train state (params, optimizer moments, critic, scalars).
 
-  Any leaf whose path ends with a parameter path is placed like that parameter; scalars and
-  everything else are replicated.
+  The rules match on path suffixes, so an optimizer moment or a critic trunk array is placed
+  like the parameter it mirrors; scalars and unmatched leaves are replicated (the catch-all).
   """
-  def spec_for(path, leaf):
-    if not hasattr(leaf, "shape") or len(leaf.shape) == 0:
-      return NamedSharding(mesh, P())
-    name = path_str(path)
-    for pattern, spec in rules:
-      if pattern != r".*" and re.search(pattern, name):
-        return NamedSharding(mesh, _fit(spec, tuple(leaf.shape), mesh))
-    return NamedSharding(mesh, P())
-  return jax.tree_util.tree_map_with_path(spec_for, state)
+  return param_shardings(state, mesh, rules)

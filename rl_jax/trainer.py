@@ -233,7 +233,7 @@ def make_value_fn(graphdef) -> Callable:
   return jax.jit(fn)
 
 
-def make_logprob_fn(graphdef, *, temperature: float = 1.0, batch_sharding=None) -> Callable:
+def make_logprob_fn(graphdef, *, temperature: float = 1.0) -> Callable:
   """Jitted `(params, batch) -> logp_NxT` for the reference and old-policy passes."""
   def fn(params, prompt, prompt_mask, completion, completion_mask):
     return completion_logprobs(graphdef, params, prompt, prompt_mask, completion,

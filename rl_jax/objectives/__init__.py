@@ -6,6 +6,7 @@ Table of contents:
   kl             kl_k1, kl_k2, kl_k3, entropy_from_logits
   policy_losses  ppo_clip, clip_fraction, gspo            (per-token losses)
   value          clipped_value_loss                        (per-token loss)
+  shaping        soft_overlong_penalty, token_level_rewards, sequence_kl_penalized_rewards
   aggregation    aggregate, aggregate_parts, aggregate_with_denominator,
                  aggregation_denominator, AGGREGATION_MODES
 
@@ -31,6 +32,9 @@ from rl_jax.objectives.kl import kl_k3 as kl_k3
 from rl_jax.objectives.policy_losses import clip_fraction as clip_fraction
 from rl_jax.objectives.policy_losses import gspo as gspo
 from rl_jax.objectives.policy_losses import ppo_clip as ppo_clip
+from rl_jax.objectives.shaping import sequence_kl_penalized_rewards as sequence_kl_penalized_rewards
+from rl_jax.objectives.shaping import soft_overlong_penalty as soft_overlong_penalty
+from rl_jax.objectives.shaping import token_level_rewards as token_level_rewards
 from rl_jax.objectives.value import clipped_value_loss as clipped_value_loss
 
 __all__ = (
@@ -51,6 +55,10 @@ __all__ = (
     "gspo",
     # value
     "clipped_value_loss",
+    # shaping
+    "soft_overlong_penalty",
+    "token_level_rewards",
+    "sequence_kl_penalized_rewards",
     # aggregation
     "AGGREGATION_MODES",
     "aggregate",

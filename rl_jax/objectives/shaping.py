@@ -3,6 +3,8 @@
 import jax
 import jax.numpy as jnp
 
+from rl_jax.objectives.kl import kl_k1
+
 
 def soft_overlong_penalty(lengths_N: jax.Array, *, max_len: int, cache_len: int) -> jax.Array:
   """DAPO's soft overlong punishment (arXiv:2503.14476, eq. 13), added to the task reward.
@@ -63,3 +65,31 @@ def token_level_rewards(rewards_N: jax.Array, mask_NxT: jax.Array, *, kl_NxT: ja
   if kl_NxT is not None and kl_coef:
     r = r - kl_coef * jnp.asarray(kl_NxT, jnp.float32) * mask
   return r * mask
+
+
+def sequence_kl_penalized_rewards(rewards_BxG: jax.Array, logp_NxT: jax.Array,
+                                  ref_logp_NxT: jax.Array, mask_NxT: jax.Array, *,
+                                  kl_coef: float) -> jax.Array:
+  """Sequence rewards with the KL to the reference folded in, for group estimators.
+
+  Formula: R_i - kl_coef * sum_t m_t (logp_t - ref_logp_t), i.e. the k1 estimate of
+  KL(pi || pi_ref) of sequence i, summed over its valid tokens. Rows are prompt-major:
+  row b*G + g of the [N, T] arrays is sample g of prompt b.
+
+  Args:
+    rewards_BxG: task rewards.
+    logp_NxT, ref_logp_NxT: behaviour and reference log-probs of the sampled tokens, N = B*G.
+    mask_NxT: 1 on valid tokens.
+    kl_coef: the KL weight.
+
+  Returns:
+    float32 [B, G].
+
+  Example:
+    >>> sequence_kl_penalized_rewards(jnp.array([[1.0, 0.0]]), jnp.array([[-1.0], [-1.0]]),
+    ...                               jnp.array([[-1.5], [-0.5]]), jnp.ones((2, 1)), kl_coef=0.1)
+    Array([[0.95, 0.05]], dtype=float32)
+  """
+  rewards = jnp.asarray(rewards_BxG, jnp.float32)
+  kl_N = jnp.sum(kl_k1(logp_NxT, ref_logp_NxT) * jnp.asarray(mask_NxT, jnp.float32), axis=-1)
+  return rewards - kl_coef * kl_N.reshape(rewards.shape)

@@ -184,7 +184,7 @@ class _ApproxChecker(doctest.OutputChecker):
 
 
 @pytest.mark.parametrize("module", [
-    "advantages", "kl", "policy_losses", "value", "aggregation"])
+    "advantages", "kl", "policy_losses", "value", "aggregation", "shaping"])
 def test_docstring_examples(module):
   mod = importlib.import_module(f"rl_jax.objectives.{module}")
   finder = doctest.DocTestFinder()
