@@ -99,8 +99,9 @@ def w1_grpo_step(steps: int = 10, warmup: int = 2) -> dict:
   prompts, mask = _prompts(8)
   algo = algorithms.grpo(kl_coef=0.04, clip_eps_low=0.2, clip_eps_high=0.2)
   tx = trainer.make_optimizer(learning_rate=1e-5, max_grad_norm=None)
-  update = trainer.make_rl_update(graphdef, algo, tx, aggregation_constant=64)
-  logprob_fn = trainer.make_logprob_fn(graphdef)
+  # Rows come in groups of 8 sharing a prompt: each prompt is computed once (exact).
+  update = trainer.make_rl_update(graphdef, algo, tx, aggregation_constant=64, group_size=8)
+  logprob_fn = trainer.make_logprob_fn(graphdef, group_size=8)
   sampling = SamplingConfig(max_new_tokens=64, temperature=1.0, top_p=1.0, eos_id=-1)
   state = trainer.init_state(params, tx)
   ref_params = jax.tree.map(jnp.copy, params)

@@ -34,6 +34,7 @@ class ModelConfig:
   num_kv_heads: int | None = None
   head_dim: int | None = None
   mlp_dim: int | None = None
+  remat: bool = False  # rematerialise each block in the backward pass (memory for compute)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +80,8 @@ class TrainConfig:
   num_iterations: int = 1  # epochs over each rollout batch (mu in the GRPO paper)
   num_microbatches: int = 1  # gradient accumulation inside a minibatch (exact, memory only)
   critic_learning_rate: float | None = None  # PPO critic (None = learning_rate)
+  share_prompt: bool = True  # compute each group's prompt once in the update and log-prob passes
+  logits_chunk: int = 0  # > 0: log-softmax over this many completion positions at a time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,6 +264,8 @@ def validate(c: RunConfig, num_devices: int | None = None) -> None:
            f"={c.train.num_minibatches} must divide the {n} sequences of a step "
            f"(rl.prompts_per_step * rl.group_size)")
   _require(c.train.num_microbatches >= 1, "train.num_microbatches", "must be >= 1")
+  _require(c.train.logits_chunk >= 0, "train.logits_chunk",
+           f"must be >= 0 (0 = off), got {c.train.logits_chunk}")
   _require((n // c.train.num_minibatches) % c.train.num_microbatches == 0,
            "train.num_microbatches",
            f"={c.train.num_microbatches} must divide the {n // c.train.num_minibatches} "

@@ -21,21 +21,74 @@ class TokenStats(NamedTuple):
   entropy_NxT: jax.Array | None  # float32 entropy of pi(. | x, y_<t), 0 where masked
 
 
-def _completion_states(model, prompt_NxP, prompt_mask_NxP, completion_NxT, completion_mask_NxT):
-  """Hidden states [N, T, D] that predict each completion token: one causal pass over
-  `[prompt ; completion]`, taking index P - 1 + t for token t. RoPE positions count valid
-  tokens only, exactly as in the sampler."""
-  P = prompt_NxP.shape[1]
-  tokens = jnp.concatenate([prompt_NxP, completion_NxT], axis=1)
+def _completion_states(model, prompt_NxP, prompt_mask_NxP, completion_NxT, completion_mask_NxT,
+                       group_size: int = 1):
+  """Hidden states [N, T, D] that predict each completion token: index P - 1 + t of the causal
+  pass over `[prompt ; completion]` for token t. RoPE positions count valid tokens only,
+  exactly as in the sampler.
+
+  With `group_size` G > 1, rows b*G .. b*G + G - 1 must share one prompt (as a rollout's
+  groups do): the prompt is then run once per group and its keys and values are shared by the
+  group's G completions through the KV cache, so the prompt costs 1/G of its tokens' FLOPs in
+  the forward and the backward pass. The result is the same computation, up to float rounding.
+  """
+  N, P = prompt_NxP.shape
+  T = completion_NxT.shape[1]
   valid = jnp.concatenate([prompt_mask_NxP, completion_mask_NxT.astype(bool)], axis=1)
-  h, _ = model.hidden(tokens, transformer.positions_from_mask(valid), valid)
-  return h[:, P - 1:-1]
+  positions = transformer.positions_from_mask(valid)
+  if group_size == 1:
+    tokens = jnp.concatenate([prompt_NxP, completion_NxT], axis=1)
+    h, _ = model.hidden(tokens, positions, valid)
+    return h[:, P - 1:-1]
+  if N % group_size:
+    raise ValueError(f"{N} sequences do not form groups of {group_size}")
+  G, S = group_size, P + T - 1  # the last completion token predicts nothing
+  group_prompt_BxP, group_mask_BxP = prompt_NxP[::G], prompt_mask_NxP[::G]
+  B = group_prompt_BxP.shape[0]
+  prefill_mask_BxS = jnp.concatenate([group_mask_BxP, jnp.zeros((B, T - 1), bool)], axis=1)
+  h_prompt, cache = model.hidden(group_prompt_BxP, positions[::G, :P], prefill_mask_BxS,
+                                 transformer.init_cache(model.cfg, B, S), 0)
+  cache = jax.tree.map(lambda x: jnp.repeat(x, G, axis=0), cache)
+  h_first = jnp.repeat(h_prompt[:, -1:], G, axis=0)  # predicts completion token 0
+  if T == 1:
+    return h_first
+  h_rest, _ = model.hidden(completion_NxT[:, :-1], positions[:, P:-1], valid[:, :-1], cache, P)
+  return jnp.concatenate([h_first, h_rest], axis=1)
+
+
+def _token_stats(model, h_NxTxD, completion_NxT, temperature, with_entropy):
+  logits_NxTxV = model.logits(h_NxTxD) / temperature
+  logp_all = jax.nn.log_softmax(logits_NxTxV, axis=-1)
+  logp = jnp.take_along_axis(logp_all, completion_NxT[..., None], axis=-1)[..., 0]
+  return logp, entropy_from_logits(logits_NxTxV) if with_entropy else None
+
+
+def _chunked_token_stats(model, h_NxTxD, completion_NxT, temperature, with_entropy, chunk):
+  """`_token_stats` over `chunk` completion positions at a time: the float32 logits of one
+  chunk ([N, chunk, V]) exist at once instead of [N, T, V], in the forward and (rematerialised
+  per chunk) in the backward pass. This is what keeps 150 k-token vocabularies in memory."""
+  N, T, D = h_NxTxD.shape
+  pad = -T % chunk
+  h = jnp.pad(h_NxTxD, ((0, 0), (0, pad), (0, 0)))
+  tok = jnp.pad(completion_NxT, ((0, 0), (0, pad)))
+  C = (T + pad) // chunk
+  h_CxNxcxD = h.reshape(N, C, chunk, D).swapaxes(0, 1)
+  tok_CxNxc = tok.reshape(N, C, chunk).swapaxes(0, 1)
+
+  @jax.checkpoint
+  def one(args):
+    return _token_stats(model, *args, temperature, with_entropy)
+
+  logp, ent = jax.lax.map(one, (h_CxNxcxD, tok_CxNxc))
+  unchunk = lambda x: x.swapaxes(0, 1).reshape(N, T + pad)[:, :T]
+  return unchunk(logp), unchunk(ent) if with_entropy else None
 
 
 def completion_logprobs(graphdef, params, prompt_NxP, prompt_mask_NxP, completion_NxT,
                         completion_mask_NxT, *, temperature: float = 1.0,
-                        with_entropy: bool = False) -> TokenStats:
-  """Log-probs of `completion_NxT` after the left-padded `prompt_NxP`, one causal pass.
+                        with_entropy: bool = False, group_size: int = 1,
+                        logits_chunk: int = 0) -> TokenStats:
+  """Log-probs of `completion_NxT` after the left-padded `prompt_NxP`.
 
   The sequence is `[prompt ; completion]`; completion token t is predicted by the logits at
   index P - 1 + t. RoPE positions count valid tokens only, as in the sampler, so these
@@ -47,15 +100,22 @@ def completion_logprobs(graphdef, params, prompt_NxP, prompt_mask_NxP, completio
     completion_NxT, completion_mask_NxT: completion tokens and their validity.
     temperature: logits are divided by it (use the sampling temperature for old log-probs).
     with_entropy: also return the per-token entropy of the (tempered) policy.
+    group_size: G > 1 declares that rows b*G .. b*G + G - 1 share one prompt (a rollout's
+      groups); the prompt is then computed once per group (`_completion_states`).
+    logits_chunk: if > 0, compute the log-softmax over this many completion positions at a
+      time, so the float32 logits of the whole batch are never materialised.
   """
   model = transformer.merge(graphdef, params)
-  h = _completion_states(model, prompt_NxP, prompt_mask_NxP, completion_NxT, completion_mask_NxT)
-  logits_NxTxV = model.logits(h) / temperature
-  logp_all = jax.nn.log_softmax(logits_NxTxV, axis=-1)
-  logp = jnp.take_along_axis(logp_all, completion_NxT[..., None], axis=-1)[..., 0]
+  h = _completion_states(model, prompt_NxP, prompt_mask_NxP, completion_NxT, completion_mask_NxT,
+                         group_size)
+  T = completion_NxT.shape[1]
+  if 0 < logits_chunk < T:
+    logp, ent = _chunked_token_stats(model, h, completion_NxT, temperature, with_entropy,
+                                     logits_chunk)
+  else:
+    logp, ent = _token_stats(model, h, completion_NxT, temperature, with_entropy)
   mask = completion_mask_NxT.astype(logp.dtype)
-  ent = entropy_from_logits(logits_NxTxV) * mask if with_entropy else None
-  return TokenStats(logp * mask, ent)
+  return TokenStats(logp * mask, ent * mask if with_entropy else None)
 
 
 def init_critic(policy_params, d_model: int, *, shared_trunk: bool = False) -> dict:

@@ -299,8 +299,10 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
     log(f"held-out before RL: {_fmt_eval(before)}")
   writer.truncate_from(start + 1)  # drop rows a crashed run logged after its last checkpoint
 
-  # 2. The jitted pieces of one step.
+  # 2. The jitted pieces of one step. Rows come in groups of G sharing a prompt: with
+  # train.share_prompt each group's prompt is computed once in the log-prob and update passes.
   batch_sh = parallel.batch_sharding(exp.mesh)
+  share = c.rl.group_size if c.train.share_prompt else 1
   update = trainer.make_rl_update(exp.graphdef, exp.algo, tx, critic_tx=critic_tx,
                                   num_minibatches=c.train.num_minibatches,
                                   num_iterations=c.train.num_iterations,
@@ -308,8 +310,10 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
                                   temperature=c.sampling.temperature,
                                   aggregation_constant=exp.algo.aggregation_constant
                                   or exp.sampling.max_new_tokens,
+                                  group_size=share, logits_chunk=c.train.logits_chunk,
                                   state_sharding=state_sh, batch_sharding=batch_sh)
-  logprob_fn = trainer.make_logprob_fn(exp.graphdef, temperature=c.sampling.temperature)
+  logprob_fn = trainer.make_logprob_fn(exp.graphdef, temperature=c.sampling.temperature,
+                                       group_size=share, logits_chunk=c.train.logits_chunk)
   value_fn = trainer.make_value_fn(exp.graphdef) if exp.algo.critic else None
   advantages_fn = jax.jit(functools.partial(algorithms.compute_advantages, exp.algo))
   on_policy = c.train.num_minibatches == 1 and c.train.num_iterations == 1

@@ -7,6 +7,7 @@ gradient is not finite is skipped (parameters and optimizer state kept) and coun
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -82,7 +83,8 @@ def apply_gradients(state: TrainState, grads, loss, tx, critic_grads=None,
 
 
 def rl_loss(graphdef, params, mb: TrainBatch, algo: Algorithm, *, temperature: float,
-            on_policy: bool, aggregation_constant: float | None, denominator=None):
+            on_policy: bool, aggregation_constant: float | None, denominator=None,
+            group_size: int = 1, logits_chunk: int = 0):
   """The policy objective of one (micro-)batch and its diagnostics.
 
   `on_policy=True` means the batch was sampled by exactly these parameters (one epoch, one
@@ -92,10 +94,14 @@ def rl_loss(graphdef, params, mb: TrainBatch, algo: Algorithm, *, temperature: f
   `denominator`: the aggregation denominator of the whole batch this micro-batch belongs to
   (see `objectives.aggregation`); the micro-batch losses then sum to the batch loss exactly.
   None normalises by this batch alone.
+
+  `group_size` and `logits_chunk` are passed to `completion_logprobs` (shared prompt prefix,
+  chunked log-softmax); they change the cost, not the result.
   """
   stats = completion_logprobs(graphdef, params, mb.prompt_NxP, mb.prompt_mask_NxP,
                               mb.completion_NxT, mb.completion_mask_NxT,
-                              temperature=temperature, with_entropy=True)
+                              temperature=temperature, with_entropy=True,
+                              group_size=group_size, logits_chunk=logits_chunk)
   logp = stats.logp_NxT
   mask = mb.completion_mask_NxT.astype(jnp.float32)
   old = jax.lax.stop_gradient(logp) if on_policy else mb.old_logp_NxT
@@ -146,6 +152,7 @@ def make_rl_update(graphdef, algo: Algorithm, tx: optax.GradientTransformation, 
                    num_minibatches: int = 1, num_iterations: int = 1, num_microbatches: int = 1,
                    temperature: float = 1.0, aggregation_constant: float | None = None,
                    critic_tx: optax.GradientTransformation | None = None,
+                   group_size: int = 1, logits_chunk: int = 0,
                    state_sharding=None, batch_sharding=None) -> Callable:
   """Returns `update(state, batch, rng) -> (state, metrics)`, jitted with donated state.
 
@@ -157,14 +164,21 @@ def make_rl_update(graphdef, algo: Algorithm, tx: optax.GradientTransformation, 
   With a critic (`algo.critic`), the value model is trained alongside with the clipped value
   loss (weight `algo.vf_coef`) and its own optimizer `critic_tx`; `params` below are then the
   pair (policy, critic), whose losses are independent.
+
+  `group_size` G > 1 says the batch's rows come in groups of G sharing one prompt (a rollout).
+  Minibatches are then shuffled by whole groups and each group's prompt is computed once
+  (`completion_logprobs(group_size=G)`) whenever every micro-batch holds whole groups; otherwise
+  the prompt is computed per row. `logits_chunk` > 0 computes the log-softmax that many
+  completion positions at a time. Neither changes the update beyond float rounding.
   """
   on_policy = num_minibatches == 1 and num_iterations == 1
 
-  def loss_fn(params, mb, denominator):
+  def loss_fn(params, mb, denominator, share):
     policy_params, critic_params = params
     loss, metrics = rl_loss(graphdef, policy_params, mb, algo, temperature=temperature,
                             on_policy=on_policy, aggregation_constant=aggregation_constant,
-                            denominator=denominator[0])
+                            denominator=denominator[0], group_size=share,
+                            logits_chunk=logits_chunk)
     if algo.critic:
       # With a shared trunk the value loss also reaches the policy parameters.
       vloss, vmetrics = value_loss(graphdef, critic_view(policy_params, critic_params), mb, algo,
@@ -175,16 +189,16 @@ def make_rl_update(graphdef, algo: Algorithm, tx: optax.GradientTransformation, 
 
   loss_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def minibatch_grads(params, mb):
+  def minibatch_grads(params, mb, share):
     mask = mb.completion_mask_NxT.astype(jnp.float32)
     den = (aggregation_denominator(mask, algo.aggregation, constant=aggregation_constant),
            aggregation_denominator(mask, "token_mean"))
     if num_microbatches == 1:
-      return loss_and_grad(params, mb, den)
+      return loss_and_grad(params, mb, den, share)
 
     def accumulate(carry, micro):
       loss_sum, grad_sum = carry
-      (loss, metrics), grads = loss_and_grad(params, micro, den)
+      (loss, metrics), grads = loss_and_grad(params, micro, den, share)
       return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), metrics
 
     zeros = jax.tree.map(jnp.zeros_like, params)
@@ -195,9 +209,9 @@ def make_rl_update(graphdef, algo: Algorithm, tx: optax.GradientTransformation, 
                for k, v in metrics.items()}
     return (loss, metrics), grads
 
-  def minibatch_step(state, mb):
+  def minibatch_step(state, mb, share):
     (loss, metrics), (grads, critic_grads) = minibatch_grads(
-        (state.params, state.critic_params), mb)
+        (state.params, state.critic_params), mb, share)
     state, ok = apply_gradients(state, grads, loss, tx, critic_grads, critic_tx)
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads), finite=ok.astype(jnp.float32))
     return state, metrics
@@ -208,10 +222,18 @@ def make_rl_update(graphdef, algo: Algorithm, tx: optax.GradientTransformation, 
       raise ValueError(f"batch of {N} sequences does not split into {num_minibatches} "
                        f"minibatches of {num_microbatches} micro-batches")
 
+    # Prompt sharing needs whole groups in every micro-batch.
+    G = group_size if N % group_size == 0 else 1
+    share = G if (N // (num_minibatches * num_microbatches)) % G == 0 else 1
+
     def epoch(state, rng_e):
-      order = (jax.random.permutation(rng_e, N) if num_minibatches > 1 else jnp.arange(N))
-      mbs = _split(jax.tree.map(lambda x: x[order], batch), num_minibatches)
-      return jax.lax.scan(minibatch_step, state, mbs)
+      if num_minibatches == 1:
+        mbs = _split(batch, 1)
+      else:  # shuffle whole groups (rows stay with their group, in order)
+        groups = jax.random.permutation(rng_e, N // share)
+        order = (groups[:, None] * share + jnp.arange(share)).reshape(N)
+        mbs = _split(jax.tree.map(lambda x: x[order], batch), num_minibatches)
+      return jax.lax.scan(functools.partial(minibatch_step, share=share), state, mbs)
 
     state, metrics = jax.lax.scan(epoch, state, jax.random.split(rng, num_iterations))
     metrics = jax.tree.map(jnp.mean, metrics)
@@ -233,11 +255,15 @@ def make_value_fn(graphdef) -> Callable:
   return jax.jit(fn)
 
 
-def make_logprob_fn(graphdef, *, temperature: float = 1.0) -> Callable:
-  """Jitted `(params, batch) -> logp_NxT` for the reference and old-policy passes."""
+def make_logprob_fn(graphdef, *, temperature: float = 1.0, group_size: int = 1,
+                    logits_chunk: int = 0) -> Callable:
+  """Jitted `(params, batch) -> logp_NxT` for the reference and old-policy passes.
+  `group_size`, `logits_chunk`: as in `completion_logprobs` (groups must share prompts)."""
   def fn(params, prompt, prompt_mask, completion, completion_mask):
+    G = group_size if prompt.shape[0] % group_size == 0 else 1
     return completion_logprobs(graphdef, params, prompt, prompt_mask, completion,
-                               completion_mask, temperature=temperature).logp_NxT
+                               completion_mask, temperature=temperature, group_size=G,
+                               logits_chunk=logits_chunk).logp_NxT
   return jax.jit(fn)
 
 

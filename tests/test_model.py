@@ -60,7 +60,7 @@ def test_cached_decoding_equals_full_forward(model, pads):
   # Slots past L are marked valid on purpose: only causality (slot <= write slot) hides them.
   kv_mask_NxS = jnp.concatenate([jnp.asarray(mask), jnp.ones((N, S - L), bool)], axis=1)
   cache = transformer.init_cache(CFG, N, S)
-  assert cache[0].k_NxSxKxDh.shape == (N, S, CFG.num_kv_heads, CFG.head_dim)
+  assert cache[0].k_NxKxSxDh.shape == (N, CFG.num_kv_heads, S, CFG.head_dim)
   logits, cache = _apply(graphdef, params, tokens[:, :prefix], positions[:, :prefix],
                          kv_mask_NxS, cache, 0)
   steps = [np.asarray(logits)]

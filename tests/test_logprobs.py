@@ -1,0 +1,172 @@
+"""The cost-saving paths of `completion_logprobs` compute the same numbers as the plain pass:
+a group's prompt computed once and shared by its G completions, the chunked log-softmax, and
+rematerialised blocks. Values and gradients are compared at float32 rounding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from rl_jax import algorithms, trainer
+from rl_jax.logprobs import completion_logprobs
+from rl_jax.models import transformer
+from rl_jax.types import TrainBatch
+
+V, B, G, P, T = 29, 3, 4, 6, 7
+
+
+def _grouped_batch(seed=0):
+  """B prompts (left-padded to different lengths) x G completions of varied lengths."""
+  rng = np.random.default_rng(seed)
+  prompt = rng.integers(3, V, (B, P)).astype(np.int32)
+  pmask = np.ones((B, P), bool)
+  pmask[0, :2] = False
+  pmask[2, :1] = False
+  lengths = rng.integers(1, T + 1, B * G)
+  cmask = np.arange(T)[None] < lengths[:, None]
+  return (np.repeat(prompt, G, 0), np.repeat(pmask, G, 0),
+          rng.integers(3, V, (B * G, T)).astype(np.int32), cmask)
+
+
+def _objective(graphdef, batch, **kw):
+  def f(params):
+    s = completion_logprobs(graphdef, params, *batch, with_entropy=True, **kw)
+    # A weighted sum so that every token's log-prob and entropy reaches the gradient.
+    w = jnp.arange(1, T + 1, dtype=jnp.float32) / T
+    return jnp.sum(s.logp_NxT * w) + 0.5 * jnp.sum(s.entropy_NxT), s
+  return jax.value_and_grad(f, has_aux=True)
+
+
+def _assert_same(a, b):
+  (_, sa), ga = a
+  (_, sb), gb = b
+  np.testing.assert_allclose(sa.logp_NxT, sb.logp_NxT, atol=5e-6)
+  np.testing.assert_allclose(sa.entropy_NxT, sb.entropy_NxT, atol=5e-6)
+  for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    np.testing.assert_allclose(x, y, atol=5e-6 * float(np.abs(y).max()) + 1e-7)
+
+
+@pytest.mark.parametrize("variant", [
+    dict(group_size=G), dict(group_size=2), dict(logits_chunk=3), dict(logits_chunk=1),
+    dict(group_size=G, logits_chunk=2)])
+def test_shared_prompt_and_chunked_logits_match_the_plain_pass(variant):
+  cfg = transformer.preset("test", V)
+  graphdef, params = transformer.init_model(cfg, 0)
+  batch = _grouped_batch()
+  base = _objective(graphdef, batch)(params)
+  _assert_same(_objective(graphdef, batch, **variant)(params), base)
+  # Masked positions stay exactly zero.
+  (_, s), _ = _objective(graphdef, batch, **variant)(params)
+  assert np.all(np.asarray(s.logp_NxT)[~batch[3]] == 0.0)
+
+
+def test_single_token_completions_with_shared_prompt():
+  cfg = transformer.preset("test", V)
+  graphdef, params = transformer.init_model(cfg, 1)
+  pr, pm, c, cm = _grouped_batch(1)
+  batch = (pr, pm, c[:, :1], cm[:, :1])
+  (_, a), _ = jax.value_and_grad(lambda p: (0.0, completion_logprobs(graphdef, p, *batch)),
+                                 has_aux=True)(params)
+  b = completion_logprobs(graphdef, params, *batch, group_size=G)
+  np.testing.assert_allclose(a.logp_NxT, b.logp_NxT, atol=5e-6)
+
+
+def test_shared_prompt_rejects_rows_that_do_not_form_groups():
+  cfg = transformer.preset("test", V)
+  graphdef, params = transformer.init_model(cfg, 0)
+  pr, pm, c, cm = _grouped_batch()
+  with pytest.raises(ValueError, match="groups of 5"):
+    completion_logprobs(graphdef, params, pr, pm, c, cm, group_size=5)
+
+
+def test_remat_blocks_give_the_same_gradient():
+  cfg = transformer.preset("test", V)
+  graphdef, params = transformer.init_model(cfg, 0)
+  graphdef_remat, _ = transformer.init_model(transformer.preset("test", V, remat=True), 0)
+  batch = _grouped_batch()
+  _assert_same(_objective(graphdef_remat, batch)(params), _objective(graphdef, batch)(params))
+
+
+@pytest.mark.parametrize("micro", [1, 3])
+def test_update_with_shared_prompts_equals_the_per_row_update(micro):
+  """`make_rl_update(group_size=G)` computes each prompt once; with whole groups per
+  micro-batch (one micro-batch of 12 rows, or 3 of 4 rows = one group each) the update equals
+  the per-row one."""
+  cfg = transformer.preset("test", V)
+  graphdef, params = transformer.init_model(cfg, 0)
+  pr, pm, c, cm = _grouped_batch()
+  N = B * G
+  rng = np.random.default_rng(3)
+  adv = np.repeat(rng.normal(size=(N, 1)), T, 1).astype(np.float32)
+  ref = np.log(np.full((N, T), 1.0 / V, np.float32))
+  batch = TrainBatch(pr, pm, c, cm, adv, np.zeros((N, T), np.float32), ref)
+  algo = algorithms.grpo(kl_coef=0.05)
+  tx = optax.sgd(1.0)
+  outs = []
+  for group_size in (1, G):
+    update = trainer.make_rl_update(graphdef, algo, tx, num_microbatches=micro,
+                                    aggregation_constant=T, group_size=group_size)
+    state, m = update(trainer.init_state(jax.tree.map(jnp.copy, params), tx), batch,
+                      jax.random.key(0))
+    outs.append((state.params, m))
+  for x, y in zip(jax.tree.leaves(outs[0][0]), jax.tree.leaves(outs[1][0])):
+    np.testing.assert_allclose(x, y, atol=1e-5)
+  np.testing.assert_allclose(outs[0][1]["loss"], outs[1][1]["loss"], rtol=1e-5)
+
+
+def test_update_falls_back_to_per_row_prompts_when_micro_batches_split_groups():
+  """12 rows in 6 micro-batches of 2 cannot hold groups of 4: the update computes prompts per
+  row rather than mixing groups, and still equals the plain update."""
+  cfg = transformer.preset("test", V)
+  graphdef, params = transformer.init_model(cfg, 0)
+  pr, pm, c, cm = _grouped_batch()
+  N = B * G
+  adv = np.repeat(np.linspace(-1, 1, N)[:, None], T, 1).astype(np.float32)
+  batch = TrainBatch(pr, pm, c, cm, adv, np.zeros((N, T), np.float32),
+                     np.zeros((N, T), np.float32))
+  algo = algorithms.grpo(kl_coef=0.0)
+  tx = optax.sgd(1.0)
+  states = []
+  for group_size in (1, G):
+    update = trainer.make_rl_update(graphdef, algo, tx, num_microbatches=6,
+                                    aggregation_constant=T, group_size=group_size)
+    states.append(update(trainer.init_state(jax.tree.map(jnp.copy, params), tx), batch,
+                         jax.random.key(0))[0].params)
+  for x, y in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
+    np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+def test_group_shuffle_keeps_groups_whole():
+  """With minibatches, rows are shuffled by whole groups. Two minibatches of 6 rows with
+  G=3 (two groups each): the update equals doing the same two SGD steps by hand on the groups
+  in the order the permutation gives."""
+  cfg = transformer.preset("test", V)
+  graphdef, params = transformer.init_model(cfg, 0)
+  rng = np.random.default_rng(5)
+  Gs, N = 3, 12
+  prompt = np.repeat(rng.integers(3, V, (N // Gs, P)).astype(np.int32), Gs, 0)
+  pm = np.ones((N, P), bool)
+  c = rng.integers(3, V, (N, T)).astype(np.int32)
+  cm = np.ones((N, T), bool)
+  adv = np.repeat(rng.normal(size=(N, 1)), T, 1).astype(np.float32)
+  zeros = np.zeros((N, T), np.float32)
+  batch = TrainBatch(prompt, pm, c, cm, adv, zeros, zeros)
+  algo = algorithms.grpo(kl_coef=0.0)
+  tx = optax.sgd(0.5)
+  key = jax.random.key(7)
+  update = trainer.make_rl_update(graphdef, algo, tx, num_minibatches=2,
+                                  aggregation_constant=T, group_size=Gs)
+  got = update(trainer.init_state(jax.tree.map(jnp.copy, params), tx), batch, key)[0].params
+  # By hand: the epoch key, the group permutation, two plain SGD steps.
+  (epoch_key,) = jax.random.split(key, 1)
+  groups = np.asarray(jax.random.permutation(epoch_key, N // Gs))
+  order = (groups[:, None] * Gs + np.arange(Gs)).reshape(-1)
+  p = params
+  for half in (order[:6], order[6:]):
+    mb = jax.tree.map(lambda x: x[half], batch)
+    g = jax.grad(lambda q: trainer.rl_loss(graphdef, q, mb, algo, temperature=1.0,
+                                           on_policy=False, aggregation_constant=T)[0])(p)
+    p = jax.tree.map(lambda a, b: a - 0.5 * b, p, g)
+  for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(p)):
+    np.testing.assert_allclose(x, y, atol=1e-5)
