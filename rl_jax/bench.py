@@ -9,6 +9,8 @@
   W3  training throughput: forward + backward + AdamW on 64 x 96 tokens with the GRPO loss.
       Tokens per second and the fraction of the float32 matmul rate measured in the same process
       (6 x matmul parameters x tokens + attention FLOPs).
+  W1 async (--workloads=w1async): W1 in the loop's one-step-off mode (`train.async_rollout`),
+      to compare with the synchronous W1 in the same process.
 
 The model is the Llama-style benchmark model (`bench` preset: vocabulary 512, width 256,
 4 layers, 4 heads of 64, MLP 1024, 4,458,752 parameters, float32). Prints a table and, with
@@ -18,7 +20,9 @@ The model is the Llama-style benchmark model (`bench` preset: vocabulary 512, wi
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import os
 import platform
 import resource
 import statistics
@@ -94,31 +98,49 @@ def _grpo_batch(graphdef, params, roll, prompts, mask, rewards_BxG, algo, logpro
                     jnp.zeros_like(roll.logp_NxT), ref)
 
 
-def w1_grpo_step(steps: int = 10, warmup: int = 2) -> dict:
+def w1_grpo_step(steps: int = 10, warmup: int = 2, async_rollout: bool = False) -> dict:
+  """W1. With `async_rollout` the one-step-off mode of the loop (`train.async_rollout`): the
+  rollout of step i+1 is generated in a background thread, from a copy of the parameters before
+  update i, while update i runs; the update then uses the sampler's log-probs as old log-probs.
+  `generation_s` is then the time a step waits for its rollout."""
   cfg, graphdef, params = _model()
   prompts, mask = _prompts(8)
   algo = algorithms.grpo(kl_coef=0.04, clip_eps_low=0.2, clip_eps_high=0.2)
   tx = trainer.make_optimizer(learning_rate=1e-5, max_grad_norm=None)
   # Rows come in groups of 8 sharing a prompt: each prompt is computed once (exact).
-  update = trainer.make_rl_update(graphdef, algo, tx, aggregation_constant=64, group_size=8)
+  update = trainer.make_rl_update(graphdef, algo, tx, aggregation_constant=64, group_size=8,
+                                  off_policy=async_rollout)
   logprob_fn = trainer.make_logprob_fn(graphdef, group_size=8)
   sampling = SamplingConfig(max_new_tokens=64, temperature=1.0, top_p=1.0, eos_id=-1)
   state = trainer.init_state(params, tx)
   ref_params = jax.tree.map(jnp.copy, params)
+
+  def rollout(params, i):
+    roll = generate(graphdef, params, prompts, mask, jax.random.key(i), cfg=sampling,
+                    group_size=8)
+    tokens = np.asarray(roll.tokens_NxT)
+    rewards = (tokens % 2 == 0).mean(axis=1).reshape(8, 8).astype(np.float32)  # cheap reward
+    return roll, rewards
+
+  pool = concurrent.futures.ThreadPoolExecutor(max_workers=1) if async_rollout else None
+  pending = None
   totals, gens = [], []
   for i in range(steps + warmup):
     t0 = time.perf_counter()
-    roll = generate(graphdef, state.params, prompts, mask, jax.random.key(i), cfg=sampling,
-                    group_size=8)
-    tokens = np.asarray(roll.tokens_NxT)
+    roll, rewards = rollout(state.params, i) if pending is None else pending.result()
     t_gen = time.perf_counter() - t0
-    rewards = (tokens % 2 == 0).mean(axis=1).reshape(8, 8).astype(np.float32)  # cheap reward
+    if async_rollout:  # sample step i + 1 while update i runs
+      pending = pool.submit(rollout, jax.tree.map(jnp.copy, state.params), i + 1)
     batch = _grpo_batch(graphdef, ref_params, roll, prompts, mask, rewards, algo, logprob_fn)
+    if async_rollout:
+      batch = batch._replace(old_logp_NxT=roll.logp_NxT)
     state, m = update(state, batch, jax.random.key(i))
     jax.block_until_ready(m)
     if i >= warmup:
       totals.append(time.perf_counter() - t0)
       gens.append(t_gen)
+  if pool is not None:
+    pool.shutdown(wait=True)
   s = _summary(totals)
   return dict(seconds=s, generation_s=statistics.median(gens),
               generation_share=statistics.median(gens) / s["median"],
@@ -164,15 +186,18 @@ def machine() -> dict:
       cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
   except (OSError, StopIteration):
     pass
-  return dict(cpu=cpu, devices=f"{jax.device_count()} x {jax.devices()[0].platform}",
-              jax=jax.__version__, python=platform.python_version(),
-              date=time.strftime("%Y-%m-%d"))
+  import flax  # pylint: disable=import-outside-toplevel
+  return dict(cpu=cpu, nproc=os.cpu_count(),
+              devices=f"{jax.device_count()} x {jax.devices()[0].platform}",
+              jax=jax.__version__, flax=flax.__version__, python=platform.python_version(),
+              date=time.strftime("%Y-%m-%d"), xla_flags=os.environ.get("XLA_FLAGS", ""))
 
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="rl-jax bench", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workloads", default="w1,w2,w3")
+  parser.add_argument("--workloads", default="w1,w2,w3",
+                      help="comma-separated subset of w1,w2,w3,w1async (the one-step-off mode)")
   parser.add_argument("--json", default=None, help="write the results to this file")
   args = parser.parse_args(argv)
   chosen = set(args.workloads.split(","))
@@ -193,11 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     w = out["w2"]
     print(f"W2 sampling: {w['tokens_per_s']:,.0f} tokens/s (median {w['seconds']['median']:.3f} s,"
           f" {w['seconds']['min']:.3f}-{w['seconds']['max']:.3f})", flush=True)
-  if "w1" in chosen:
-    out["w1"] = w1_grpo_step()
-    w = out["w1"]
-    print(f"W1 GRPO step: {w['seconds']['median']:.3f} s median "
-          f"({w['seconds']['min']:.3f}-{w['seconds']['max']:.3f}); generation "
+  for name, label in (("w1", "W1 GRPO step"), ("w1async", "W1 one-step-off (async) step")):
+    if name not in chosen:
+      continue
+    out[name] = w = w1_grpo_step(async_rollout=name == "w1async")
+    gen = "waiting for the rollout" if name == "w1async" else "generation"
+    print(f"{label}: {w['seconds']['median']:.3f} s median "
+          f"({w['seconds']['min']:.3f}-{w['seconds']['max']:.3f}); {gen} "
           f"{w['generation_s']:.3f} s ({w['generation_share']:.0%}); peak RSS "
           f"{w['peak_rss_gib']:.2f} GiB", flush=True)
   if args.json:

@@ -82,6 +82,7 @@ class TrainConfig:
   critic_learning_rate: float | None = None  # PPO critic (None = learning_rate)
   share_prompt: bool = True  # compute each group's prompt once in the update and log-prob passes
   logits_chunk: int = 0  # > 0: log-softmax over this many completion positions at a time
+  async_rollout: bool = False  # one-step-off: sample step n+1 while step n's update runs
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@ completions, rewards) in and out.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -311,26 +312,45 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
                                   aggregation_constant=exp.algo.aggregation_constant
                                   or exp.sampling.max_new_tokens,
                                   group_size=share, logits_chunk=c.train.logits_chunk,
+                                  off_policy=c.train.async_rollout,
                                   state_sharding=state_sh, batch_sharding=batch_sh)
   logprob_fn = trainer.make_logprob_fn(exp.graphdef, temperature=c.sampling.temperature,
                                        group_size=share, logits_chunk=c.train.logits_chunk)
   value_fn = trainer.make_value_fn(exp.graphdef) if exp.algo.critic else None
   advantages_fn = jax.jit(functools.partial(algorithms.compute_advantages, exp.algo))
-  on_policy = c.train.num_minibatches == 1 and c.train.num_iterations == 1
+  # One-step-off mode: the rollout of step n+1 is generated (in a background thread, from a
+  # copy of the parameters before update n) while update n runs; every batch is then one update
+  # stale and the clipped importance ratio against the sampler's log-probs corrects for it.
+  stale = c.train.async_rollout
+  on_policy = c.train.num_minibatches == 1 and c.train.num_iterations == 1 and not stale
   sampler_logp_exact = (c.sampling.temperature == 1.0 and c.sampling.top_k == 0
                         and c.sampling.top_p == 1.0)
   B, G = c.rl.prompts_per_step, c.rl.group_size
+  rollout_thread = concurrent.futures.ThreadPoolExecutor(max_workers=1) if stale else None
+  pending = None  # (future of (HostRollout, metrics), behaviour params) for the next step
+
+  def sample_key_of(step):
+    return jax.random.split(jax.random.fold_in(root_key, step))[0]
 
   # 3. The RL steps.
   progress = Progress(c.train.steps, stream=stream, every=c.log.progress_every)
   for step in range(start + 1, c.train.steps + 1):
     t0 = time.time()
-    step_key = jax.random.fold_in(root_key, step)
-    sample_key, update_key = jax.random.split(step_key)
+    update_key = jax.random.split(jax.random.fold_in(root_key, step))[1]
 
     # Rollout: B prompts x G samples, scored by the task (more rounds under dynamic sampling).
-    roll, roll_metrics = collect_rollout(exp, state.params, step, sample_key)
+    if pending is None:
+      behaviour_params = state.params
+      roll, roll_metrics = collect_rollout(exp, behaviour_params, step, sample_key_of(step))
+    else:
+      future, behaviour_params = pending
+      roll, roll_metrics = future.result()
     t_rollout = time.time() - t0
+    if stale and step < c.train.steps:
+      # Sample step + 1 from the parameters before this update (a copy: the update donates them).
+      nxt = jax.tree.map(jnp.copy, state.params)
+      pending = (rollout_thread.submit(collect_rollout, exp, nxt, step + 1,
+                                       sample_key_of(step + 1)), nxt)
 
     # Reference and behaviour log-probs, advantages, the update.
     t1 = time.time()
@@ -344,8 +364,8 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
       old_logp = zeros  # the update uses stop_gradient(current log-probs): ratio exactly 1
     elif sampler_logp_exact:
       old_logp = sampler_logp
-    else:
-      old_logp = logprob_fn(state.params, prompt_N, prompt_mask_N, tokens, mask)
+    else:  # the behaviour policy's log-probs at the training temperature, without truncation
+      old_logp = logprob_fn(behaviour_params, prompt_N, prompt_mask_N, tokens, mask)
     values = (value_fn(state.params, state.critic_params, prompt_N, prompt_mask_N, tokens, mask)
               if value_fn else None)
     adv_NxT, returns = advantages_fn(algorithms.AdvantageInputs(
@@ -382,6 +402,8 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
       except CheckpointError as e:  # never replace a good checkpoint with a bad state
         progress.log(f"warning: {e}")
   progress.close()
+  if rollout_thread is not None:
+    rollout_thread.shutdown()
   ckpt.close()
   writer.close()
 

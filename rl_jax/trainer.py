@@ -8,6 +8,7 @@ gradient is not finite is skipped (parameters and optimizer state kept) and coun
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -22,6 +23,27 @@ from rl_jax.objectives.aggregation import (aggregate, aggregate_with_denominator
 from rl_jax.objectives.policy_losses import clip_fraction
 from rl_jax.objectives.value import clipped_value_loss
 from rl_jax.types import TrainBatch
+
+
+# XLA:CPU runs the training step's matmuls about 9% faster through its own dot emitter than as
+# YNNPACK fusions (the 4.46 M-parameter W3 step, same process: 1.61-1.66 s vs 1.74-1.83 s,
+# jaxlib 0.10.2); the sampler's decode is unaffected, so only the training jits take this.
+_CPU_TRAIN_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.cache
+def train_compiler_options() -> dict | None:
+  """Compiler options for the training jits: `_CPU_TRAIN_OPTIONS` on a CPU backend whose XLA
+  accepts them (probed once with a trivial computation), else None. Set
+  RL_JAX_CPU_DEFAULT_XLA=1 to compile with XLA's defaults."""
+  if jax.default_backend() != "cpu" or os.environ.get("RL_JAX_CPU_DEFAULT_XLA") == "1":
+    return None
+  try:
+    jax.jit(lambda x: x @ x, compiler_options=_CPU_TRAIN_OPTIONS).lower(
+        jnp.ones((2, 2))).compile()
+  except Exception:  # pylint: disable=broad-except  (an XLA without the option: use defaults)
+    return None
+  return dict(_CPU_TRAIN_OPTIONS)
 
 
 class TrainState(NamedTuple):
@@ -152,7 +174,7 @@ def make_rl_update(graphdef, algo: Algorithm, tx: optax.GradientTransformation, 
                    num_minibatches: int = 1, num_iterations: int = 1, num_microbatches: int = 1,
                    temperature: float = 1.0, aggregation_constant: float | None = None,
                    critic_tx: optax.GradientTransformation | None = None,
-                   group_size: int = 1, logits_chunk: int = 0,
+                   group_size: int = 1, logits_chunk: int = 0, off_policy: bool = False,
                    state_sharding=None, batch_sharding=None) -> Callable:
   """Returns `update(state, batch, rng) -> (state, metrics)`, jitted with donated state.
 
@@ -170,8 +192,11 @@ def make_rl_update(graphdef, algo: Algorithm, tx: optax.GradientTransformation, 
   (`completion_logprobs(group_size=G)`) whenever every micro-batch holds whole groups; otherwise
   the prompt is computed per row. `logits_chunk` > 0 computes the log-softmax that many
   completion positions at a time. Neither changes the update beyond float rounding.
+
+  `off_policy=True` says the batch was sampled by other parameters than `state.params` (the
+  one-step-off asynchronous mode): the ratio then always uses `batch.old_logp_NxT`.
   """
-  on_policy = num_minibatches == 1 and num_iterations == 1
+  on_policy = num_minibatches == 1 and num_iterations == 1 and not off_policy
 
   def loss_fn(params, mb, denominator, share):
     policy_params, critic_params = params
@@ -244,7 +269,8 @@ def make_rl_update(graphdef, algo: Algorithm, tx: optax.GradientTransformation, 
   if state_sharding is not None:
     shardings = dict(in_shardings=(state_sharding, batch_sharding, None),
                      out_shardings=(state_sharding, None))
-  return jax.jit(update, donate_argnums=(0,), **shardings)
+  return jax.jit(update, donate_argnums=(0,), compiler_options=train_compiler_options(),
+                 **shardings)
 
 
 def make_value_fn(graphdef) -> Callable:
@@ -264,7 +290,7 @@ def make_logprob_fn(graphdef, *, temperature: float = 1.0, group_size: int = 1,
     return completion_logprobs(graphdef, params, prompt, prompt_mask, completion,
                                completion_mask, temperature=temperature, group_size=G,
                                logits_chunk=logits_chunk).logp_NxT
-  return jax.jit(fn)
+  return jax.jit(fn, compiler_options=train_compiler_options())
 
 
 def sft_loss(graphdef, params, prompt, prompt_mask, target, target_mask):
@@ -289,4 +315,5 @@ def make_sft_step(graphdef, tx: optax.GradientTransformation, *, state_sharding=
   if state_sharding is not None:
     shardings = dict(in_shardings=(state_sharding,) + (batch_sharding,) * 4,
                      out_shardings=(state_sharding, None))
-  return jax.jit(step, donate_argnums=(0,), **shardings)
+  return jax.jit(step, donate_argnums=(0,), compiler_options=train_compiler_options(),
+                 **shardings)

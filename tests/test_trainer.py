@@ -133,3 +133,40 @@ def test_constant_learning_rate_after_warmup():
     sizes.append(-float(u["w"]))
   np.testing.assert_allclose(sizes[:4], [0.0, 0.025, 0.05, 0.075], rtol=1e-3, atol=1e-6)
   np.testing.assert_allclose(sizes[4:], [0.1] * 4, rtol=1e-3)
+
+
+def test_a_second_step_with_other_completion_lengths_compiles_nothing():
+  """Shapes are fixed per run (prompt bucket, max new tokens): a step whose completions end
+  at other lengths, with other rewards and a new rng, reuses the compiled reference pass and
+  update. Counted with the jit caches and with jax's compile events."""
+  from jax._src import monitoring  # pylint: disable=import-outside-toplevel
+  graphdef, params = _setup()
+  algo = algorithms.grpo(kl_coef=0.04)
+  tx = optax.adam(1e-3)
+  update = trainer.make_rl_update(graphdef, algo, tx, aggregation_constant=4, group_size=4)
+  logprob_fn = trainer.make_logprob_fn(graphdef, group_size=4)
+  ref_params = jax.tree.map(jnp.copy, params)
+  state = trainer.init_state(params, tx)
+
+  def step(state, seed):
+    b = _batch(seed=seed)
+    b = b._replace(prompt_NxP=np.repeat(b.prompt_NxP[::4], 4, 0),
+                   prompt_mask_NxP=np.repeat(b.prompt_mask_NxP[::4], 4, 0))
+    ref = logprob_fn(ref_params, b.prompt_NxP, b.prompt_mask_NxP, b.completion_NxT,
+                     b.completion_mask_NxT)
+    state, m = update(state, b._replace(ref_logp_NxT=ref), jax.random.key(seed))
+    return state, m, b.completion_mask_NxT.sum(1)
+
+  state, _, lengths_1 = step(state, 0)
+  sizes = (update._cache_size(), logprob_fn._cache_size())
+  events = []
+  listener = lambda name, *a, **k: events.append(name)
+  monitoring.register_event_duration_secs_listener(listener)
+  try:
+    state, m, lengths_2 = step(state, 1)
+    jax.block_until_ready(m)
+  finally:
+    monitoring.unregister_event_duration_listener(listener)
+  assert not np.array_equal(lengths_1, lengths_2)  # the two steps really differ
+  assert (update._cache_size(), logprob_fn._cache_size()) == sizes
+  assert not [e for e in events if "backend_compile" in e], events

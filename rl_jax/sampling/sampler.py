@@ -1,9 +1,11 @@
 """Jitted prefill + decode with a per-layer KV cache; G samples share their prompt's prefill.
 
 `generate` runs the prompt batch through the model once (prefill), repeats each prompt's cache
-G times, and decodes all B*G continuations in a `lax.while_loop` that writes the cache in place
-and stops as soon as every sequence has emitted EOS (or at `max_new_tokens`). Nothing returns
-to the host until the end. Shapes are fixed by (B, P, G, T), so a run compiles once.
+G times, and decodes all B*G continuations in `lax.while_loop`s that write the cache in place
+and stop as soon as every sequence has emitted EOS (or at `max_new_tokens`). The decode runs
+in a few phases whose cache grows to what the phase needs (`SamplingConfig.cache_phases`), as
+reading the cache bounds a decode step. Nothing returns to the host until the end. Shapes are
+fixed by (B, P, G, T), so a run compiles once.
 
 Log-probs returned are those of the sampled tokens under softmax(logits / temperature) before
 top-k / top-p truncation: at temperature 1 with no truncation they are exactly the policy's
@@ -22,6 +24,9 @@ import jax.numpy as jnp
 from rl_jax.models import transformer
 
 
+MIN_PHASE = 16  # decode tokens per cache phase, at least
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
   max_new_tokens: int
@@ -30,6 +35,11 @@ class SamplingConfig:
   top_p: float = 1.0  # 1 = off
   eos_id: int = 2
   pad_id: int = 0
+  # The decode loop runs in up to this many phases (of at least MIN_PHASE tokens), each with a
+  # KV cache only as long as that phase needs, padded once between phases. A decode step is
+  # bound by reading the cache, so steps then read about P + T/2 slots instead of P + T; each
+  # phase compiles its own loop body. 1 = a single phase.
+  cache_phases: int = 4
 
   def __post_init__(self):
     if self.max_new_tokens < 1:
@@ -40,6 +50,14 @@ class SamplingConfig:
       raise ValueError(f"sampling.top_k must be >= 0, got {self.top_k}")
     if not 0 < self.top_p <= 1:
       raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+    if self.cache_phases < 1:
+      raise ValueError(f"sampling.cache_phases must be >= 1, got {self.cache_phases}")
+
+  def phase_bounds(self) -> list[int]:
+    """[0, t1, t2, ..., T]: decode phase i produces tokens bounds[i] .. bounds[i+1] - 1."""
+    T = self.max_new_tokens
+    step = max(-(-T // self.cache_phases), MIN_PHASE)
+    return list(range(0, T, step)) + [T]
 
 
 class Samples(NamedTuple):
@@ -96,12 +114,15 @@ def generate(graphdef, params, prompt_BxP, prompt_mask_BxP, rng, *, cfg: Samplin
   model = transformer.merge(graphdef, params)
   B, P = prompt_BxP.shape
   G, T = group_size, cfg.max_new_tokens
-  S = P + T
+  N = B * G
+  # Decode phases [t0, t1): the cache holds P + t1 slots during a phase.
+  bounds = cfg.phase_bounds()
+  S0 = P + bounds[1]
 
   # Prefill once per prompt.
-  kv_mask_BxS = jnp.concatenate([prompt_mask_BxP, jnp.zeros((B, T), bool)], axis=1)
+  kv_mask_BxS = jnp.concatenate([prompt_mask_BxP, jnp.zeros((B, S0 - P), bool)], axis=1)
   positions_BxP = transformer.positions_from_mask(prompt_mask_BxP)
-  cache = transformer.init_cache(model.cfg, B, S)
+  cache = transformer.init_cache(model.cfg, B, S0)
   logits_BxPxV, cache = model(prompt_BxP, positions_BxP, kv_mask_BxS, cache, 0)
 
   # Share the prompt's cache with its G samples.
@@ -110,11 +131,6 @@ def generate(graphdef, params, prompt_BxP, prompt_mask_BxP, rng, *, cfg: Samplin
   kv_mask_NxS = rep(kv_mask_BxS)
   next_pos_N = rep(jnp.sum(prompt_mask_BxP, axis=1).astype(jnp.int32))
   logits_NxV = rep(logits_BxPxV[:, -1])
-  N = B * G
-
-  def cond(carry):
-    t, done_N = carry[0], carry[5]
-    return (t < T) & ~jnp.all(done_N)
 
   def body(carry):
     t, rng, logits_NxV, cache, kv_mask_NxS, done_N, tokens, logps, masks = carry
@@ -131,9 +147,17 @@ def generate(graphdef, params, prompt_BxP, prompt_mask_BxP, rng, *, cfg: Samplin
                                 P + t)
     return (t + 1, rng, logits_Nx1xV[:, 0], cache, kv_mask_NxS, done_N, tokens, logps, masks)
 
-  init = (jnp.int32(0), rng, logits_NxV, cache, kv_mask_NxS, jnp.zeros((N,), bool),
-          jnp.full((N, T), cfg.pad_id, jnp.int32), jnp.zeros((N, T), jnp.float32),
-          jnp.zeros((N, T), bool))
-  out = jax.lax.while_loop(cond, body, init)
-  tokens, logps, masks = out[6], out[7], out[8]
+  carry = (jnp.int32(0), rng, logits_NxV, cache, kv_mask_NxS, jnp.zeros((N,), bool),
+           jnp.full((N, T), cfg.pad_id, jnp.int32), jnp.zeros((N, T), jnp.float32),
+           jnp.zeros((N, T), bool))
+  for i, (t0, t1) in enumerate(zip(bounds[:-1], bounds[1:])):
+    if i:  # grow the cache (and its mask) to P + t1 slots for this phase
+      grow = lambda x, axis: jnp.pad(x, [(0, t1 - t0) if a == axis else (0, 0)
+                                         for a in range(x.ndim)])
+      cache = [transformer.LayerCache(grow(c.k_NxKxSxDh, 2), grow(c.v_NxKxSxDh, 2))
+               for c in carry[3]]
+      carry = carry[:3] + (cache, grow(carry[4], 1)) + carry[5:]
+    # Decode until t1, or until every sequence has emitted EOS.
+    carry = jax.lax.while_loop(lambda c, t1=t1: (c[0] < t1) & ~jnp.all(c[5]), body, carry)
+  tokens, logps, masks = carry[6], carry[7], carry[8]
   return Samples(tokens, logps, masks, jnp.sum(masks, axis=1).astype(jnp.int32))

@@ -1,0 +1,180 @@
+"""Runs W1-W3 for rl_jax and W1/W2 for the peers (TRL / Hugging Face, Tunix) on this machine,
+one process after another, and prints one table with the ratios.
+
+  bash benchmarks/peers/setup.sh              # once: the peers' virtual environments
+  python benchmarks/side_by_side.py           # ~10 min per round on a 2-core CPU
+  python benchmarks/side_by_side.py --rounds 3 --json side_by_side.json
+
+Each round starts a fresh process per framework (rl_jax via `rl-jax bench`, the peers via their
+own venvs' Python), in the order rl_jax, TRL, Tunix. With several rounds every number is the
+median of the per-process medians, and the spread over processes is shown, because absolute
+times on shared machines drift between processes by 10-20%. A peer whose venv is missing is
+skipped with a note. Ratios are rl_jax against each peer: W1 step time (lower is better, target
+<= 0.5x the faster peer), W2 tokens/s (higher is better, targets >= 2x HF `generate` and
+>= 1.5x Tunix); W3 is rl_jax's fraction of the float32 matmul rate (target >= 50%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VENVS = os.environ.get("RL_JAX_PEER_VENVS", os.path.join(HERE, ".venvs"))
+PEERS = {"trl": "TRL 1.16 / HF generate", "tunix": "Tunix 0.1.7"}
+
+
+def _run(name: str, cmd: list[str], env=None) -> dict | None:
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, "out.json")
+    t0 = time.time()
+    print(f"  {name}: {' '.join(cmd[-4:])} ...", flush=True)
+    proc = subprocess.run(cmd + ["--json", out], capture_output=True, text=True, env=env)
+    if proc.returncode != 0 or not os.path.exists(out):
+      print(f"  {name} FAILED (exit {proc.returncode}):\n{proc.stderr[-3000:]}", flush=True)
+      return None
+    with open(out) as f:
+      result = json.load(f)
+    print(f"  {name}: done in {time.time() - t0:.0f} s", flush=True)
+    return result
+
+
+def run_round(peers: list[str], workloads: str) -> dict:
+  results = {}
+  results["rl_jax"] = _run("rl_jax", [sys.executable, "-m", "rl_jax.cli", "bench",
+                                      f"--workloads={workloads}"])
+  for peer in peers:
+    python = os.path.join(VENVS, peer, "bin", "python")
+    if not os.path.exists(python):
+      print(f"  {peer}: no venv at {os.path.dirname(os.path.dirname(python))} "
+            f"(bash benchmarks/peers/setup.sh {peer}); skipped", flush=True)
+      continue
+    peer_workloads = ",".join(w for w in workloads.split(",") if w in ("w1", "w2"))
+    if peer_workloads:
+      results[peer] = _run(peer, [python, os.path.join(HERE, "peers", f"{peer}_bench.py"),
+                                  "--workloads", peer_workloads])
+  return results
+
+
+def _get(result: dict | None, *path):
+  for key in path:
+    if result is None or key not in result:
+      return None
+    result = result[key]
+  return result
+
+
+def _combine(values: list) -> tuple[float, float, float] | None:
+  values = [v for v in values if v is not None]
+  if not values:
+    return None
+  return statistics.median(values), min(values), max(values)
+
+
+def summarise(rounds: list[dict]) -> dict:
+  """Median over processes of each framework's per-process medians, with the spread."""
+  metrics = {
+      "w1_s": ("w1", "seconds", "median"), "w1_gen_s": ("w1", "generation_s"),
+      "w1_rss_gib": ("w1", "peak_rss_gib"), "w2_tok_s": ("w2", "tokens_per_s"),
+      "w3_tok_s": ("w3", "tokens_per_s"), "w3_frac": ("w3", "fraction_of_matmul_rate"),
+      "matmul_gflops": ("matmul_gflops",)}
+  frameworks = sorted({fw for r in rounds for fw in r if r[fw] is not None})
+  return {fw: {m: _combine([_get(r.get(fw), *path) for r in rounds])
+               for m, path in metrics.items()} for fw in frameworks}
+
+
+def _fmt(v, spec, spread=True):
+  if v is None:
+    return "-"
+  med, lo, hi = v
+  s = format(med, spec)
+  return f"{s} ({format(lo, spec)}-{format(hi, spec)})" if spread and lo != hi else s
+
+
+def table(summary: dict) -> str:
+  rj = summary.get("rl_jax", {})
+  lines = ["| workload | rl_jax | " + " | ".join(PEERS[p] for p in PEERS if p in summary)
+           + " | rl_jax / peer |", "|---|---|" + "---|" * sum(p in summary for p in PEERS) + "---|"]
+
+  def row(label, metric, spec, better_low):
+    cells = [_fmt(rj.get(metric), spec)]
+    ratios = []
+    for p in PEERS:
+      if p not in summary:
+        continue
+      v = summary[p].get(metric)
+      cells.append(_fmt(v, spec))
+      if v is not None and rj.get(metric) is not None:
+        ratios.append(f"{rj[metric][0] / v[0]:.2f}x {p}")
+    lines.append(f"| {label} | " + " | ".join(cells) + " | " + ", ".join(ratios) + " |")
+
+  row("W1 GRPO step, s (lower is better)", "w1_s", ".2f", True)
+  row("W1 generation, s", "w1_gen_s", ".2f", True)
+  row("W1 peak RSS, GiB", "w1_rss_gib", ".2f", True)
+  row("W2 sampling, tokens/s (higher is better)", "w2_tok_s", ",.0f", False)
+  if rj.get("w3_frac"):
+    lines.append(f"| W3 train, tokens/s; fraction of the matmul rate | "
+                 f"{_fmt(rj.get('w3_tok_s'), ',.0f')}; {_fmt(rj['w3_frac'], '.1%')} of "
+                 f"{_fmt(rj.get('matmul_gflops'), '.0f', False)} GFLOP/s | "
+                 + " | ".join("-" for p in PEERS if p in summary) + " | |")
+  return "\n".join(lines)
+
+
+def verdict(summary: dict) -> list[str]:
+  """The targets of shared/benchmarks.md, checked."""
+  rj, out = summary.get("rl_jax", {}), []
+  peers_w1 = [summary[p]["w1_s"][0] for p in PEERS if p in summary and summary[p].get("w1_s")]
+  if rj.get("w1_s") and peers_w1:
+    r = rj["w1_s"][0] / min(peers_w1)
+    out.append(f"W1: {r:.2f}x the faster peer's step time (target <= 0.50x): "
+               f"{'met' if r <= 0.5 else 'NOT met'}")
+  for p, target in (("trl", 2.0), ("tunix", 1.5)):
+    if rj.get("w2_tok_s") and p in summary and summary[p].get("w2_tok_s"):
+      r = rj["w2_tok_s"][0] / summary[p]["w2_tok_s"][0]
+      out.append(f"W2: {r:.2f}x {PEERS[p]} (target >= {target}x): "
+                 f"{'met' if r >= target else 'NOT met'}")
+  if rj.get("w3_frac"):
+    f = rj["w3_frac"][0]
+    out.append(f"W3: {f:.1%} of the matmul rate (target >= 50%): "
+               f"{'met' if f >= 0.5 else 'NOT met'}")
+  return out
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--rounds", type=int, default=1, help="processes per framework")
+  parser.add_argument("--peers", default="trl,tunix", help="subset of trl,tunix ('' = none)")
+  parser.add_argument("--workloads", default="w1,w2,w3")
+  parser.add_argument("--json", default=None, help="write every process's results here")
+  args = parser.parse_args(argv)
+  peers = [p for p in args.peers.split(",") if p]
+  unknown = set(peers) - set(PEERS)
+  if unknown:
+    parser.error(f"unknown peers {sorted(unknown)}; choose from {sorted(PEERS)}")
+  rounds = []
+  for i in range(args.rounds):
+    print(f"round {i + 1}/{args.rounds}", flush=True)
+    rounds.append(run_round(peers, args.workloads))
+  summary = summarise(rounds)
+  machine = _get(rounds[0], "rl_jax", "machine") or {}
+  print(f"\n{time.strftime('%Y-%m-%d')}, {machine.get('cpu', '?')}, nproc {os.cpu_count()}, "
+        f"{args.rounds} process(es) per framework; medians (min-max over processes)\n")
+  print(table(summary))
+  print()
+  for line in verdict(summary):
+    print(line)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(dict(rounds=rounds, summary=summary), f, indent=2)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
