@@ -206,3 +206,64 @@ def test_unknown_activation_and_preset_raise():
     dataclasses.replace(CFG, activation="relu")
   with pytest.raises(ValueError, match="preset"):
     transformer.preset("huge", vocab_size=37)
+
+
+def _numpy_reference_logits(cfg, params, tokens):
+  """An independent float64 NumPy forward pass of the same architecture (Llama/Qwen2 block:
+  RMSNorm, rotate-half RoPE, grouped-query causal attention, SwiGLU), read straight from the
+  parameter dict, for one unpadded batch."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  N, L = tokens.shape
+  H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+
+  def rms(x, scale):
+    return x / np.sqrt((x**2).mean(-1, keepdims=True) + cfg.norm_eps) * scale
+
+  def rope(x):  # [N, L, heads, Dh]
+    half = Dh // 2
+    freq = cfg.rope_theta ** (-np.arange(half) / half)
+    ang = np.arange(L)[:, None] * freq[None]
+    cos, sin = np.cos(ang)[None, :, None], np.sin(ang)[None, :, None]
+    x1, x2 = x[..., :half], x[..., half:]
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+
+  x = p["embed"]["embedding"][tokens]
+  for i in range(cfg.num_layers):
+    lp = p["layers"][i]
+    h = rms(x, lp["attn_norm"]["scale"])
+    a = lp["attn"]
+    proj = lambda name: h @ a[name]["kernel"] + (a[name]["bias"] if cfg.qkv_bias else 0.0)
+    q = rope(proj("q_proj").reshape(N, L, H, Dh))
+    k = rope(proj("k_proj").reshape(N, L, K, Dh))
+    v = proj("v_proj").reshape(N, L, K, Dh)
+    out = np.zeros((N, L, H, Dh))
+    for head in range(H):
+      kv = head // (H // K)
+      s = np.einsum("nld,nmd->nlm", q[:, :, head], k[:, :, kv]) / np.sqrt(Dh)
+      s = np.where(np.tril(np.ones((L, L), bool))[None], s, -np.inf)
+      w = np.exp(s - s.max(-1, keepdims=True))
+      w /= w.sum(-1, keepdims=True)
+      out[:, :, head] = np.einsum("nlm,nmd->nld", w, v[:, :, kv])
+    x = x + out.reshape(N, L, H * Dh) @ a["o_proj"]["kernel"]
+    h = rms(x, lp["mlp_norm"]["scale"])
+    m = lp["mlp"]
+    gate = h @ m["gate_proj"]["kernel"]
+    x = x + (gate / (1 + np.exp(-gate)) * (h @ m["up_proj"]["kernel"])) @ m["down_proj"]["kernel"]
+  return rms(x, p["final_norm"]["scale"]) @ p["lm_head"]["kernel"]
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(qkv_bias=True, num_kv_heads=1)])
+def test_forward_matches_an_independent_numpy_implementation(overrides):
+  cfg = transformer.preset("test", 23, **overrides)
+  graphdef, params = transformer.init_model(cfg, 3)
+  # Non-trivial norm scales and biases so that every parameter matters.
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  params = jax.tree.unflatten(treedef, [
+      x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  tokens = np.random.default_rng(0).integers(0, 23, (2, 7)).astype(np.int32)
+  model = transformer.merge(graphdef, params)
+  L = tokens.shape[1]
+  logits, _ = model(tokens, np.broadcast_to(np.arange(L), tokens.shape), np.ones(tokens.shape, bool))
+  np.testing.assert_allclose(np.asarray(logits), _numpy_reference_logits(cfg, params, tokens),
+                             rtol=2e-4, atol=2e-4)
