@@ -81,6 +81,7 @@ def summarise(rounds: list[dict]) -> dict:
   """Median over processes of each framework's per-process medians, with the spread."""
   metrics = {
       "w1_s": ("w1", "seconds", "median"), "w1_gen_s": ("w1", "generation_s"),
+      "w1async_s": ("w1async", "seconds", "median"),
       "w1_rss_gib": ("w1", "peak_rss_gib"), "w2_tok_s": ("w2", "tokens_per_s"),
       "w3_tok_s": ("w3", "tokens_per_s"), "w3_frac": ("w3", "fraction_of_matmul_rate"),
       "matmul_gflops": ("matmul_gflops",)}
@@ -115,6 +116,13 @@ def table(summary: dict) -> str:
     lines.append(f"| {label} | " + " | ".join(cells) + " | " + ", ".join(ratios) + " |")
 
   row("W1 GRPO step, s (lower is better)", "w1_s", ".2f", True)
+  if rj.get("w1async_s"):
+    peers = [p for p in PEERS if p in summary]
+    ratios = ", ".join(f"{rj['w1async_s'][0] / summary[p]['w1_s'][0]:.2f}x {p}" for p in peers
+                       if summary[p].get("w1_s"))
+    lines.append(f"| W1 in rl_jax's one-step-off mode (`train.async_rollout`), s | "
+                 f"{_fmt(rj['w1async_s'], '.2f')} | " + " | ".join("-" for _ in peers)
+                 + f" | {ratios} (vs the peers' synchronous step) |")
   row("W1 generation, s", "w1_gen_s", ".2f", True)
   row("W1 peak RSS, GiB", "w1_rss_gib", ".2f", True)
   row("W2 sampling, tokens/s (higher is better)", "w2_tok_s", ",.0f", False)
@@ -134,6 +142,9 @@ def verdict(summary: dict) -> list[str]:
     r = rj["w1_s"][0] / min(peers_w1)
     out.append(f"W1: {r:.2f}x the faster peer's step time (target <= 0.50x): "
                f"{'met' if r <= 0.5 else 'NOT met'}")
+    if rj.get("w1async_s"):
+      out.append(f"    (one-step-off mode, a different algorithm: "
+                 f"{rj['w1async_s'][0] / min(peers_w1):.2f}x)")
   for p, target in (("trl", 2.0), ("tunix", 1.5)):
     if rj.get("w2_tok_s") and p in summary and summary[p].get("w2_tok_s"):
       r = rj["w2_tok_s"][0] / summary[p]["w2_tok_s"][0]
@@ -151,7 +162,8 @@ def main(argv=None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--rounds", type=int, default=1, help="processes per framework")
   parser.add_argument("--peers", default="trl,tunix", help="subset of trl,tunix ('' = none)")
-  parser.add_argument("--workloads", default="w1,w2,w3")
+  parser.add_argument("--workloads", default="w1,w2,w3,w1async",
+                      help="rl_jax workloads (the peers run the w1 / w2 among them)")
   parser.add_argument("--json", default=None, help="write every process's results here")
   args = parser.parse_args(argv)
   peers = [p for p in args.peers.split(",") if p]

@@ -1,0 +1,65 @@
+"""benchmarks/side_by_side.py: medians over processes, the ratio table and the target verdicts,
+on hand-made results (no benchmark is run here)."""
+
+import importlib.util
+import os
+
+from tests_support import ROOT
+
+spec = importlib.util.spec_from_file_location(
+    "side_by_side", os.path.join(ROOT, "benchmarks", "side_by_side.py"))
+sbs = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sbs)
+
+
+def _result(w1=None, w2=None, w3=None, w1async=None):
+  out = {}
+  if w1 is not None:
+    out["w1"] = dict(seconds=dict(median=w1), generation_s=w1 / 3, peak_rss_gib=1.0)
+  if w1async is not None:
+    out["w1async"] = dict(seconds=dict(median=w1async))
+  if w2 is not None:
+    out["w2"] = dict(tokens_per_s=w2)
+  if w3 is not None:
+    out["w3"] = dict(tokens_per_s=1000.0, fraction_of_matmul_rate=w3)
+    out["matmul_gflops"] = 200.0
+  return out
+
+
+ROUNDS = [
+    dict(rl_jax=_result(w1=1.0, w2=6000.0, w3=0.55, w1async=0.8),
+         trl=_result(w1=3.0, w2=3000.0), tunix=_result(w1=4.0, w2=2000.0)),
+    dict(rl_jax=_result(w1=1.6, w2=5000.0, w3=0.45, w1async=0.9),
+         trl=_result(w1=2.0, w2=2500.0), tunix=_result(w1=5.0, w2=2600.0)),
+    dict(rl_jax=_result(w1=1.2, w2=7000.0, w3=0.50, w1async=1.0),
+         trl=_result(w1=2.4, w2=2800.0), tunix=None),  # a failed peer process is left out
+]
+
+
+def test_summary_is_the_median_of_per_process_medians_with_the_spread():
+  s = sbs.summarise(ROUNDS)
+  assert s["rl_jax"]["w1_s"] == (1.2, 1.0, 1.6)
+  assert s["trl"]["w1_s"] == (2.4, 2.0, 3.0)
+  assert s["tunix"]["w1_s"] == (4.5, 4.0, 5.0)  # two processes: the mean of the two
+  assert s["rl_jax"]["w2_tok_s"] == (6000.0, 5000.0, 7000.0)
+  assert s["rl_jax"]["w3_frac"] == (0.50, 0.45, 0.55)
+  assert s["trl"]["w3_frac"] is None
+
+
+def test_table_and_verdicts_use_the_ratios_of_the_medians():
+  s = sbs.summarise(ROUNDS)
+  table = sbs.table(s)
+  assert "0.50x trl, 0.27x tunix" in table  # W1: 1.2 / 2.4 and 1.2 / 4.5
+  assert "2.14x trl, 2.61x tunix" in table  # W2: 6000 / 2800 and 6000 / 2300
+  verdicts = "\n".join(sbs.verdict(s))
+  assert "W1: 0.50x the faster peer's step time (target <= 0.50x): met" in verdicts
+  assert "one-step-off mode, a different algorithm: 0.38x" in verdicts  # 0.9 / 2.4
+  assert "W2: 2.14x TRL 1.16 / HF generate (target >= 2.0x): met" in verdicts
+  assert "W2: 2.61x Tunix 0.1.7 (target >= 1.5x): met" in verdicts
+  assert "W3: 50.0% of the matmul rate (target >= 50%): met" in verdicts
+  slower = sbs.summarise([dict(rl_jax=_result(w1=2.0, w2=4000.0, w3=0.4),
+                               trl=_result(w1=3.0, w2=3000.0))])
+  verdicts = "\n".join(sbs.verdict(slower))
+  assert "W1: 0.67x" in verdicts and "NOT met" in verdicts
+  assert "W2: 1.33x TRL 1.16 / HF generate (target >= 2.0x): NOT met" in verdicts
+  assert "W3: 40.0% of the matmul rate (target >= 50%): NOT met" in verdicts
