@@ -35,6 +35,7 @@ class ModelConfig:
   head_dim: int | None = None
   mlp_dim: int | None = None
   remat: bool = False  # rematerialise each block in the backward pass (memory for compute)
+  attention: str = "einsum"  # or "fused": jax.nn.dot_product_attention (cuDNN on GPUs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +98,7 @@ class SamplingConfig:
   top_k: int = 0
   top_p: float = 1.0
   max_new_tokens: int | None = None  # None = the task's longest answer
+  cache_phases: int = 4  # decode in up to this many phases with a growing KV cache (1 = off)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,6 +281,9 @@ def validate(c: RunConfig, num_devices: int | None = None) -> None:
            f"must be > 0 for RL sampling, got {c.sampling.temperature}")
   _require(c.sampling.top_k >= 0, "sampling.top_k", "must be >= 0")
   _require(0 < c.sampling.top_p <= 1, "sampling.top_p", "must be in (0, 1]")
+  _require(c.sampling.cache_phases >= 1, "sampling.cache_phases", "must be >= 1 (1 = off)")
+  _require(c.model.attention in ("einsum", "fused"), "model.attention",
+           f"must be 'einsum' or 'fused', got {c.model.attention!r}")
   if c.sampling.max_new_tokens is not None:
     _require(c.sampling.max_new_tokens >= 1, "sampling.max_new_tokens", "must be >= 1")
   _require(c.log.progress_every >= 1, "log.progress_every", "must be >= 1")

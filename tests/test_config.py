@@ -43,6 +43,9 @@ def test_overrides_are_typed():
     ({"algorithm.aggregation": "mean_of_everything"}, "algorithm.aggregation"),
     ({"checkpoint.every": "0"}, "checkpoint.every"),
     ({"train.num_minibatches": "3"}, "train.num_minibatches"),
+    ({"train.logits_chunk": "-1"}, "train.logits_chunk"),
+    ({"sampling.cache_phases": "0"}, "sampling.cache_phases"),
+    ({"model.attention": "flash"}, "model.attention"),
 ])
 def test_bad_fields_name_the_field(overrides, field):
   with pytest.raises(config_lib.ConfigError, match=field.replace(".", r"\.")):
