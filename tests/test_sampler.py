@@ -290,3 +290,26 @@ def test_sampling_config_validation():
                         (dict(max_new_tokens=4, top_p=1.5), "top_p")]:
     with pytest.raises(ValueError, match=field):
       SamplingConfig(**kwargs)
+
+
+def test_cache_phases_do_not_change_the_samples(model):
+  """Decoding 40 tokens in phases of 16 with a growing cache ([0, 16, 32, 40]) gives the same
+  tokens and log-probs as one phase with the full cache, sampled and greedy, with left-padded
+  prompts and an EOS that ends some rows early; and the log-probs still equal the trainer's."""
+  graphdef, params = model
+  prompt, prompt_mask = _prompts(11)
+  for temperature, eos in ((1.0, 5), (0.0, -1)):
+    one, phased = (SamplingConfig(max_new_tokens=40, temperature=temperature, eos_id=eos,
+                                  cache_phases=k) for k in (1, 4))
+    assert phased.phase_bounds() == [0, 16, 32, 40] and one.phase_bounds() == [0, 40]
+    a = generate(graphdef, params, prompt, prompt_mask, jax.random.key(4), cfg=one, group_size=G)
+    b = generate(graphdef, params, prompt, prompt_mask, jax.random.key(4), cfg=phased,
+                 group_size=G)
+    np.testing.assert_array_equal(a.tokens_NxT, b.tokens_NxT)
+    np.testing.assert_array_equal(a.mask_NxT, b.mask_NxT)
+    np.testing.assert_allclose(a.logp_NxT, b.logp_NxT, atol=1e-5)
+    if temperature:
+      assert 0 < int(np.asarray(b.lengths_N).min()) < 40  # some rows ended at EOS
+      ref = completion_logprobs(graphdef, params, _rep(prompt, G), _rep(prompt_mask, G),
+                                b.tokens_NxT, b.mask_NxT).logp_NxT
+      np.testing.assert_allclose(b.logp_NxT, ref, atol=1e-5)
