@@ -330,19 +330,19 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
   rollout_thread = concurrent.futures.ThreadPoolExecutor(max_workers=1) if stale else None
   pending = None  # (future of (HostRollout, metrics), behaviour params) for the next step
 
-  def sample_key_of(step):
-    return jax.random.split(jax.random.fold_in(root_key, step))[0]
+  def step_keys(step):  # (sample key, update key) of a step, whichever step samples it
+    return jax.random.split(jax.random.fold_in(root_key, step))
 
   # 3. The RL steps.
   progress = Progress(c.train.steps, stream=stream, every=c.log.progress_every)
   for step in range(start + 1, c.train.steps + 1):
     t0 = time.time()
-    update_key = jax.random.split(jax.random.fold_in(root_key, step))[1]
+    sample_key, update_key = step_keys(step)
 
     # Rollout: B prompts x G samples, scored by the task (more rounds under dynamic sampling).
     if pending is None:
       behaviour_params = state.params
-      roll, roll_metrics = collect_rollout(exp, behaviour_params, step, sample_key_of(step))
+      roll, roll_metrics = collect_rollout(exp, behaviour_params, step, sample_key)
     else:
       future, behaviour_params = pending
       roll, roll_metrics = future.result()
@@ -351,7 +351,7 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
       # Sample step + 1 from the parameters before this update (a copy: the update donates them).
       nxt = jax.tree.map(jnp.copy, state.params)
       pending = (rollout_thread.submit(collect_rollout, exp, nxt, step + 1,
-                                       sample_key_of(step + 1)), nxt)
+                                       step_keys(step + 1)[0]), nxt)
 
     # Reference and behaviour log-probs, advantages, the update.
     t1 = time.time()

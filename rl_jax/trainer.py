@@ -248,8 +248,7 @@ def make_rl_update(graphdef, algo: Algorithm, tx: optax.GradientTransformation, 
                        f"minibatches of {num_microbatches} micro-batches")
 
     # Prompt sharing needs whole groups in every micro-batch.
-    G = group_size if N % group_size == 0 else 1
-    share = G if (N // (num_minibatches * num_microbatches)) % G == 0 else 1
+    share = group_size if (N // (num_minibatches * num_microbatches)) % group_size == 0 else 1
 
     def epoch(state, rng_e):
       if num_minibatches == 1:
