@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rl_jax import algorithms, trainer
+from rl_jax import algorithms, allocator, trainer
 from rl_jax.models import transformer
 from rl_jax.sampling import SamplingConfig, generate
 from rl_jax.types import TrainBatch
@@ -191,7 +191,8 @@ def machine() -> dict:
   return dict(cpu=cpu, nproc=os.cpu_count(),
               devices=f"{jax.device_count()} x {jax.devices()[0].platform}",
               jax=jax.__version__, flax=flax.__version__, python=platform.python_version(),
-              date=time.strftime("%Y-%m-%d"), xla_flags=os.environ.get("XLA_FLAGS", ""))
+              date=time.strftime("%Y-%m-%d"), xla_flags=os.environ.get("XLA_FLAGS", ""),
+              allocator=allocator.active())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
   chosen = set(args.workloads.split(","))
   out: dict = dict(machine=machine(), params=transformer.preset("bench", VOCAB).num_params())
   print(f"rl_jax bench on {out['machine']['cpu']} ({out['machine']['devices']}), "
-        f"model {out['params']:,} parameters", flush=True)
+        f"model {out['params']:,} parameters, allocator {out['machine']['allocator']}", flush=True)
   # W1 first, so that its peak RSS is its own (W2 and W3 run later in the same process).
   for name, label in (("w1", "W1 GRPO step"), ("w1async", "W1 one-step-off (async) step")):
     if name not in chosen:

@@ -8,6 +8,10 @@
 
 Running `train` again on a DIR that has checkpoints resumes from the latest one. Without
 --workdir a fresh run gets `runs/<experiment>-<date-time>`.
+
+On Linux the command re-executes itself once under tcmalloc when it is installed (XLA:CPU's
+per-call buffers are then reused instead of faulted in every step); RL_JAX_MALLOC=system turns
+this off. See rl_jax/allocator.py.
 """
 
 from __future__ import annotations
@@ -73,7 +77,10 @@ def resolve_config(config_path: str | None, overrides: dict[str, str]):
 
 
 def main(argv: list[str] | None = None) -> int:
-  argv = sys.argv[1:] if argv is None else argv
+  if argv is None:  # the `rl-jax` command itself (not a call from Python): tcmalloc if installed
+    argv = sys.argv[1:]
+    from rl_jax import allocator
+    allocator.reexecute_under_tcmalloc(argv)
   command, config_path, workdir, overrides, extra = parse_args(argv)
   if command == "bench":
     from rl_jax import bench
