@@ -111,15 +111,29 @@ def init_cache(cfg: TransformerConfig, batch: int, slots: int) -> list[LayerCach
           for _ in range(cfg.num_layers)]
 
 
-def rope(x_NxLxHxDh: jax.Array, positions_NxL: jax.Array, theta: float) -> jax.Array:
-  """Rotary position embedding, rotate-half convention (as Llama in transformers)."""
-  half = x_NxLxHxDh.shape[-1] // 2
+class RopeTables(NamedTuple):
+  """cos / sin of the rotary angles, `[N, L, 1, Dh / 2]` float32: computed once per forward call
+  and shared by the q and k of every layer (XLA fuses a table into each consumer; computed per
+  use, the transcendentals were recomputed for every head, half and layer)."""
+  cos: jax.Array
+  sin: jax.Array
+
+
+def rope_tables(positions_NxL: jax.Array, head_dim: int, theta: float) -> RopeTables:
+  half = head_dim // 2
   freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
   angle_NxLxF = positions_NxL[..., None].astype(jnp.float32) * freq
-  cos = jnp.cos(angle_NxLxF)[:, :, None, :]
-  sin = jnp.sin(angle_NxLxF)[:, :, None, :]
+  tables = RopeTables(jnp.cos(angle_NxLxF)[:, :, None, :], jnp.sin(angle_NxLxF)[:, :, None, :])
+  # Materialised once: left to itself XLA fuses the transcendentals into every consumer.
+  return jax.lax.optimization_barrier(tables)
+
+
+def rope(x_NxLxHxDh: jax.Array, tables: RopeTables) -> jax.Array:
+  """Rotary position embedding, rotate-half convention (as Llama in transformers)."""
+  half = x_NxLxHxDh.shape[-1] // 2
   x = x_NxLxHxDh.astype(jnp.float32)
   x1, x2 = x[..., :half], x[..., half:]
+  cos, sin = tables
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x_NxLxHxDh.dtype)
 
@@ -148,7 +162,7 @@ class Attention(nnx.Module):
       self.q_norm = nnx.RMSNorm(Dh, epsilon=cfg.norm_eps, rngs=rngs)
       self.k_norm = nnx.RMSNorm(Dh, epsilon=cfg.norm_eps, rngs=rngs)
 
-  def __call__(self, x_NxLxD, positions_NxL, kv_mask_NxS, cache: LayerCache | None,
+  def __call__(self, x_NxLxD, rope_NxL: RopeTables, kv_mask_NxS, cache: LayerCache | None,
                write_index):
     cfg = self.cfg
     N, L, _ = x_NxLxD.shape
@@ -165,8 +179,8 @@ class Attention(nnx.Module):
     q, k, v = q.reshape(N, L, H, Dh), k.reshape(N, L, K, Dh), v.reshape(N, L, K, Dh)
     if cfg.qk_norm:
       q, k = self.q_norm(q), self.k_norm(k)
-    q = rope(q, positions_NxL, cfg.rope_theta)
-    k = rope(k, positions_NxL, cfg.rope_theta).transpose(0, 2, 1, 3)  # [N, K, L, Dh]
+    q = rope(q, rope_NxL)
+    k = rope(k, rope_NxL).transpose(0, 2, 1, 3)  # [N, K, L, Dh]
     v = v.transpose(0, 2, 1, 3)
     if cache is None:  # plain forward pass: this call's keys are all the keys
       k_all, v_all = k, v
@@ -220,15 +234,15 @@ class Block(nnx.Module):
     self.mlp_norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, rngs=rngs)
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x, positions, kv_mask, cache, write_index):
-    h, cache = self.attn(self.attn_norm(x), positions, kv_mask, cache, write_index)
+  def __call__(self, x, rope_tables_NxL, kv_mask, cache, write_index):
+    h, cache = self.attn(self.attn_norm(x), rope_tables_NxL, kv_mask, cache, write_index)
     x = x + h
     x = x + self.mlp(self.mlp_norm(x))
     return x, cache
 
 
-def _block(layer, x, positions, kv_mask, cache, write_index):
-  return layer(x, positions, kv_mask, cache, write_index)
+def _block(layer, x, rope_tables_NxL, kv_mask, cache, write_index):
+  return layer(x, rope_tables_NxL, kv_mask, cache, write_index)
 
 
 # Saves only each block's input; the block's activations are recomputed for its gradient.
@@ -266,8 +280,9 @@ class Transformer(nnx.Module):
       cache = [None] * cfg.num_layers
     new_cache = []
     call = _remat_block if cfg.remat else _block
+    tables = rope_tables(positions_NxL, cfg.head_dim, cfg.rope_theta)
     for layer, layer_cache in zip(self.layers, cache):
-      x, layer_cache = call(layer, x, positions_NxL, kv_mask_NxS, layer_cache, write_index)
+      x, layer_cache = call(layer, x, tables, kv_mask_NxS, layer_cache, write_index)
       new_cache.append(layer_cache)
     return self.final_norm(x), new_cache
 
