@@ -99,6 +99,7 @@ class SamplingConfig:
   top_p: float = 1.0
   max_new_tokens: int | None = None  # None = the task's longest answer
   cache_phases: int = 4  # decode in up to this many phases with a growing KV cache (1 = off)
+  streams: int = 0  # CPU: concurrent decode streams (threads); 0 = auto (2 on >= 2 cores)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,6 +283,7 @@ def validate(c: RunConfig, num_devices: int | None = None) -> None:
   _require(c.sampling.top_k >= 0, "sampling.top_k", "must be >= 0")
   _require(0 < c.sampling.top_p <= 1, "sampling.top_p", "must be in (0, 1]")
   _require(c.sampling.cache_phases >= 1, "sampling.cache_phases", "must be >= 1 (1 = off)")
+  _require(c.sampling.streams >= 0, "sampling.streams", "must be >= 0 (0 = auto)")
   _require(c.model.attention in ("einsum", "fused"), "model.attention",
            f"must be 'einsum' or 'fused', got {c.model.attention!r}")
   if c.sampling.max_new_tokens is not None:

@@ -84,9 +84,9 @@ class Experiment:
     eos, pad = task.tokenizer.eos_id, task.tokenizer.pad_id
     sampling = SamplingConfig(max_new_tokens=max_new, temperature=config.sampling.temperature,
                               top_k=config.sampling.top_k, top_p=config.sampling.top_p,
-                              eos_id=eos, pad_id=pad, cache_phases=config.sampling.cache_phases)
-    greedy = SamplingConfig(max_new_tokens=max_new, temperature=0.0, eos_id=eos, pad_id=pad,
-                            cache_phases=config.sampling.cache_phases)
+                              eos_id=eos, pad_id=pad, cache_phases=config.sampling.cache_phases,
+                              streams=config.sampling.streams)
+    greedy = dataclasses.replace(sampling, temperature=0.0, top_k=0, top_p=1.0)
     prompt_len = task.max_prompt_len  # one fixed prompt shape per run: nothing recompiles
     return cls(config, mesh, task, graphdef, model_cfg, algo, prompt_len, sampling, greedy)
 

@@ -10,11 +10,14 @@ jax.config.update("jax_compilation_cache_dir",
                   os.environ.get("RL_JAX_TEST_JIT_CACHE", "/tmp/rl_jax_test_jit_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
-# A run small enough for CI: the "test" model preset, few prompts, short warm start.
+# A run small enough for CI: the "test" model preset, few prompts, short warm start. 100 SFT
+# steps (a few seconds) leave a policy that solves some 2-digit problems, so groups have reward
+# variance and the RL steps move the policy whatever the sampling seed (after 30 steps that
+# took a lucky draw).
 SMALL_OVERRIDES = {
     "model.preset": "test",
     "task.arithmetic.max_digits": "2",
-    "sft.steps": "30",
+    "sft.steps": "100",
     "sft.batch_size": "32",
     "train.steps": "6",
     "rl.prompts_per_step": "4",

@@ -45,6 +45,7 @@ def test_overrides_are_typed():
     ({"train.num_minibatches": "3"}, "train.num_minibatches"),
     ({"train.logits_chunk": "-1"}, "train.logits_chunk"),
     ({"sampling.cache_phases": "0"}, "sampling.cache_phases"),
+    ({"sampling.streams": "-1"}, "sampling.streams"),
     ({"model.attention": "flash"}, "model.attention"),
 ])
 def test_bad_fields_name_the_field(overrides, field):

@@ -13,6 +13,7 @@ import pytest
 
 from rl_jax.logprobs import completion_logprobs
 from rl_jax.models import transformer
+from rl_jax.sampling import sampler
 from rl_jax.sampling.sampler import SamplingConfig, filter_logits, generate
 
 CFG = transformer.TransformerConfig(
@@ -268,18 +269,18 @@ def test_no_recompilation_for_new_prompts_rng_and_params(model):
   cfg = SamplingConfig(max_new_tokens=T, temperature=1.0)
   prompt, prompt_mask = _prompts(11)
   generate(graphdef, params, prompt, prompt_mask, jax.random.key(0), cfg=cfg, group_size=G)
-  compiled = generate._cache_size()
+  compiled = sampler._generate._cache_size()
 
   prompt2, prompt_mask2 = _prompts(12, lengths=(1, 6, 3))
   params2 = jax.tree.map(lambda x: x * 1.01, params)  # as after an update step
   s = generate(graphdef, params2, prompt2, prompt_mask2, jax.random.key(1), cfg=cfg,
                group_size=G)
   s.tokens_NxT.block_until_ready()
-  assert generate._cache_size() == compiled, "generate recompiled for same-shaped inputs"
+  assert sampler._generate._cache_size() == compiled, "generate recompiled for same-shaped inputs"
 
   # The counter does count: a new group size is a new program.
   generate(graphdef, params, prompt, prompt_mask, jax.random.key(0), cfg=cfg, group_size=1)
-  assert generate._cache_size() == compiled + 1
+  assert sampler._generate._cache_size() == compiled + 1
 
 
 def test_sampling_config_validation():
@@ -287,7 +288,8 @@ def test_sampling_config_validation():
                         (dict(max_new_tokens=4, temperature=-0.1), "temperature"),
                         (dict(max_new_tokens=4, top_k=-1), "top_k"),
                         (dict(max_new_tokens=4, top_p=0.0), "top_p"),
-                        (dict(max_new_tokens=4, top_p=1.5), "top_p")]:
+                        (dict(max_new_tokens=4, top_p=1.5), "top_p"),
+                        (dict(max_new_tokens=4, streams=-1), "streams")]:
     with pytest.raises(ValueError, match=field):
       SamplingConfig(**kwargs)
 
@@ -313,3 +315,47 @@ def test_cache_phases_do_not_change_the_samples(model):
       ref = completion_logprobs(graphdef, params, _rep(prompt, G), _rep(prompt_mask, G),
                                 b.tokens_NxT, b.mask_NxT).logp_NxT
       np.testing.assert_allclose(b.logp_NxT, ref, atol=1e-5)
+
+
+# --- decode streams (CPU) ------------------------------------------------------------
+
+
+def test_streams_do_not_change_the_samples(model):
+  """The batch decoded as 2 or 4 concurrent streams of whole groups gives the same tokens, masks
+  and (up to float rounding) log-probs as one stream: each row draws from its own key (the step
+  key folded with its row index in the whole batch), sampled with an EOS that ends rows early,
+  and greedy. A second call with new inputs compiles nothing new."""
+  graphdef, params = model
+  prompt, prompt_mask = _prompts(13, lengths=(7, 4, 2, 5))
+  for temperature, eos in ((1.0, 5), (0.0, -1)):
+    cfgs = [SamplingConfig(max_new_tokens=T, temperature=temperature, eos_id=eos, streams=k)
+            for k in (1, 2, 4)]
+    one, *split = [generate(graphdef, params, prompt, prompt_mask, jax.random.key(6), cfg=c,
+                            group_size=G) for c in cfgs]
+    _check_layout(one, cfgs[0], 4 * G)
+    for s in split:
+      np.testing.assert_array_equal(one.tokens_NxT, s.tokens_NxT)
+      np.testing.assert_array_equal(one.mask_NxT, s.mask_NxT)
+      np.testing.assert_array_equal(one.lengths_N, s.lengths_N)
+      np.testing.assert_allclose(one.logp_NxT, s.logp_NxT, atol=1e-5)
+    if temperature:
+      assert 0 < int(np.asarray(one.lengths_N).min()) < T  # some rows ended at EOS
+      assert len({tuple(r) for r in np.asarray(one.tokens_NxT)}) > G  # rows differ
+  compiled = sampler._generate._cache_size()
+  prompt2, prompt_mask2 = _prompts(14, lengths=(3, 7, 1, 2))
+  generate(graphdef, params, prompt2, prompt_mask2, jax.random.key(8), cfg=cfgs[1],
+           group_size=G).tokens_NxT.block_until_ready()
+  assert sampler._generate._cache_size() == compiled
+
+
+def test_resolve_streams(model, monkeypatch):
+  _, params = model
+  prompt = np.zeros((64, 3), np.int32)
+  monkeypatch.setattr(sampler.os, "cpu_count", lambda: 2)
+  assert sampler.resolve_streams(0, 64, prompt, params) == 2  # auto on a 2-core CPU
+  assert sampler.resolve_streams(3, 64, prompt, params) == 2  # the largest divisor of 64 <= 3
+  assert sampler.resolve_streams(4, 6, prompt[:6], params) == 3
+  assert sampler.resolve_streams(8, 3, prompt[:3], params) == 3  # never more than the prompts
+  assert sampler.resolve_streams(1, 64, prompt, params) == 1
+  monkeypatch.setattr(sampler.os, "cpu_count", lambda: 1)
+  assert sampler.resolve_streams(0, 64, prompt, params) == 1  # auto on one core

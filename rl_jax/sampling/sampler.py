@@ -7,6 +7,12 @@ in a few phases whose cache grows to what the phase needs (`SamplingConfig.cache
 reading the cache bounds a decode step. Nothing returns to the host until the end. Shapes are
 fixed by (B, P, G, T), so a run compiles once.
 
+On a single-device CPU backend the batch is split into `SamplingConfig.streams` parts of whole
+prompt groups, decoded concurrently from threads (one XLA execution per thread and core): XLA:CPU
+runs a decode step's small ops on one core, so one stream leaves the other cores idle. Every row
+draws its noise from its own key (the step key folded with the row's index in the whole batch),
+so the samples do not depend on the number of streams.
+
 Log-probs returned are those of the sampled tokens under softmax(logits / temperature) before
 top-k / top-p truncation: at temperature 1 with no truncation they are exactly the policy's
 log-probs, which the trainer can reuse as old log-probs.
@@ -14,8 +20,11 @@ log-probs, which the trainer can reuse as old log-probs.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
+import os
+import threading
 from typing import NamedTuple
 
 import jax
@@ -40,6 +49,10 @@ class SamplingConfig:
   # bound by reading the cache, so steps then read about P + T/2 slots instead of P + T; each
   # phase compiles its own loop body. 1 = a single phase.
   cache_phases: int = 4
+  # CPU only: decode the batch as this many concurrent streams of whole prompt groups (threads,
+  # one per core). 0 = auto: 2 on a single-device CPU backend with >= 2 cores, else 1. Other
+  # backends and multi-device inputs always use 1 (one device runs the whole batch).
+  streams: int = 0
 
   def __post_init__(self):
     if self.max_new_tokens < 1:
@@ -52,6 +65,8 @@ class SamplingConfig:
       raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
     if self.cache_phases < 1:
       raise ValueError(f"sampling.cache_phases must be >= 1, got {self.cache_phases}")
+    if self.streams < 0:
+      raise ValueError(f"sampling.streams must be >= 0 (0 = auto), got {self.streams}")
 
   def phase_bounds(self) -> list[int]:
     """[0, t1, t2, ..., T]: decode phase i produces tokens bounds[i] .. bounds[i+1] - 1."""
@@ -83,34 +98,86 @@ def filter_logits(logits_NxV: jax.Array, top_k: int, top_p: float) -> jax.Array:
   return logits_NxV
 
 
-def _choose(rng, logits_NxV, cfg: SamplingConfig):
+def _choose(row_keys_N, logits_NxV, cfg: SamplingConfig):
+  """Samples one token per row, row n with its own key `row_keys_N[n]`."""
   if cfg.temperature == 0:
     tok = jnp.argmax(logits_NxV, axis=-1)
     logp_all = jax.nn.log_softmax(logits_NxV, axis=-1)
   else:
     scaled = logits_NxV / cfg.temperature
     logp_all = jax.nn.log_softmax(scaled, axis=-1)
-    tok = jax.random.categorical(rng, filter_logits(scaled, cfg.top_k, cfg.top_p), axis=-1)
+    tok = jax.vmap(jax.random.categorical)(row_keys_N,
+                                           filter_logits(scaled, cfg.top_k, cfg.top_p))
   logp = jnp.take_along_axis(logp_all, tok[:, None], axis=-1)[:, 0]
   return tok.astype(jnp.int32), logp
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "group_size"))
 def generate(graphdef, params, prompt_BxP, prompt_mask_BxP, rng, *, cfg: SamplingConfig,
              group_size: int = 1) -> Samples:
   """Samples `group_size` continuations of each left-padded prompt.
 
   Args:
-    graphdef: the model's NNX graph definition (static).
+    graphdef: the model's NNX graph definition.
     params: the model parameters (pure dict).
     prompt_BxP: int32 left-padded prompt tokens.
     prompt_mask_BxP: bool, True on real prompt tokens.
     rng: a PRNG key.
-    cfg: sampling settings (static).
+    cfg: sampling settings.
     group_size: G, samples per prompt.
   Returns:
     `Samples` with N = B * G rows, prompt b's samples in rows b*G .. b*G + G - 1.
   """
+  B = prompt_BxP.shape[0]
+  jit_cfg = dataclasses.replace(cfg, streams=1)  # one compiled program whatever the streams
+  streams = resolve_streams(cfg.streams, B, prompt_BxP, params)
+  if streams == 1:
+    return _generate(graphdef, params, prompt_BxP, prompt_mask_BxP, rng, 0, cfg=jit_cfg,
+                     group_size=group_size)
+  b = B // streams
+  call = lambda i: _generate(graphdef, params, prompt_BxP[i * b:(i + 1) * b],
+                             prompt_mask_BxP[i * b:(i + 1) * b], rng, i * b * group_size,
+                             cfg=jit_cfg, group_size=group_size)
+  key = (graphdef, jit_cfg, group_size, b, prompt_BxP.shape[1], str(prompt_BxP.dtype),
+         jax.tree.structure(params), tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(params)))
+  with _COMPILED_LOCK:
+    first = key not in _COMPILED
+    _COMPILED.add(key)
+  with concurrent.futures.ThreadPoolExecutor(streams - 1) as pool:
+    if first:  # compile once, in this thread, before the other streams call the same program
+      parts = [jax.block_until_ready(call(0))]
+      parts += list(pool.map(lambda i: jax.block_until_ready(call(i)), range(1, streams)))
+    else:
+      rest = pool.map(lambda i: jax.block_until_ready(call(i)), range(1, streams))
+      parts = [jax.block_until_ready(call(0))] + list(rest)
+  return Samples(*(jnp.concatenate(xs, axis=0) for xs in zip(*parts)))
+
+
+_COMPILED: set = set()  # stream-call signatures already compiled (see `generate`)
+_COMPILED_LOCK = threading.Lock()
+
+
+def resolve_streams(requested: int, num_prompts: int, prompt_BxP, params) -> int:
+  """The number of decode streams `generate` uses: `requested` (0 = auto), capped to a divisor
+  of the prompt count, and 1 unless the backend is CPU and every input is on a single device."""
+  arrays = [prompt_BxP] + jax.tree.leaves(params)
+  devices = set()
+  for x in arrays:
+    if isinstance(x, jax.Array):
+      devices |= x.sharding.device_set
+  platform = next(iter(devices)).platform if devices else jax.default_backend()
+  if platform != "cpu" or len(devices) > 1:
+    return 1
+  n = requested or (2 if (os.cpu_count() or 1) >= 2 else 1)
+  n = min(n, num_prompts)
+  while num_prompts % n:
+    n -= 1
+  return n
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "group_size"))
+def _generate(graphdef, params, prompt_BxP, prompt_mask_BxP, rng, row_offset, *,
+              cfg: SamplingConfig, group_size: int) -> Samples:
+  """`generate` for one stream: rows row_offset .. row_offset + B*G - 1 of the whole batch."""
   model = transformer.merge(graphdef, params)
   B, P = prompt_BxP.shape
   G, T = group_size, cfg.max_new_tokens
@@ -131,11 +198,13 @@ def generate(graphdef, params, prompt_BxP, prompt_mask_BxP, rng, *, cfg: Samplin
   kv_mask_NxS = rep(kv_mask_BxS)
   next_pos_N = rep(jnp.sum(prompt_mask_BxP, axis=1).astype(jnp.int32))
   logits_NxV = rep(logits_BxPxV[:, -1])
+  row_ids_N = row_offset + jnp.arange(N, dtype=jnp.int32)
 
   def body(carry):
     t, rng, logits_NxV, cache, kv_mask_NxS, done_N, tokens, logps, masks = carry
     rng, sub = jax.random.split(rng)
-    tok_N, logp_N = _choose(sub, logits_NxV, cfg)
+    row_keys_N = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(sub, row_ids_N)
+    tok_N, logp_N = _choose(row_keys_N, logits_NxV, cfg)
     live_N = ~done_N
     tok_N = jnp.where(live_N, tok_N, cfg.pad_id)
     tokens = tokens.at[:, t].set(tok_N)
