@@ -12,11 +12,16 @@ times on shared machines drift between processes by 10-20%. A peer whose venv is
 skipped with a note. Ratios are rl_jax against each peer: W1 step time (lower is better, target
 <= 0.5x the faster peer), W2 tokens/s (higher is better, targets >= 2x HF `generate` and
 >= 1.5x Tunix); W3 is rl_jax's fraction of the float32 matmul rate (target >= 50%).
+
+`rl-jax bench` runs under tcmalloc when the machine has it (rl_jax/allocator.py; its JSON
+records the allocator). The peers run as they ship, on glibc's malloc; `--peers-allocator
+tcmalloc` preloads the same library for them, to see what the allocator alone is worth to them.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes.util
 import json
 import os
 import statistics
@@ -45,7 +50,22 @@ def _run(name: str, cmd: list[str], env=None) -> dict | None:
     return result
 
 
-def run_round(peers: list[str], workloads: str) -> dict:
+def peer_environment(allocator: str) -> dict | None:
+  """The peers' environment: None (inherited) for "stock", LD_PRELOAD of tcmalloc for
+  "tcmalloc"."""
+  if allocator == "stock":
+    return None
+  library = ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
+  if library is None:
+    raise SystemExit("--peers-allocator tcmalloc: no tcmalloc on this machine "
+                     "(apt install libtcmalloc-minimal4)")
+  env = dict(os.environ)
+  env["LD_PRELOAD"] = f"{library} {env.get('LD_PRELOAD', '')}".strip()
+  env.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(1 << 40))
+  return env
+
+
+def run_round(peers: list[str], workloads: str, peer_env: dict | None = None) -> dict:
   results = {}
   results["rl_jax"] = _run("rl_jax", [sys.executable, "-m", "rl_jax.cli", "bench",
                                       f"--workloads={workloads}"])
@@ -58,7 +78,7 @@ def run_round(peers: list[str], workloads: str) -> dict:
     peer_workloads = ",".join(w for w in workloads.split(",") if w in ("w1", "w2"))
     if peer_workloads:
       results[peer] = _run(peer, [python, os.path.join(HERE, "peers", f"{peer}_bench.py"),
-                                  "--workloads", peer_workloads])
+                                  "--workloads", peer_workloads], env=peer_env)
   return results
 
 
@@ -164,8 +184,11 @@ def main(argv=None) -> int:
   parser.add_argument("--peers", default="trl,tunix", help="subset of trl,tunix ('' = none)")
   parser.add_argument("--workloads", default="w1,w2,w3,w1async",
                       help="rl_jax workloads (the peers run the w1 / w2 among them)")
+  parser.add_argument("--peers-allocator", choices=("stock", "tcmalloc"), default="stock",
+                      help="the peers' malloc: as they ship (glibc), or tcmalloc preloaded")
   parser.add_argument("--json", default=None, help="write every process's results here")
   args = parser.parse_args(argv)
+  peer_env = peer_environment(args.peers_allocator)
   peers = [p for p in args.peers.split(",") if p]
   unknown = set(peers) - set(PEERS)
   if unknown:
@@ -173,18 +196,20 @@ def main(argv=None) -> int:
   rounds = []
   for i in range(args.rounds):
     print(f"round {i + 1}/{args.rounds}", flush=True)
-    rounds.append(run_round(peers, args.workloads))
+    rounds.append(run_round(peers, args.workloads, peer_env))
   summary = summarise(rounds)
   machine = _get(rounds[0], "rl_jax", "machine") or {}
   print(f"\n{time.strftime('%Y-%m-%d')}, {machine.get('cpu', '?')}, nproc {os.cpu_count()}, "
-        f"{args.rounds} process(es) per framework; medians (min-max over processes)\n")
+        f"{args.rounds} process(es) per framework; medians (min-max over processes); allocator: "
+        f"rl_jax {machine.get('allocator', '?')}, peers {args.peers_allocator}\n")
   print(table(summary))
   print()
   for line in verdict(summary):
     print(line)
   if args.json:
     with open(args.json, "w") as f:
-      json.dump(dict(rounds=rounds, summary=summary), f, indent=2)
+      json.dump(dict(rounds=rounds, summary=summary, peers_allocator=args.peers_allocator), f,
+                indent=2)
   return 0
 
 

@@ -4,6 +4,8 @@ on hand-made results (no benchmark is run here)."""
 import importlib.util
 import os
 
+import pytest
+
 from tests_support import ROOT
 
 spec = importlib.util.spec_from_file_location(
@@ -63,3 +65,15 @@ def test_table_and_verdicts_use_the_ratios_of_the_medians():
   assert "W1: 0.67x" in verdicts and "NOT met" in verdicts
   assert "W2: 1.33x TRL 1.16 / HF generate (target >= 2.0x): NOT met" in verdicts
   assert "W3: 40.0% of the matmul rate (target >= 50%): NOT met" in verdicts
+
+
+def test_peer_environment_preloads_tcmalloc_only_when_asked(monkeypatch):
+  assert sbs.peer_environment("stock") is None  # the peers as they ship
+  monkeypatch.setattr(sbs.ctypes.util, "find_library",
+                      lambda name: "libtcmalloc_minimal.so.4" if name == "tcmalloc_minimal" else None)
+  monkeypatch.setenv("LD_PRELOAD", "libother.so")
+  env = sbs.peer_environment("tcmalloc")
+  assert env["LD_PRELOAD"] == "libtcmalloc_minimal.so.4 libother.so"
+  monkeypatch.setattr(sbs.ctypes.util, "find_library", lambda name: None)
+  with pytest.raises(SystemExit, match="no tcmalloc"):
+    sbs.peer_environment("tcmalloc")
