@@ -114,14 +114,18 @@ def test_async_rollout_samples_each_step_from_the_parameters_one_update_behind(t
   from the updated ones). Re-sampling step 2's data from the saved warm start reproduces the
   logged rollout metrics exactly; the synchronous run's step 2 differs."""
   from tests_support import make_small_config
-  cfg = make_small_config(**{"train.steps": 3, "eval.every": 0, "train.async_rollout": True})
-  sync_cfg = make_small_config(**{"train.steps": 3, "eval.every": 0})
+  # Partial credit makes step 1's rewards vary within groups whatever the draws, so update 1
+  # moves the policy and the synchronous step 2 must differ.
+  common = {"train.steps": 3, "eval.every": 0, "task.arithmetic.partial_credit": 0.5}
+  cfg = make_small_config(**common, **{"train.async_rollout": True})
+  sync_cfg = make_small_config(**common)
   _run(cfg, tmp_path / "async")
   _run(sync_cfg, tmp_path / "sync")
   rows = read_jsonl(os.path.join(tmp_path / "async", "metrics.jsonl"))
   sync_rows = read_jsonl(os.path.join(tmp_path / "sync", "metrics.jsonl"))
   assert [r["step"] for r in rows] == [1, 2, 3]
   assert rows[0]["reward_mean"] == sync_rows[0]["reward_mean"]
+  assert rows[0]["reward_std"] > 0
   assert all(np.isfinite(r["loss"]) and r["skipped_updates"] == 0 for r in rows)
 
   exp = loop.Experiment.build(cfg)
