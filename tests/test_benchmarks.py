@@ -69,8 +69,8 @@ def test_table_and_verdicts_use_the_ratios_of_the_medians():
 
 def test_peer_environment_preloads_tcmalloc_only_when_asked(monkeypatch):
   assert sbs.peer_environment("stock") is None  # the peers as they ship
-  monkeypatch.setattr(sbs.ctypes.util, "find_library",
-                      lambda name: "libtcmalloc_minimal.so.4" if name == "tcmalloc_minimal" else None)
+  found = {"tcmalloc_minimal": "libtcmalloc_minimal.so.4"}
+  monkeypatch.setattr(sbs.ctypes.util, "find_library", found.get)
   monkeypatch.setenv("LD_PRELOAD", "libother.so")
   env = sbs.peer_environment("tcmalloc")
   assert env["LD_PRELOAD"] == "libtcmalloc_minimal.so.4 libother.so"

@@ -147,8 +147,9 @@ def generate(graphdef, params, prompt_BxP, prompt_mask_BxP, rng, *, cfg: Samplin
   call = lambda i: _generate(graphdef, params, prompt_BxP[i * b:(i + 1) * b],
                              prompt_mask_BxP[i * b:(i + 1) * b], rng, i * b * group_size,
                              cfg=jit_cfg, group_size=group_size)
+  leaves = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(params))
   key = (graphdef, jit_cfg, group_size, b, prompt_BxP.shape[1], str(prompt_BxP.dtype),
-         jax.tree.structure(params), tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(params)))
+         jax.tree.structure(params), leaves)
   with _COMPILED_LOCK:
     first = key not in _COMPILED
     _COMPILED.add(key)
