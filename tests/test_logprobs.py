@@ -35,7 +35,7 @@ def _objective(graphdef, batch, **kw):
     # A weighted sum so that every token's log-prob and entropy reaches the gradient.
     w = jnp.arange(1, T + 1, dtype=jnp.float32) / T
     return jnp.sum(s.logp_NxT * w) + 0.5 * jnp.sum(s.entropy_NxT), s
-  return jax.value_and_grad(f, has_aux=True)
+  return jax.jit(jax.value_and_grad(f, has_aux=True))
 
 
 def _assert_same(a, b):
@@ -163,11 +163,12 @@ def test_group_shuffle_keeps_groups_whole():
   groups = np.asarray(jax.random.permutation(epoch_key, N // Gs))
   order = (groups[:, None] * Gs + np.arange(Gs)).reshape(-1)
   p = params
+  grad = jax.jit(jax.grad(lambda q, mb: trainer.rl_loss(graphdef, q, mb, algo, temperature=1.0,
+                                                        on_policy=False,
+                                                        aggregation_constant=T)[0]))
   for half in (order[:6], order[6:]):
     mb = jax.tree.map(lambda x: x[half], batch)
-    g = jax.grad(lambda q: trainer.rl_loss(graphdef, q, mb, algo, temperature=1.0,
-                                           on_policy=False, aggregation_constant=T)[0])(p)
-    p = jax.tree.map(lambda a, b: a - 0.5 * b, p, g)
+    p = jax.tree.map(lambda a, b: a - 0.5 * b, p, grad(p, mb))
   for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(p)):
     np.testing.assert_allclose(x, y, atol=1e-5)
 
