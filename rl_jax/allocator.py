@@ -76,7 +76,11 @@ def reexecute_under_tcmalloc(argv: list[str]) -> None:
         f"instead of faulted in again; {SWITCH}=system turns this off)", file=sys.stderr)
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execve(sys.executable, [sys.executable, "-m", "rl_jax.cli", *argv], env)
+  try:
+    os.execve(sys.executable, [sys.executable, "-m", "rl_jax.cli", *argv], env)
+  except OSError as e:  # the interpreter cannot be re-executed: go on with the system malloc
+    print(f"rl-jax: could not re-execute under tcmalloc ({e}); using the system malloc",
+          file=sys.stderr)
 
 
 def active() -> str:

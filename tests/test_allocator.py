@@ -40,6 +40,21 @@ def test_a_bad_switch_value_is_an_error():
     allocator.preload_environment({"RL_JAX_MALLOC": "jemalloc"}, FOUND, "linux")
 
 
+def test_a_failed_reexecution_goes_on_with_the_system_malloc(monkeypatch, capsys):
+  calls = []
+  monkeypatch.setattr(allocator, "preload_environment",
+                      lambda environ: {"RL_JAX_MALLOC_ACTIVE": "libtcmalloc_minimal.so.4"})
+
+  def failing_execve(*args):
+    calls.append(args)
+    raise OSError("exec format error")
+
+  monkeypatch.setattr(allocator.os, "execve", failing_execve)
+  allocator.reexecute_under_tcmalloc(["config"])  # returns instead of raising
+  assert len(calls) == 1 and calls[0][1][-2:] == ["rl_jax.cli", "config"]
+  assert "using the system malloc" in capsys.readouterr().err
+
+
 def _clean_env(**extra):
   env = {k: v for k, v in os.environ.items()
          if not k.startswith("RL_JAX_MALLOC") and k != "LD_PRELOAD"}
