@@ -21,7 +21,6 @@ tcmalloc` preloads the same library for them, to see what the allocator alone is
 from __future__ import annotations
 
 import argparse
-import ctypes.util
 import json
 import os
 import statistics
@@ -29,6 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from rl_jax import allocator  # this script runs in rl_jax's environment
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VENVS = os.environ.get("RL_JAX_PEER_VENVS", os.path.join(HERE, ".venvs"))
@@ -50,19 +51,16 @@ def _run(name: str, cmd: list[str], env=None) -> dict | None:
     return result
 
 
-def peer_environment(allocator: str) -> dict | None:
+def peer_environment(allocator_choice: str) -> dict | None:
   """The peers' environment: None (inherited) for "stock", LD_PRELOAD of tcmalloc for
   "tcmalloc"."""
-  if allocator == "stock":
+  if allocator_choice == "stock":
     return None
-  library = ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
+  library = allocator.find_tcmalloc()
   if library is None:
     raise SystemExit("--peers-allocator tcmalloc: no tcmalloc on this machine "
                      "(apt install libtcmalloc-minimal4)")
-  env = dict(os.environ)
-  env["LD_PRELOAD"] = f"{library} {env.get('LD_PRELOAD', '')}".strip()
-  env.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(1 << 40))
-  return env
+  return allocator.with_preload(os.environ, library)
 
 
 def run_round(peers: list[str], workloads: str, peer_env: dict | None = None) -> dict:

@@ -57,9 +57,16 @@ def preload_environment(environ: Mapping[str, str],
   library = find()
   if library is None:
     return None
-  env = dict(environ)
-  env["LD_PRELOAD"] = f"{library} {preloaded}".strip()
+  env = with_preload(environ, library)
   env[_ACTIVE] = library
+  return env
+
+
+def with_preload(environ: Mapping[str, str], library: str) -> dict[str, str]:
+  """A copy of `environ` with `library` first in LD_PRELOAD (also used to run the benchmark peers
+  under the same allocator)."""
+  env = dict(environ)
+  env["LD_PRELOAD"] = f"{library} {environ.get('LD_PRELOAD', '')}".strip()
   # tcmalloc reports every allocation above 1 GiB on stderr; XLA's scratch blocks are that big
   # for real models, and the reports would bury the training log.
   env.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(1 << 40))

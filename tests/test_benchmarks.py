@@ -69,11 +69,10 @@ def test_table_and_verdicts_use_the_ratios_of_the_medians():
 
 def test_peer_environment_preloads_tcmalloc_only_when_asked(monkeypatch):
   assert sbs.peer_environment("stock") is None  # the peers as they ship
-  found = {"tcmalloc_minimal": "libtcmalloc_minimal.so.4"}
-  monkeypatch.setattr(sbs.ctypes.util, "find_library", found.get)
+  monkeypatch.setattr(sbs.allocator, "find_tcmalloc", lambda: "libtcmalloc_minimal.so.4")
   monkeypatch.setenv("LD_PRELOAD", "libother.so")
   env = sbs.peer_environment("tcmalloc")
   assert env["LD_PRELOAD"] == "libtcmalloc_minimal.so.4 libother.so"
-  monkeypatch.setattr(sbs.ctypes.util, "find_library", lambda name: None)
+  monkeypatch.setattr(sbs.allocator, "find_tcmalloc", lambda: None)
   with pytest.raises(SystemExit, match="no tcmalloc"):
     sbs.peer_environment("tcmalloc")

@@ -153,13 +153,12 @@ def generate(graphdef, params, prompt_BxP, prompt_mask_BxP, rng, *, cfg: Samplin
   with _COMPILED_LOCK:
     first = key not in _COMPILED
     _COMPILED.add(key)
+  run = lambda i: jax.block_until_ready(call(i))
   with concurrent.futures.ThreadPoolExecutor(streams - 1) as pool:
-    if first:  # compile once, in this thread, before the other streams call the same program
-      parts = [jax.block_until_ready(call(0))]
-      parts += list(pool.map(lambda i: jax.block_until_ready(call(i)), range(1, streams)))
-    else:
-      rest = pool.map(lambda i: jax.block_until_ready(call(i)), range(1, streams))
-      parts = [jax.block_until_ready(call(0))] + list(rest)
+    # On a program's first call, stream 0 compiles it in this thread before the others start.
+    first_part = run(0) if first else None
+    rest = pool.map(run, range(1, streams))
+    parts = [first_part if first else run(0)] + list(rest)
   return Samples(*(jnp.concatenate(xs, axis=0) for xs in zip(*parts)))
 
 
