@@ -29,8 +29,10 @@ def _completion_states(model, prompt_NxP, prompt_mask_NxP, completion_NxT, compl
 
   With `group_size` G > 1, rows b*G .. b*G + G - 1 must share one prompt (as a rollout's
   groups do): the prompt is then run once per group and its keys and values are shared by the
-  group's G completions through the KV cache, so the prompt costs 1/G of its tokens' FLOPs in
-  the forward and the backward pass. The result is the same computation, up to float rounding.
+  group's G completions as a shared attention prefix (`transformer.SharedPrefix`: stored,
+  read and differentiated once per group, never repeated per row), so the prompt costs 1/G of
+  its tokens' FLOPs and memory in the forward and the backward pass. The result is the same
+  computation, up to float rounding.
   """
   N, P = prompt_NxP.shape
   T = completion_NxT.shape[1]
@@ -42,17 +44,16 @@ def _completion_states(model, prompt_NxP, prompt_mask_NxP, completion_NxT, compl
     return h[:, P - 1:-1]
   if N % group_size:
     raise ValueError(f"{N} sequences do not form groups of {group_size}")
-  G, S = group_size, P + T - 1  # the last completion token predicts nothing
+  G = group_size
   group_prompt_BxP, group_mask_BxP = prompt_NxP[::G], prompt_mask_NxP[::G]
-  B = group_prompt_BxP.shape[0]
-  prefill_mask_BxS = jnp.concatenate([group_mask_BxP, jnp.zeros((B, T - 1), bool)], axis=1)
-  h_prompt, cache = model.hidden(group_prompt_BxP, positions[::G, :P], prefill_mask_BxS,
-                                 transformer.init_cache(model.cfg, B, S), 0)
-  cache = jax.tree.map(lambda x: jnp.repeat(x, G, axis=0), cache)
+  h_prompt, prompt_kv = model.hidden(group_prompt_BxP, positions[::G, :P], group_mask_BxP)
   h_first = jnp.repeat(h_prompt[:, -1:], G, axis=0)  # predicts completion token 0
   if T == 1:
     return h_first
-  h_rest, _ = model.hidden(completion_NxT[:, :-1], positions[:, P:-1], valid[:, :-1], cache, P)
+  prefix = [transformer.SharedPrefix(c.k_NxKxSxDh, c.v_NxKxSxDh, group_mask_BxP)
+            for c in prompt_kv]
+  h_rest, _ = model.hidden(completion_NxT[:, :-1], positions[:, P:-1], valid[:, P:-1],
+                           prefix=prefix)
   return jnp.concatenate([h_first, h_rest], axis=1)
 
 

@@ -77,6 +77,51 @@ def test_cached_decoding_equals_full_forward(model, pads):
   np.testing.assert_allclose(cached[mask], full[mask], atol=1e-5, rtol=1e-5)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _apply_with_prefix(graphdef, params, tokens_NxL, positions_NxL, kv_mask_NxS, cache,
+                       write_index, prefix):
+  return transformer.merge(graphdef, params)(tokens_NxL, positions_NxL, kv_mask_NxS, cache,
+                                             write_index, prefix)
+
+
+@pytest.mark.parametrize("decode", [False, True], ids=["one_call", "token_by_token"])
+def test_shared_prefix_equals_the_repeated_prompt(model, decode):
+  """G rows attending to their group's prompt as a `SharedPrefix` give the logits of the full
+  forward pass over `[prompt ; row tokens]`: as one call over the rows' tokens, and decoded one
+  token at a time into a cache of the rows' own slots. Left padding in one prompt and a masked
+  (ended) row token are included."""
+  graphdef, params = model
+  B, G, P, L = 2, 3, 6, 5
+  N = B * G
+  prompts, prompt_mask = _tokens(7, (B, P)), np.ones((B, P), bool)
+  prompt_mask[1, :2] = False
+  own = _tokens(8, (N, L))
+  own_mask = np.ones((N, L), bool)
+  own_mask[4, 3:] = False  # row 4 ended: its later tokens are neither keys nor compared
+  full_mask = np.concatenate([np.repeat(prompt_mask, G, 0), own_mask], axis=1)
+  full = _forward(graphdef, params, np.concatenate([np.repeat(prompts, G, 0), own], 1),
+                  full_mask)[:, P:]
+
+  positions = transformer.positions_from_mask(jnp.asarray(full_mask))
+  _, prompt_kv = _apply(graphdef, params, prompts, positions[::G, :P], prompt_mask)
+  prefix = [transformer.SharedPrefix(c.k_NxKxSxDh, c.v_NxKxSxDh, jnp.asarray(prompt_mask))
+            for c in prompt_kv]
+  assert prefix[0].k_BxKxPxDh.shape == (B, CFG.num_kv_heads, P, CFG.head_dim)
+  if not decode:
+    shared, _ = _apply_with_prefix(graphdef, params, own, positions[:, P:], own_mask, None, 0,
+                                   prefix)
+  else:
+    cache = transformer.init_cache(CFG, N, L)
+    steps = []
+    for i in range(L):
+      logits, cache = _apply_with_prefix(graphdef, params, own[:, i:i + 1],
+                                         positions[:, P + i:P + i + 1], own_mask, cache, i,
+                                         prefix)
+      steps.append(np.asarray(logits))
+    shared = np.concatenate(steps, axis=1)
+  np.testing.assert_allclose(np.asarray(shared)[own_mask], full[own_mask], atol=1e-5, rtol=1e-5)
+
+
 # --- causality and padding ----------------------------------------------------
 
 

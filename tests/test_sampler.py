@@ -348,6 +348,27 @@ def test_streams_do_not_change_the_samples(model):
   assert sampler._generate._cache_size() == compiled
 
 
+def test_groups_sharing_their_prompt_sample_as_rows_with_repeated_prompts(model):
+  """G samples per prompt (the prompt a shared attention prefix, stored once per group) draw
+  the same tokens, masks and (up to float rounding) log-probs as one sample each of the
+  prompt repeated G times (each row then keeps the prompt in its own cache): row keys depend
+  only on the row's index, so any difference is the prefix attention's. With EOS ending rows
+  early, over several cache phases."""
+  graphdef, params = model
+  prompt, prompt_mask = _prompts(15)
+  cfg = SamplingConfig(max_new_tokens=40, eos_id=5, cache_phases=3, streams=1)
+  assert len(cfg.phase_bounds()) == 4  # three phases
+  shared = generate(graphdef, params, prompt, prompt_mask, jax.random.key(9), cfg=cfg,
+                    group_size=G)
+  per_row = generate(graphdef, params, _rep(prompt, G), _rep(prompt_mask, G),
+                     jax.random.key(9), cfg=cfg, group_size=1)
+  np.testing.assert_array_equal(shared.tokens_NxT, per_row.tokens_NxT)
+  np.testing.assert_array_equal(shared.mask_NxT, per_row.mask_NxT)
+  np.testing.assert_allclose(shared.logp_NxT, per_row.logp_NxT, atol=1e-5)
+  assert 0 < int(np.asarray(shared.lengths_N).min()) < 40  # some rows ended at EOS
+  assert int(np.asarray(shared.lengths_N).max()) > 32  # and some reached the last phase
+
+
 def test_resolve_streams(model, monkeypatch):
   _, params = model
   prompt = np.zeros((64, 3), np.int32)

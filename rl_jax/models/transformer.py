@@ -8,7 +8,9 @@ One code path serves training, prefill and decoding. The caller passes the token
 RoPE positions, a key-validity mask over *cache slots* and, optionally, a cache and a write
 index. Token `i` of the call sits in cache slot `write_index + i`; it attends to every slot
 `j <= write_index + i` whose mask bit is set. Without a cache the call's own keys form the
-cache (`write_index = 0`), which is the ordinary causal forward pass.
+cache (`write_index = 0`), which is the ordinary causal forward pass. A `SharedPrefix` adds keys
+and values that groups of G consecutive rows attend to before their slots (a prompt shared by
+its G samples: computed, stored and differentiated once per group).
 
 Shape legend: N sequences, L tokens in this call, S cache slots, D model width,
 H query heads, K kv heads, Dh head dim, F mlp width, V vocabulary.
@@ -138,6 +140,41 @@ def rope(x_NxLxHxDh: jax.Array, tables: RopeTables) -> jax.Array:
   return out.astype(x_NxLxHxDh.dtype)
 
 
+class SharedPrefix(NamedTuple):
+  """Keys and values of one layer for a prefix shared by groups of G consecutive rows (a
+  prompt and its G samples): `[B, K, P, Dh]` with B = N / G, and the prefix's key validity
+  `[B, P]`. Every row of group b attends to group b's prefix before its own slots, so the
+  prefix is stored, read and differentiated once per group instead of once per row."""
+  k_BxKxPxDh: jax.Array
+  v_BxKxPxDh: jax.Array
+  mask_BxP: jax.Array
+
+
+def _prefix_attention(q_NxLxHxDh, k_NxKxSxDh, v_NxKxSxDh, allowed_NxLxS, prefix: SharedPrefix,
+                      scale):
+  """Softmax attention over `[shared prefix ; own slots]` without materialising the per-row
+  prefix: the two logit blocks share one max and one normaliser (the same softmax as over the
+  concatenated keys, up to float rounding). Returns `[N, L, H * Dh]`."""
+  N, L, H, Dh = q_NxLxHxDh.shape
+  B, K, P, _ = prefix.k_BxKxPxDh.shape
+  G, g = N // B, H // K
+  q = q_NxLxHxDh.reshape(B, G, L, K, g, Dh)
+  # The prefix block: per (group, kv head) one [G * L * g, Dh] x [Dh, P] product.
+  lp = jnp.einsum("bjlkhd,bkpd->bjkhlp", q, prefix.k_BxKxPxDh).astype(jnp.float32) * scale
+  lp = jnp.where(prefix.mask_BxP[:, None, None, None, None, :], lp, -1e30)
+  ls = jnp.einsum("nlkhd,nksd->nkhls", q.reshape(N, L, K, g, Dh), k_NxKxSxDh)
+  ls = jnp.where(allowed_NxLxS[:, None, None], ls.astype(jnp.float32) * scale, -1e30)
+  ls = ls.reshape(B, G, K, g, L, -1)
+  m = jax.lax.stop_gradient(jnp.maximum(lp.max(-1, keepdims=True), ls.max(-1, keepdims=True)))
+  ep, es = jnp.exp(lp - m), jnp.exp(ls - m)
+  inv = 1.0 / (ep.sum(-1, keepdims=True) + es.sum(-1, keepdims=True))
+  dt = v_NxKxSxDh.dtype
+  out_p = jnp.einsum("bjkhlp,bkpd->bjlkhd", (ep * inv).astype(dt), prefix.v_BxKxPxDh)
+  out_s = jnp.einsum("nkhls,nksd->nlkhd", (es * inv).astype(dt).reshape(N, K, g, L, -1),
+                     v_NxKxSxDh)
+  return out_p.reshape(N, L, H * Dh) + out_s.reshape(N, L, H * Dh)
+
+
 def dense(layer, x_NxLxD):
   """Applies a linear layer to the tokens as one [N*L, D] matrix. XLA:CPU lowers the weight
   gradient of a 3-D activation (two contracting dims) with full transposes of the activation
@@ -163,7 +200,7 @@ class Attention(nnx.Module):
       self.k_norm = nnx.RMSNorm(Dh, epsilon=cfg.norm_eps, rngs=rngs)
 
   def __call__(self, x_NxLxD, rope_NxL: RopeTables, kv_mask_NxS, cache: LayerCache | None,
-               write_index):
+               write_index, prefix: SharedPrefix | None = None):
     cfg = self.cfg
     N, L, _ = x_NxLxD.shape
     H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -192,6 +229,9 @@ class Attention(nnx.Module):
     S = k_all.shape[2]
     q_slot_L = write_index + jnp.arange(L)
     allowed_NxLxS = (jnp.arange(S)[None, :] <= q_slot_L[:, None])[None] & kv_mask_NxS[:, None, :]
+    if prefix is not None:
+      out = _prefix_attention(q, k_all, v_all, allowed_NxLxS, prefix, Dh**-0.5)
+      return dense(self.o_proj, out), LayerCache(k_all, v_all)
     if cfg.attention == "fused" and L > 1:
       out = jax.nn.dot_product_attention(
           q, k_all.transpose(0, 2, 1, 3), v_all.transpose(0, 2, 1, 3),
@@ -234,15 +274,15 @@ class Block(nnx.Module):
     self.mlp_norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, rngs=rngs)
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x, rope_tables_NxL, kv_mask, cache, write_index):
-    h, cache = self.attn(self.attn_norm(x), rope_tables_NxL, kv_mask, cache, write_index)
+  def __call__(self, x, rope_tables_NxL, kv_mask, cache, write_index, prefix=None):
+    h, cache = self.attn(self.attn_norm(x), rope_tables_NxL, kv_mask, cache, write_index, prefix)
     x = x + h
     x = x + self.mlp(self.mlp_norm(x))
     return x, cache
 
 
-def _block(layer, x, rope_tables_NxL, kv_mask, cache, write_index):
-  return layer(x, rope_tables_NxL, kv_mask, cache, write_index)
+def _block(layer, x, rope_tables_NxL, kv_mask, cache, write_index, prefix):
+  return layer(x, rope_tables_NxL, kv_mask, cache, write_index, prefix)
 
 
 # Saves only each block's input; the block's activations are recomputed for its gradient.
@@ -270,8 +310,11 @@ class Transformer(nnx.Module):
                                 dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
                                 rngs=rngs)
 
-  def hidden(self, tokens_NxL, positions_NxL, kv_mask_NxS, cache=None, write_index=0):
-    """Final-norm hidden states `[N, L, D]` and the updated cache."""
+  def hidden(self, tokens_NxL, positions_NxL, kv_mask_NxS, cache=None, write_index=0,
+             prefix: list[SharedPrefix] | None = None):
+    """Final-norm hidden states `[N, L, D]` and the updated cache. `prefix`: per layer, the
+    keys and values of a prefix shared by groups of rows, attended before the call's slots
+    (`SharedPrefix`); the returned cache then holds the call's own slots only."""
     cfg = self.cfg
     x = self.embed(tokens_NxL)
     if cfg.embed_scale:
@@ -281,8 +324,9 @@ class Transformer(nnx.Module):
     new_cache = []
     call = _remat_block if cfg.remat else _block
     tables = rope_tables(positions_NxL, cfg.head_dim, cfg.rope_theta)
-    for layer, layer_cache in zip(self.layers, cache):
-      x, layer_cache = call(layer, x, tables, kv_mask_NxS, layer_cache, write_index)
+    prefix = prefix or [None] * cfg.num_layers
+    for layer, layer_cache, layer_prefix in zip(self.layers, cache, prefix):
+      x, layer_cache = call(layer, x, tables, kv_mask_NxS, layer_cache, write_index, layer_prefix)
       new_cache.append(layer_cache)
     return self.final_norm(x), new_cache
 
@@ -293,8 +337,9 @@ class Transformer(nnx.Module):
       out = dense(self.lm_head, h_NxLxD)
     return out.astype(jnp.float32)
 
-  def __call__(self, tokens_NxL, positions_NxL, kv_mask_NxS, cache=None, write_index=0):
-    h, cache = self.hidden(tokens_NxL, positions_NxL, kv_mask_NxS, cache, write_index)
+  def __call__(self, tokens_NxL, positions_NxL, kv_mask_NxS, cache=None, write_index=0,
+               prefix=None):
+    h, cache = self.hidden(tokens_NxL, positions_NxL, kv_mask_NxS, cache, write_index, prefix)
     return self.logits(h), cache
 
 

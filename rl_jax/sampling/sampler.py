@@ -1,7 +1,9 @@
 """Jitted prefill + decode with a per-layer KV cache; G samples share their prompt's prefill.
 
-`generate` runs the prompt batch through the model once (prefill), repeats each prompt's cache
-G times, and decodes all B*G continuations in `lax.while_loop`s that write the cache in place
+`generate` runs the prompt batch through the model once (prefill); with G > 1 the prompt's keys
+and values are a prefix shared by its G samples (`transformer.SharedPrefix`, stored and read
+once per group, never repeated per row). It decodes all B*G continuations in
+`lax.while_loop`s that write the cache of the generated tokens in place
 and stop as soon as every sequence has emitted EOS (or at `max_new_tokens`). The decode runs
 in a few phases whose cache grows to what the phase needs (`SamplingConfig.cache_phases`), as
 reading the cache bounds a decode step. Nothing returns to the host until the end. Shapes are
@@ -192,20 +194,24 @@ def _generate(graphdef, params, prompt_BxP, prompt_mask_BxP, rng, row_offset, *,
   B, P = prompt_BxP.shape
   G, T = group_size, cfg.max_new_tokens
   N = B * G
-  # Decode phases [t0, t1): the cache holds P + t1 slots during a phase.
-  bounds = cfg.phase_bounds()
-  S0 = P + bounds[1]
-
-  # Prefill once per prompt.
-  kv_mask_BxS = jnp.concatenate([prompt_mask_BxP, jnp.zeros((B, S0 - P), bool)], axis=1)
+  bounds = cfg.phase_bounds()  # decode phases [t0, t1)
   positions_BxP = transformer.positions_from_mask(prompt_mask_BxP)
-  cache = transformer.init_cache(model.cfg, B, S0)
-  logits_BxPxV, cache = model(prompt_BxP, positions_BxP, kv_mask_BxS, cache, 0)
-
-  # Share the prompt's cache with its G samples.
   rep = lambda x: jnp.repeat(x, G, axis=0)
-  cache = jax.tree.map(rep, cache)
-  kv_mask_NxS = rep(kv_mask_BxS)
+  if G > 1:
+    # Prefill once per prompt. The G samples of a prompt attend to its keys and values as a
+    # shared prefix, stored and read once per group; the cache holds their own t1 slots.
+    logits_BxPxV, prompt_kv = model(prompt_BxP, positions_BxP, prompt_mask_BxP)
+    prefix = [transformer.SharedPrefix(c.k_NxKxSxDh, c.v_NxKxSxDh, prompt_mask_BxP)
+              for c in prompt_kv]
+    base = 0  # cache slot of generated token 0
+    cache = transformer.init_cache(model.cfg, N, bounds[1])
+    kv_mask_NxS = jnp.zeros((N, bounds[1]), bool)
+  else:
+    # One sample per prompt: the prompt's keys open the row's own cache of P + t1 slots.
+    prefix, base = None, P
+    kv_mask_NxS = jnp.concatenate([prompt_mask_BxP, jnp.zeros((B, bounds[1]), bool)], axis=1)
+    cache = transformer.init_cache(model.cfg, B, P + bounds[1])
+    logits_BxPxV, cache = model(prompt_BxP, positions_BxP, kv_mask_NxS, cache, 0)
   next_pos_N = rep(jnp.sum(prompt_mask_BxP, axis=1).astype(jnp.int32))
   logits_NxV = rep(logits_BxPxV[:, -1])
   row_ids_N = row_offset + jnp.arange(N, dtype=jnp.int32)
@@ -221,16 +227,17 @@ def _generate(graphdef, params, prompt_BxP, prompt_mask_BxP, rng, row_offset, *,
     logps = logps.at[:, t].set(jnp.where(live_N, logp_N, 0.0))
     masks = masks.at[:, t].set(live_N)
     done_N = done_N | (tok_N == cfg.eos_id)
-    kv_mask_NxS = jax.lax.dynamic_update_slice_in_dim(kv_mask_NxS, live_N[:, None], P + t, axis=1)
+    kv_mask_NxS = jax.lax.dynamic_update_slice_in_dim(kv_mask_NxS, live_N[:, None], base + t,
+                                                      axis=1)
     logits_Nx1xV, cache = model(tok_N[:, None], (next_pos_N + t)[:, None], kv_mask_NxS, cache,
-                                P + t)
+                                base + t, prefix)
     return (t + 1, rng, logits_Nx1xV[:, 0], cache, kv_mask_NxS, done_N, tokens, logps, masks)
 
   carry = (jnp.int32(0), rng, logits_NxV, cache, kv_mask_NxS, jnp.zeros((N,), bool),
            jnp.full((N, T), cfg.pad_id, jnp.int32), jnp.zeros((N, T), jnp.float32),
            jnp.zeros((N, T), bool))
   for i, (t0, t1) in enumerate(zip(bounds[:-1], bounds[1:])):
-    if i:  # grow the cache (and its mask) to P + t1 slots for this phase
+    if i:  # grow the cache (and its mask) by the phase's t1 - t0 slots
       grow = lambda x, axis: jnp.pad(x, [(0, t1 - t0) if a == axis else (0, 0)
                                          for a in range(x.ndim)])
       cache = [transformer.LayerCache(grow(c.k_NxKxSxDh, 2), grow(c.v_NxKxSxDh, 2))
