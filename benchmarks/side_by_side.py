@@ -100,6 +100,8 @@ def summarise(rounds: list[dict]) -> dict:
   metrics = {
       "w1_s": ("w1", "seconds", "median"), "w1_gen_s": ("w1", "generation_s"),
       "w1async_s": ("w1async", "seconds", "median"),
+      "w1_ref_s": ("w1", "reference_s"), "w1_update_s": ("w1", "update_s"),
+      "w1floor_s": ("w1floor", "step_s"),
       "w1_rss_gib": ("w1", "peak_rss_gib"), "w2_tok_s": ("w2", "tokens_per_s"),
       "w3_tok_s": ("w3", "tokens_per_s"), "w3_frac": ("w3", "fraction_of_matmul_rate"),
       "matmul_gflops": ("matmul_gflops",)}
@@ -142,6 +144,14 @@ def table(summary: dict) -> str:
                  f"{_fmt(rj['w1async_s'], '.2f')} | " + " | ".join("-" for _ in peers)
                  + f" | {ratios} (vs the peers' synchronous step) |")
   row("W1 generation, s", "w1_gen_s", ".2f", True)
+  if rj.get("w1_update_s"):
+    lines.append(f"| W1 reference pass + advantages; update, s | "
+                 f"{_fmt(rj.get('w1_ref_s'), '.2f')}; {_fmt(rj['w1_update_s'], '.2f')} | "
+                 + " | ".join("-" for p in PEERS if p in summary) + " | |")
+  if rj.get("w1floor_s"):
+    lines.append(f"| W1's dense matmuls alone (the float32 floor, `w1floor`), s | "
+                 f"{_fmt(rj['w1floor_s'], '.2f')} | "
+                 + " | ".join("-" for p in PEERS if p in summary) + " | |")
   row("W1 peak RSS, GiB", "w1_rss_gib", ".2f", True)
   row("W2 sampling, tokens/s (higher is better)", "w2_tok_s", ",.0f", False)
   if rj.get("w3_frac"):
@@ -163,6 +173,9 @@ def verdict(summary: dict) -> list[str]:
     if rj.get("w1async_s"):
       out.append(f"    (one-step-off mode, a different algorithm: "
                  f"{rj['w1async_s'][0] / min(peers_w1):.2f}x)")
+    if rj.get("w1floor_s"):
+      out.append(f"    (W1's dense matmuls alone take {rj['w1floor_s'][0]:.2f} s here = "
+                 f"{rj['w1floor_s'][0] / min(peers_w1):.2f}x the faster peer's step)")
   for p, target in (("trl", 2.0), ("tunix", 1.5)):
     if rj.get("w2_tok_s") and p in summary and summary[p].get("w2_tok_s"):
       r = rj["w2_tok_s"][0] / summary[p]["w2_tok_s"][0]
@@ -180,7 +193,7 @@ def main(argv=None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--rounds", type=int, default=1, help="processes per framework")
   parser.add_argument("--peers", default="trl,tunix", help="subset of trl,tunix ('' = none)")
-  parser.add_argument("--workloads", default="w1,w2,w3,w1async",
+  parser.add_argument("--workloads", default="w1,w2,w3,w1async,w1floor",
                       help="rl_jax workloads (the peers run the w1 / w2 among them)")
   parser.add_argument("--peers-allocator", choices=("stock", "tcmalloc"), default="stock",
                       help="the peers' malloc: as they ship (glibc), or tcmalloc preloaded")

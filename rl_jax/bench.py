@@ -11,6 +11,8 @@
       (6 x matmul parameters x tokens + attention FLOPs).
   W1 async (--workloads=w1async): W1 in the loop's one-step-off mode (`train.async_rollout`),
       to compare with the synchronous W1 in the same process.
+  W1 floor (--workloads=w1floor): W1's dense matmuls alone, with W1's shapes: the time below
+      which no float32 implementation of W1 goes on this machine (`w1_matmul_floor`).
 
 The model is the Llama-style benchmark model (`bench` preset: vocabulary 512, width 256,
 4 layers, 4 heads of 64, MLP 1024, 4,458,752 parameters, float32). Prints a table and, with
@@ -125,7 +127,7 @@ def w1_grpo_step(steps: int = 10, warmup: int = 2, async_rollout: bool = False) 
 
   pool = concurrent.futures.ThreadPoolExecutor(max_workers=1) if async_rollout else None
   pending = None
-  totals, gens = [], []
+  totals, gens, refs = [], [], []
   for i in range(steps + warmup):
     t0 = time.perf_counter()
     roll, rewards = rollout(state.params, i) if pending is None else pending.result()
@@ -135,17 +137,76 @@ def w1_grpo_step(steps: int = 10, warmup: int = 2, async_rollout: bool = False) 
     batch = _grpo_batch(graphdef, ref_params, roll, prompts, mask, rewards, algo, logprob_fn)
     if async_rollout:
       batch = batch._replace(old_logp_NxT=roll.logp_NxT)
+    jax.block_until_ready(batch)
+    t_ref = time.perf_counter() - t0 - t_gen  # reference pass and advantages
     state, m = update(state, batch, jax.random.key(i))
     jax.block_until_ready(m)
     if i >= warmup:
       totals.append(time.perf_counter() - t0)
       gens.append(t_gen)
+      refs.append(t_ref)
   if pool is not None:
     pool.shutdown(wait=True)
   s = _summary(totals)
   return dict(seconds=s, generation_s=statistics.median(gens),
               generation_share=statistics.median(gens) / s["median"],
+              reference_s=statistics.median(refs),
+              update_s=statistics.median([t - g - r for t, g, r in zip(totals, gens, refs)]),
               peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+
+
+def w1_matmul_floor(repeats: int = 5) -> dict:
+  """What W1's three phases would take if everything but their dense matmuls were free: the
+  same products, with W1's shapes (each prompt once per group, as rl_jax computes it), run with
+  nothing else in this process. Attention, norms, softmax, RoPE, the sampler's choice, the
+  optimizer and the memory traffic of the activations between the products are left out, so
+  no float32 implementation of W1 runs faster than this on the machine; the ratio of the step
+  to this floor is what all of that costs.
+
+    update      forward + backward of the products over 8 x 32 prompt + 64 x 63 completion rows
+                (the LM head on 64 x 64), gradients of every weight
+    reference   the same forward
+    generation  prefill of 4 prompts and 64 decode steps of 32 rows, as two concurrent streams
+  """
+  cfg = transformer.preset("bench", VOCAB)
+  D, F, V = cfg.d_model, cfg.mlp_dim, cfg.vocab_size
+  HD, KD = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+  rng = np.random.default_rng(0)
+  w = lambda *shape: jnp.asarray(rng.normal(size=shape).astype(np.float32) * D**-0.5)
+  weights = dict(layers=[dict(qkv=w(D, HD + 2 * KD), o=w(HD, D), gate_up=w(D, 2 * F),
+                              down=w(F, D)) for _ in range(cfg.num_layers)], head=w(D, V))
+
+  def trunk(weights, x):
+    for layer in weights["layers"]:
+      x = x + (x @ layer["qkv"])[:, :HD] @ layer["o"]
+      x = x + (x @ layer["gate_up"])[:, :F] @ layer["down"]
+    return x
+
+  G, B, P, T = 8, 8, PROMPT, 64
+  rows, head_rows = B * P + B * G * (T - 1), B * G * T
+  loss = lambda weights, x: jnp.sum(trunk(weights, x)[-head_rows:] @ weights["head"])
+  x = w(rows, D)
+  reference = jax.jit(loss)
+  update = jax.jit(jax.grad(loss))
+  streams, stream_rows = 2, B * G // 2
+
+  @jax.jit
+  def stream(weights, prompt_x, x):
+    trunk(weights, prompt_x)  # prefill of the stream's prompts
+    step = lambda _, x: jnp.tanh((trunk(weights, x) @ weights["head"])[:, :D])
+    return jax.lax.fori_loop(0, T, step, x)
+
+  prompt_x, row_x = w(B // streams * P, D), w(stream_rows, D)
+  pool = concurrent.futures.ThreadPoolExecutor(streams)
+  generation = lambda: list(pool.map(lambda _: jax.block_until_ready(
+      stream(weights, prompt_x, row_x)), range(streams)))
+  out = {}
+  for name, fn in (("generation_s", generation), ("reference_s", lambda: reference(weights, x)),
+                   ("update_s", lambda: update(weights, x))):
+    out[name] = statistics.median(_timed(fn, repeats, 1))
+  pool.shutdown()
+  out["step_s"] = out["generation_s"] + out["reference_s"] + out["update_s"]
+  return out
 
 
 def w3_train(repeats: int = 5, rate: float | None = None) -> dict:
@@ -199,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="rl-jax bench", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workloads", default="w1,w2,w3",
-                      help="comma-separated subset of w1,w2,w3,w1async (the one-step-off mode)")
+                      help="comma-separated subset of w1,w2,w3,w1async (the one-step-off "
+                      "mode),w1floor (W1's dense matmuls alone)")
   parser.add_argument("--json", default=None, help="write the results to this file")
   args = parser.parse_args(argv)
   chosen = set(args.workloads.split(","))
@@ -214,8 +276,14 @@ def main(argv: list[str] | None = None) -> int:
     gen = "waiting for the rollout" if name == "w1async" else "generation"
     print(f"{label}: {w['seconds']['median']:.3f} s median "
           f"({w['seconds']['min']:.3f}-{w['seconds']['max']:.3f}); {gen} "
-          f"{w['generation_s']:.3f} s ({w['generation_share']:.0%}); peak RSS "
+          f"{w['generation_s']:.3f} s ({w['generation_share']:.0%}), reference pass "
+          f"{w['reference_s']:.3f} s, update {w['update_s']:.3f} s; peak RSS "
           f"{w['peak_rss_gib']:.2f} GiB", flush=True)
+  if "w1floor" in chosen:
+    out["w1floor"] = f = w1_matmul_floor()
+    print(f"W1 dense-matmul floor: {f['step_s']:.3f} s (generation {f['generation_s']:.3f} s, "
+          f"reference pass {f['reference_s']:.3f} s, update {f['update_s']:.3f} s): W1's products "
+          f"alone, nothing else", flush=True)
   if "w3" in chosen:
     out["w3"] = w = w3_train(rate=matmul_rate())
     out["matmul_gflops"] = w["matmul_gflops"]

@@ -14,10 +14,13 @@ sbs = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(sbs)
 
 
-def _result(w1=None, w2=None, w3=None, w1async=None):
+def _result(w1=None, w2=None, w3=None, w1async=None, w1floor=None):
   out = {}
   if w1 is not None:
-    out["w1"] = dict(seconds=dict(median=w1), generation_s=w1 / 3, peak_rss_gib=1.0)
+    out["w1"] = dict(seconds=dict(median=w1), generation_s=w1 / 3, peak_rss_gib=1.0,
+                     reference_s=w1 / 6, update_s=w1 / 2)
+  if w1floor is not None:
+    out["w1floor"] = dict(step_s=w1floor)
   if w1async is not None:
     out["w1async"] = dict(seconds=dict(median=w1async))
   if w2 is not None:
@@ -29,11 +32,11 @@ def _result(w1=None, w2=None, w3=None, w1async=None):
 
 
 ROUNDS = [
-    dict(rl_jax=_result(w1=1.0, w2=6000.0, w3=0.55, w1async=0.8),
+    dict(rl_jax=_result(w1=1.0, w2=6000.0, w3=0.55, w1async=0.8, w1floor=0.7),
          trl=_result(w1=3.0, w2=3000.0), tunix=_result(w1=4.0, w2=2000.0)),
-    dict(rl_jax=_result(w1=1.6, w2=5000.0, w3=0.45, w1async=0.9),
+    dict(rl_jax=_result(w1=1.6, w2=5000.0, w3=0.45, w1async=0.9, w1floor=0.9),
          trl=_result(w1=2.0, w2=2500.0), tunix=_result(w1=5.0, w2=2600.0)),
-    dict(rl_jax=_result(w1=1.2, w2=7000.0, w3=0.50, w1async=1.0),
+    dict(rl_jax=_result(w1=1.2, w2=7000.0, w3=0.50, w1async=1.0, w1floor=1.1),
          trl=_result(w1=2.4, w2=2800.0), tunix=None),  # a failed peer process is left out
 ]
 
@@ -56,6 +59,12 @@ def test_table_and_verdicts_use_the_ratios_of_the_medians():
   verdicts = "\n".join(sbs.verdict(s))
   assert "W1: 0.50x the faster peer's step time (target <= 0.50x): met" in verdicts
   assert "one-step-off mode, a different algorithm: 0.38x" in verdicts  # 0.9 / 2.4
+  # The floor: median 0.9 s of W1's dense matmuls alone, 0.9 / 2.4 of the faster peer.
+  assert "W1's dense matmuls alone take 0.90 s here = 0.38x the faster peer's step" in verdicts
+  assert ("| W1's dense matmuls alone (the float32 floor, `w1floor`), s | 0.90 (0.70-1.10) |"
+          in table)
+  assert ("| W1 reference pass + advantages; update, s | 0.20 (0.17-0.27); 0.60 (0.50-0.80) |"
+          in table)
   assert "W2: 2.14x TRL 1.16 / HF generate (target >= 2.0x): met" in verdicts
   assert "W2: 2.61x Tunix 0.1.7 (target >= 1.5x): met" in verdicts
   assert "W3: 50.0% of the matmul rate (target >= 50%): met" in verdicts
