@@ -15,8 +15,10 @@
       which no float32 implementation of W1 goes on this machine (`w1_matmul_floor`).
 
 The model is the Llama-style benchmark model (`bench` preset: vocabulary 512, width 256,
-4 layers, 4 heads of 64, MLP 1024, 4,458,752 parameters, float32). Prints a table and, with
---json, writes the numbers for benchmarks/RESULTS.md.
+4 layers, 4 heads of 64, MLP 1024, 4,458,752 parameters, float32). `--model=0.5b
+--dtype=bfloat16` runs W2 and W3 at the 0.5 B-parameter model of the accelerator target
+(Qwen2.5-0.5B's shape) with bf16 activations; W3's fraction is then the MFU against the bf16
+matmul rate. Prints a table and, with --json, writes the numbers for benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -41,17 +43,21 @@ from rl_jax.sampling import SamplingConfig, generate
 from rl_jax.types import TrainBatch
 
 VOCAB, PROMPT, SEED = 512, 32, 0
+# Models W2 and W3 run on (`--model`): the benchmark model, and the 0.5 B-parameter model of the
+# accelerator targets at its own vocabulary. Any other `transformer.PRESETS` name takes VOCAB.
+VOCABS = {"bench": VOCAB, "0.5b": 151_936}
 
 
-def _model():
-  cfg = transformer.preset("bench", VOCAB)
+def _model(model: str = "bench", dtype: str = "float32"):
+  """The model with activations (and matmuls) in `dtype`; parameters stay float32."""
+  cfg = transformer.preset(model, VOCABS.get(model, VOCAB), dtype=dtype)
   graphdef, params = transformer.init_model(cfg, SEED)
   return cfg, graphdef, params
 
 
-def _prompts(n: int, seed: int = 1):
+def _prompts(n: int, seed: int = 1, vocab: int = VOCAB):
   rng = np.random.default_rng(seed)
-  return (rng.integers(3, VOCAB, (n, PROMPT)).astype(np.int32), np.ones((n, PROMPT), bool))
+  return (rng.integers(3, vocab, (n, PROMPT)).astype(np.int32), np.ones((n, PROMPT), bool))
 
 
 def _timed(fn, repeats: int, warmup: int) -> list[float]:
@@ -69,19 +75,21 @@ def _summary(times: list[float]) -> dict[str, float]:
   return dict(median=statistics.median(times), min=min(times), max=max(times))
 
 
-def matmul_rate(n: int = 2048, repeats: int = 10) -> float:
-  """The machine's float32 FLOP/s on a large jitted matmul (the denominator of W3): the best of
-  `repeats` calls, so that a momentarily busy machine does not inflate W3's fraction."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+def matmul_rate(n: int | None = None, repeats: int = 10, dtype: str = "float32") -> float:
+  """The machine's FLOP/s on a large jitted `dtype` matmul (the denominator of W3): the best of
+  `repeats` calls, so that a momentarily busy machine does not inflate W3's fraction. n: 2048 on
+  a CPU, 8192 on an accelerator (large enough to reach its rate)."""
+  n = n or (2048 if jax.default_backend() == "cpu" else 8192)
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
   f = jax.jit(lambda x, y: x @ y)
   times = _timed(lambda: f(a, b), repeats, 1)
   return 2 * n**3 / min(times)
 
 
-def w2_sampling(repeats: int = 5) -> dict:
-  cfg, graphdef, params = _model()
-  prompts, mask = _prompts(64)
+def w2_sampling(repeats: int = 5, model: str = "bench", dtype: str = "float32") -> dict:
+  cfg, graphdef, params = _model(model, dtype)
+  prompts, mask = _prompts(64, vocab=cfg.vocab_size)
   sampling = SamplingConfig(max_new_tokens=128, temperature=1.0, eos_id=-1)
   keys = iter(jax.random.split(jax.random.key(0), repeats + 1))
   times = _timed(lambda: generate(graphdef, params, prompts, mask, next(keys), cfg=sampling,
@@ -209,15 +217,20 @@ def w1_matmul_floor(repeats: int = 5) -> dict:
   return out
 
 
-def w3_train(repeats: int = 5, rate: float | None = None) -> dict:
-  cfg, graphdef, params = _model()
+def w3_train(repeats: int = 5, rate: float | None = None, model: str = "bench",
+             dtype: str = "float32") -> dict:
+  """W3. `model` / `dtype`: another preset (the 0.5 B model of the accelerator target) and the
+  activation dtype; the fraction is then of the measured `dtype` matmul rate (MFU). The
+  log-softmax runs 16 positions at a time, which keeps a 150 k vocabulary's logits small."""
+  cfg, graphdef, params = _model(model, dtype)
   N, T = 64, 64
   rng = np.random.default_rng(2)
-  prompts, mask = _prompts(N)
+  prompts, mask = _prompts(N, vocab=cfg.vocab_size)
   algo = algorithms.grpo(kl_coef=0.04)
   tx = trainer.make_optimizer(learning_rate=1e-5, max_grad_norm=None)
-  update = trainer.make_rl_update(graphdef, algo, tx, aggregation_constant=T)
-  batch = TrainBatch(prompts, mask, rng.integers(3, VOCAB, (N, T)).astype(np.int32),
+  update = trainer.make_rl_update(graphdef, algo, tx, aggregation_constant=T,
+                                  logits_chunk=16 if cfg.vocab_size > 4096 else 0)
+  batch = TrainBatch(prompts, mask, rng.integers(3, cfg.vocab_size, (N, T)).astype(np.int32),
                      np.ones((N, T), bool),
                      np.repeat(rng.normal(size=(N, 1)), T, 1).astype(np.float32),
                      np.zeros((N, T), np.float32), -np.ones((N, T), np.float32) * 6.0)
@@ -231,14 +244,25 @@ def w3_train(repeats: int = 5, rate: float | None = None) -> dict:
   times = _timed(step, repeats, 1)
   s = _summary(times)
   tokens = N * (PROMPT + T)
-  L, D = PROMPT + T, cfg.num_heads * cfg.head_dim
-  matmul_params = cfg.num_params() - cfg.vocab_size * cfg.d_model  # all but the embedding lookup
-  attention = 4 * N * L * L * D * cfg.num_layers  # QK^T and PV, forward
-  flops = 6 * matmul_params * tokens + 3 * attention
-  rate = max(rate or 0.0, matmul_rate())  # measured again right after the step, best kept
+  flops = train_flops(cfg, N, PROMPT, T)
+  rate = max(rate or 0.0, matmul_rate(dtype=dtype))  # measured again right after, best kept
   return dict(tokens_per_s=tokens / s["median"], seconds=s, step_gflop=flops / 1e9,
               achieved_gflops=flops / s["median"] / 1e9, matmul_gflops=rate / 1e9,
               fraction_of_matmul_rate=flops / s["median"] / rate)
+
+
+def train_flops(cfg: transformer.TransformerConfig, n: int, prompt: int, completion: int) -> int:
+  """FLOPs of one forward + backward over n sequences of prompt + completion tokens: 6 x the
+  layers' matmul parameters x all tokens, 6 x the LM head x the completion tokens (the only
+  positions whose logits the loss needs, and the only ones computed), and the attention
+  products (QK^T and PV: 4 L^2 H Dh per sequence and layer forward, 3x that with the backward).
+  Embedding lookups, norms and biases are not counted."""
+  D, H, K, Dh, F = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
+  layer = D * H * Dh + 2 * D * K * Dh + H * Dh * D + 3 * D * F
+  L = prompt + completion
+  attention = 4 * n * L * L * H * Dh * cfg.num_layers
+  return (6 * cfg.num_layers * layer * n * L + 6 * cfg.vocab_size * D * n * completion
+          + 3 * attention)
 
 
 def machine() -> dict:
@@ -263,11 +287,22 @@ def main(argv: list[str] | None = None) -> int:
                       help="comma-separated subset of w1,w2,w3,w1async (the one-step-off "
                       "mode),w1floor (W1's dense matmuls alone)")
   parser.add_argument("--json", default=None, help="write the results to this file")
+  parser.add_argument("--model", default="bench", choices=sorted(transformer.PRESETS),
+                      help="the model of W2 and W3 (W1 always runs the benchmark model); 0.5b is "
+                      "the accelerator target's 0.5 B-parameter model")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="activation / matmul dtype of W2 and W3 (parameters stay float32); "
+                      "W3's fraction is then of this dtype's matmul rate")
   args = parser.parse_args(argv)
   chosen = set(args.workloads.split(","))
-  out: dict = dict(machine=machine(), params=transformer.preset("bench", VOCAB).num_params())
-  print(f"rl_jax bench on {out['machine']['cpu']} ({out['machine']['devices']}), "
-        f"model {out['params']:,} parameters, allocator {out['machine']['allocator']}", flush=True)
+  w1s = {"w1", "w1async", "w1floor"} & chosen
+  if w1s and (args.model, args.dtype) != ("bench", "float32"):
+    parser.error(f"{sorted(w1s)} run the float32 benchmark model only; drop --model/--dtype")
+  cfg = transformer.preset(args.model, VOCABS.get(args.model, VOCAB), dtype=args.dtype)
+  out: dict = dict(machine=machine(), params=cfg.num_params(), model=args.model, dtype=args.dtype)
+  print(f"rl_jax bench on {out['machine']['cpu']} ({out['machine']['devices']}), model "
+        f"{args.model} ({out['params']:,} parameters, {args.dtype}), allocator "
+        f"{out['machine']['allocator']}", flush=True)
   # W1 first, so that its peak RSS is its own (W2 and W3 run later in the same process).
   for name, label in (("w1", "W1 GRPO step"), ("w1async", "W1 one-step-off (async) step")):
     if name not in chosen:
@@ -285,15 +320,16 @@ def main(argv: list[str] | None = None) -> int:
           f"reference pass {f['reference_s']:.3f} s, update {f['update_s']:.3f} s): W1's products "
           f"alone, nothing else", flush=True)
   if "w3" in chosen:
-    out["w3"] = w = w3_train(rate=matmul_rate())
+    out["w3"] = w = w3_train(rate=matmul_rate(dtype=args.dtype), model=args.model,
+                             dtype=args.dtype)
     out["matmul_gflops"] = w["matmul_gflops"]
-    print(f"float32 matmul rate: {w['matmul_gflops']:.0f} GFLOP/s (best of 10 calls, before "
+    print(f"{args.dtype} matmul rate: {w['matmul_gflops']:.0f} GFLOP/s (best of 10 calls, before "
           f"and after the step)", flush=True)
     print(f"W3 train: {w['tokens_per_s']:,.0f} tokens/s, {w['achieved_gflops']:.0f} GFLOP/s = "
           f"{w['fraction_of_matmul_rate']:.1%} of the matmul rate "
           f"(median {w['seconds']['median']:.3f} s)", flush=True)
   if "w2" in chosen:
-    out["w2"] = w2_sampling()
+    out["w2"] = w2_sampling(model=args.model, dtype=args.dtype)
     w = out["w2"]
     print(f"W2 sampling: {w['tokens_per_s']:,.0f} tokens/s (median {w['seconds']['median']:.3f} s,"
           f" {w['seconds']['min']:.3f}-{w['seconds']['max']:.3f})", flush=True)

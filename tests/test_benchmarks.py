@@ -85,3 +85,42 @@ def test_peer_environment_preloads_tcmalloc_only_when_asked(monkeypatch):
   monkeypatch.setattr(sbs.allocator, "find_tcmalloc", lambda: None)
   with pytest.raises(SystemExit, match="no tcmalloc"):
     sbs.peer_environment("tcmalloc")
+
+
+# --- rl_jax/bench.py ------------------------------------------------------------------------
+
+
+def test_train_flops_hand_value_for_the_benchmark_model():
+  from rl_jax import bench
+  from rl_jax.models import transformer
+  cfg = transformer.preset("bench", 512)
+  layer = 4 * 256 * 4 * 64 + 3 * 256 * 1024  # q, k, v, o (4 heads of 64) and the SwiGLU MLP
+  trunk = 6 * 4 * layer * 64 * 96  # 64 sequences of 32 + 64 tokens
+  head = 6 * 512 * 256 * 64 * 64  # the LM head on the completion tokens only
+  attention = 3 * 4 * 64 * 96 * 96 * 256 * 4
+  assert trunk + head + attention == 165_087_805_440
+  assert bench.train_flops(cfg, 64, 32, 64) == 165_087_805_440
+
+
+def test_half_billion_preset_has_qwen2_5_0_5b_shape():
+  from rl_jax.models import transformer
+  cfg = transformer.preset("0.5b", 151_936)
+  assert cfg.num_params() == 494_032_768  # Qwen2.5-0.5B's parameter count
+  assert cfg.tie_embeddings and cfg.qkv_bias and cfg.num_kv_heads == 2
+
+
+def test_w3_runs_in_bfloat16_and_reports_the_fraction_of_the_bf16_rate():
+  from rl_jax import bench
+  w = bench.w3_train(repeats=1, rate=1e18, model="test", dtype="bfloat16")
+  assert w["fraction_of_matmul_rate"] == pytest.approx(
+      w["achieved_gflops"] * 1e9 / (w["matmul_gflops"] * 1e9))
+  assert w["matmul_gflops"] == pytest.approx(1e9)  # the best rate seen is kept (here: given)
+  assert w["step_gflop"] * 1e9 == pytest.approx(bench.train_flops(
+      bench._model("test")[0], 64, bench.PROMPT, 64))
+
+
+def test_bench_refuses_w1_at_another_model():
+  from rl_jax import bench
+  with pytest.raises(SystemExit) as e:
+    bench.main(["--workloads=w1", "--model=0.5b"])
+  assert e.value.code == 2

@@ -87,6 +87,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The benchmark model of shared/benchmarks.md (W1-W3), vocabulary 512.
     "bench": dict(d_model=256, num_layers=4, num_heads=4, num_kv_heads=4, head_dim=64,
                   mlp_dim=1024),
+    # Qwen2.5-0.5B's shape (494,032,768 parameters at its 151,936-token vocabulary): the
+    # 0.5 B-parameter model of the benchmarks' accelerator workloads.
+    "0.5b": dict(d_model=896, num_layers=24, num_heads=14, num_kv_heads=2, head_dim=64,
+                 mlp_dim=4864, tie_embeddings=True, qkv_bias=True, rope_theta=1_000_000.0),
 }
 
 
