@@ -309,6 +309,7 @@ def test_forward_matches_an_independent_numpy_implementation(overrides):
   tokens = np.random.default_rng(0).integers(0, 23, (2, 7)).astype(np.int32)
   model = transformer.merge(graphdef, params)
   L = tokens.shape[1]
-  logits, _ = model(tokens, np.broadcast_to(np.arange(L), tokens.shape), np.ones(tokens.shape, bool))
+  positions = np.broadcast_to(np.arange(L), tokens.shape)
+  logits, _ = model(tokens, positions, np.ones(tokens.shape, bool))
   np.testing.assert_allclose(np.asarray(logits), _numpy_reference_logits(cfg, params, tokens),
                              rtol=2e-4, atol=2e-4)
