@@ -109,14 +109,41 @@ def completion_logprobs(graphdef, params, prompt_NxP, prompt_mask_NxP, completio
   model = transformer.merge(graphdef, params)
   h = _completion_states(model, prompt_NxP, prompt_mask_NxP, completion_NxT, completion_mask_NxT,
                          group_size)
+  return _stats_from_states(model, h, completion_NxT, completion_mask_NxT, temperature,
+                            with_entropy, logits_chunk)
+
+
+def _stats_from_states(model, h_NxTxD, completion_NxT, completion_mask_NxT, temperature,
+                       with_entropy, logits_chunk) -> TokenStats:
   T = completion_NxT.shape[1]
   if 0 < logits_chunk < T:
-    logp, ent = _chunked_token_stats(model, h, completion_NxT, temperature, with_entropy,
+    logp, ent = _chunked_token_stats(model, h_NxTxD, completion_NxT, temperature, with_entropy,
                                      logits_chunk)
   else:
-    logp, ent = _token_stats(model, h, completion_NxT, temperature, with_entropy)
+    logp, ent = _token_stats(model, h_NxTxD, completion_NxT, temperature, with_entropy)
   mask = completion_mask_NxT.astype(logp.dtype)
   return TokenStats(logp * mask, ent * mask if with_entropy else None)
+
+
+def completion_logprobs_and_values(graphdef, policy_params, value_head, prompt_NxP,
+                                   prompt_mask_NxP, completion_NxT, completion_mask_NxT, *,
+                                   temperature: float = 1.0, with_entropy: bool = False,
+                                   group_size: int = 1, logits_chunk: int = 0
+                                   ) -> tuple[TokenStats, jax.Array]:
+  """`completion_logprobs` and, for a value head on the policy's own trunk (PPO's shared
+  trunk), `completion_values` from one pass of the trunk: the same numbers as the two calls
+  (up to float rounding with `group_size` > 1), at the cost of one."""
+  model = transformer.merge(graphdef, policy_params)
+  h = _completion_states(model, prompt_NxP, prompt_mask_NxP, completion_NxT, completion_mask_NxT,
+                         group_size)
+  stats = _stats_from_states(model, h, completion_NxT, completion_mask_NxT, temperature,
+                             with_entropy, logits_chunk)
+  return stats, _values_from_states(h, value_head, completion_mask_NxT)
+
+
+def _values_from_states(h_NxTxD, head, completion_mask_NxT) -> jax.Array:
+  values = (h_NxTxD.astype(jnp.float32) @ head["kernel"])[..., 0] + head["bias"][0]
+  return values * completion_mask_NxT.astype(jnp.float32)
 
 
 def init_critic(policy_params, d_model: int, *, shared_trunk: bool = False) -> dict:
@@ -143,6 +170,4 @@ def completion_values(graphdef, critic_params, prompt_NxP, prompt_mask_NxP, comp
   that emits token t (hidden state at index P - 1 + t). float32 [N, T], 0 where masked."""
   model = transformer.merge(graphdef, critic_params["trunk"])
   h = _completion_states(model, prompt_NxP, prompt_mask_NxP, completion_NxT, completion_mask_NxT)
-  head = critic_params["value_head"]
-  values = (h.astype(jnp.float32) @ head["kernel"])[..., 0] + head["bias"][0]
-  return values * completion_mask_NxT.astype(jnp.float32)
+  return _values_from_states(h, critic_params["value_head"], completion_mask_NxT)

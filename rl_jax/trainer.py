@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import optax
 
 from rl_jax.algorithms import Algorithm
-from rl_jax.logprobs import completion_logprobs, completion_values, critic_view
+from rl_jax.logprobs import (TokenStats, completion_logprobs, completion_logprobs_and_values,
+                             completion_values, critic_view)
 from rl_jax.objectives.aggregation import (aggregate, aggregate_with_denominator,
                                             aggregation_denominator)
 from rl_jax.objectives.policy_losses import clip_fraction
@@ -106,7 +107,7 @@ def apply_gradients(state: TrainState, grads, loss, tx, critic_grads=None,
 
 def rl_loss(graphdef, params, mb: TrainBatch, algo: Algorithm, *, temperature: float,
             on_policy: bool, aggregation_constant: float | None, denominator=None,
-            group_size: int = 1, logits_chunk: int = 0):
+            group_size: int = 1, logits_chunk: int = 0, stats: TokenStats | None = None):
   """The policy objective of one (micro-)batch and its diagnostics.
 
   `on_policy=True` means the batch was sampled by exactly these parameters (one epoch, one
@@ -118,12 +119,14 @@ def rl_loss(graphdef, params, mb: TrainBatch, algo: Algorithm, *, temperature: f
   None normalises by this batch alone.
 
   `group_size` and `logits_chunk` are passed to `completion_logprobs` (shared prompt prefix,
-  chunked log-softmax); they change the cost, not the result.
+  chunked log-softmax); they change the cost, not the result. `stats`: the log-probs and
+  entropies (`completion_logprobs(..., with_entropy=True)`) when the caller computed them.
   """
-  stats = completion_logprobs(graphdef, params, mb.prompt_NxP, mb.prompt_mask_NxP,
-                              mb.completion_NxT, mb.completion_mask_NxT,
-                              temperature=temperature, with_entropy=True,
-                              group_size=group_size, logits_chunk=logits_chunk)
+  if stats is None:
+    stats = completion_logprobs(graphdef, params, mb.prompt_NxP, mb.prompt_mask_NxP,
+                                mb.completion_NxT, mb.completion_mask_NxT,
+                                temperature=temperature, with_entropy=True,
+                                group_size=group_size, logits_chunk=logits_chunk)
   logp = stats.logp_NxT
   mask = mb.completion_mask_NxT.astype(jnp.float32)
   old = jax.lax.stop_gradient(logp) if on_policy else mb.old_logp_NxT
@@ -150,11 +153,14 @@ def rl_loss(graphdef, params, mb: TrainBatch, algo: Algorithm, *, temperature: f
   return loss, metrics
 
 
-def value_loss(graphdef, critic_params, mb: TrainBatch, algo: Algorithm, *, denominator=None):
-  """Clipped value loss (token mean, or the batch's global token count as `denominator`)."""
+def value_loss(graphdef, critic_params, mb: TrainBatch, algo: Algorithm, *, denominator=None,
+               values=None):
+  """Clipped value loss (token mean, or the batch's global token count as `denominator`).
+  `values`: the critic's values of the batch when the caller computed them."""
   mask = mb.completion_mask_NxT.astype(jnp.float32)
-  values = completion_values(graphdef, critic_params, mb.prompt_NxP, mb.prompt_mask_NxP,
-                             mb.completion_NxT, mb.completion_mask_NxT)
+  if values is None:
+    values = completion_values(graphdef, critic_params, mb.prompt_NxP, mb.prompt_mask_NxP,
+                               mb.completion_NxT, mb.completion_mask_NxT)
   per_token = clipped_value_loss(values, mb.old_values_NxT, mb.returns_NxT,
                                  eps=algo.value_clip_eps)
   if denominator is None:
@@ -200,14 +206,22 @@ def make_rl_update(graphdef, algo: Algorithm, tx: optax.GradientTransformation, 
 
   def loss_fn(params, mb, denominator, share):
     policy_params, critic_params = params
+    stats = values = None
+    if algo.critic and "trunk" not in critic_params:
+      # A value head on the policy's trunk: one trunk pass serves both heads.
+      stats, values = completion_logprobs_and_values(
+          graphdef, policy_params, critic_params["value_head"], mb.prompt_NxP,
+          mb.prompt_mask_NxP, mb.completion_NxT, mb.completion_mask_NxT,
+          temperature=temperature, with_entropy=True, group_size=share,
+          logits_chunk=logits_chunk)
     loss, metrics = rl_loss(graphdef, policy_params, mb, algo, temperature=temperature,
                             on_policy=on_policy, aggregation_constant=aggregation_constant,
                             denominator=denominator[0], group_size=share,
-                            logits_chunk=logits_chunk)
+                            logits_chunk=logits_chunk, stats=stats)
     if algo.critic:
       # With a shared trunk the value loss also reaches the policy parameters.
       vloss, vmetrics = value_loss(graphdef, critic_view(policy_params, critic_params), mb, algo,
-                                   denominator=denominator[1])
+                                   denominator=denominator[1], values=values)
       loss = loss + algo.vf_coef * vloss
       metrics.update(vmetrics, loss=loss)
     return loss, metrics

@@ -3,6 +3,7 @@
 import dataclasses
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -294,3 +295,55 @@ def test_shared_trunk_value_head_trains_the_policy_trunk_too():
              for a, b in zip(jax.tree.leaves(s_shared.params), jax.tree.leaves(s_sep.params)))
   assert diff > 0  # the value loss moved the shared trunk
   assert set(s_shared.critic_params) == {"value_head"}
+
+
+def _count_dots(jaxpr) -> int:
+  n = 0
+  for eqn in jaxpr.eqns:
+    n += eqn.primitive.name == "dot_general"
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      n += _count_dots(sub)
+  return n
+
+
+def test_shared_trunk_runs_the_trunk_once_for_both_heads():
+  """`completion_logprobs_and_values` equals the two separate calls (values, log-probs,
+  entropies and the gradient of a mix of them), and the PPO update with a shared trunk has the
+  matmuls of one trunk pass (forward and backward) plus the value head's, not two passes."""
+  from rl_jax.logprobs import (completion_logprobs, completion_logprobs_and_values,
+                               completion_values, critic_view, init_critic)
+  cfg = transformer.preset("test", 19)
+  graphdef, params = transformer.init_model(cfg, 0)
+  head = dict(kernel=jax.random.normal(jax.random.key(1), (cfg.d_model, 1)) * 0.1,
+              bias=jnp.ones((1,)) * 0.3)
+  batch = _ppo_batch(graphdef, critic_view(params, dict(value_head=head)))
+  args = (batch.prompt_NxP, batch.prompt_mask_NxP, batch.completion_NxT, batch.completion_mask_NxT)
+
+  def joint(p, h):
+    stats, values = completion_logprobs_and_values(graphdef, p, h, *args, with_entropy=True)
+    return jnp.sum(stats.logp_NxT) + 0.5 * jnp.sum(stats.entropy_NxT) + jnp.sum(values**2)
+
+  def separate(p, h):
+    stats = completion_logprobs(graphdef, p, *args, with_entropy=True)
+    values = completion_values(graphdef, critic_view(p, dict(value_head=h)), *args)
+    return jnp.sum(stats.logp_NxT) + 0.5 * jnp.sum(stats.entropy_NxT) + jnp.sum(values**2)
+
+  (a, ga), (b, gb) = [jax.value_and_grad(f, argnums=(0, 1))(params, head)
+                      for f in (joint, separate)]
+  np.testing.assert_allclose(a, b, rtol=1e-6)
+  for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):  # float32 summation order differs
+    np.testing.assert_allclose(x, y, atol=1e-4 * float(np.abs(y).max()) + 1e-7)
+
+  tx = trainer.make_optimizer(learning_rate=1e-3)
+  dots = {}
+  for name, algo, critic in (("policy only", algorithms.grpo(kl_coef=0.0), None),
+                             ("shared", algorithms.ppo(kl_coef=0.0, shared_trunk=True),
+                              dict(value_head=head)),
+                             ("separate", algorithms.ppo(kl_coef=0.0),
+                              init_critic(params, cfg.d_model))):
+    state = trainer.init_state(params, tx, critic, tx if critic else None)
+    update = trainer.make_rl_update(graphdef, algo, tx, critic_tx=tx)
+    dots[name] = _count_dots(update.trace(state, batch, jax.random.key(0)).jaxpr.jaxpr)
+  trunk = dots["separate"] - dots["policy only"]  # a second trunk's passes (and its head)
+  assert trunk > 10, dots
+  assert dots["shared"] - dots["policy only"] <= 3, dots  # the head: forward, 2 in backward
