@@ -48,9 +48,13 @@ VOCAB, PROMPT, SEED = 512, 32, 0
 VOCABS = {"bench": VOCAB, "0.5b": 151_936}
 
 
+def _config(model: str = "bench", dtype: str = "float32") -> transformer.TransformerConfig:
+  """The preset at its vocabulary, activations (and matmuls) in `dtype`; parameters float32."""
+  return transformer.preset(model, VOCABS.get(model, VOCAB), dtype=dtype)
+
+
 def _model(model: str = "bench", dtype: str = "float32"):
-  """The model with activations (and matmuls) in `dtype`; parameters stay float32."""
-  cfg = transformer.preset(model, VOCABS.get(model, VOCAB), dtype=dtype)
+  cfg = _config(model, dtype)
   graphdef, params = transformer.init_model(cfg, SEED)
   return cfg, graphdef, params
 
@@ -176,7 +180,7 @@ def w1_matmul_floor(repeats: int = 5) -> dict:
     reference   the same forward
     generation  prefill of 4 prompts and 64 decode steps of 32 rows, as two concurrent streams
   """
-  cfg = transformer.preset("bench", VOCAB)
+  cfg = _config()
   D, F, V = cfg.d_model, cfg.mlp_dim, cfg.vocab_size
   HD, KD = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
   rng = np.random.default_rng(0)
@@ -298,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
   w1s = {"w1", "w1async", "w1floor"} & chosen
   if w1s and (args.model, args.dtype) != ("bench", "float32"):
     parser.error(f"{sorted(w1s)} run the float32 benchmark model only; drop --model/--dtype")
-  cfg = transformer.preset(args.model, VOCABS.get(args.model, VOCAB), dtype=args.dtype)
-  out: dict = dict(machine=machine(), params=cfg.num_params(), model=args.model, dtype=args.dtype)
+  out: dict = dict(machine=machine(), params=_config(args.model, args.dtype).num_params(),
+                   model=args.model, dtype=args.dtype)
   print(f"rl_jax bench on {out['machine']['cpu']} ({out['machine']['devices']}), model "
         f"{args.model} ({out['params']:,} parameters, {args.dtype}), allocator "
         f"{out['machine']['allocator']}", flush=True)

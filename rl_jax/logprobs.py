@@ -156,10 +156,16 @@ def init_critic(policy_params, d_model: int, *, shared_trunk: bool = False) -> d
   return dict(trunk=jax.tree.map(jnp.copy, policy_params), value_head=head)
 
 
+def shares_policy_trunk(critic_params) -> bool:
+  """Whether these critic parameters are a value head on the policy's own trunk
+  (`init_critic(shared_trunk=True)`) rather than a trunk of their own."""
+  return "trunk" not in critic_params
+
+
 def critic_view(policy_params, critic_params) -> dict:
   """The parameters `completion_values` reads: the critic's own trunk, or (shared trunk) the
   policy's trunk under the critic's head."""
-  if "trunk" in critic_params:
+  if not shares_policy_trunk(critic_params):
     return critic_params
   return dict(trunk=policy_params, value_head=critic_params["value_head"])
 

@@ -18,7 +18,7 @@ import optax
 
 from rl_jax.algorithms import Algorithm
 from rl_jax.logprobs import (TokenStats, completion_logprobs, completion_logprobs_and_values,
-                             completion_values, critic_view)
+                             completion_values, critic_view, shares_policy_trunk)
 from rl_jax.objectives.aggregation import (aggregate, aggregate_with_denominator,
                                             aggregation_denominator)
 from rl_jax.objectives.policy_losses import clip_fraction
@@ -207,7 +207,7 @@ def make_rl_update(graphdef, algo: Algorithm, tx: optax.GradientTransformation, 
   def loss_fn(params, mb, denominator, share):
     policy_params, critic_params = params
     stats = values = None
-    if algo.critic and "trunk" not in critic_params:
+    if algo.critic and shares_policy_trunk(critic_params):
       # A value head on the policy's trunk: one trunk pass serves both heads.
       stats, values = completion_logprobs_and_values(
           graphdef, policy_params, critic_params["value_head"], mb.prompt_NxP,

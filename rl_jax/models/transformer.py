@@ -49,7 +49,8 @@ class TransformerConfig:
   remat: bool = False  # recompute each block's activations in the backward pass (less memory)
   # "einsum": attention as two einsums (fastest on CPU). "fused": jax.nn.dot_product_attention
   # for every call with more than one query (training, log-prob and prefill passes), which takes
-  # the backend's fused kernel where it has one (cuDNN flash attention on GPUs).
+  # the backend's fused kernel where it has one (cuDNN flash attention on GPUs). Calls with a
+  # `SharedPrefix` (a group's shared prompt) use their own two-block einsum attention either way.
   attention: str = "einsum"
 
   def __post_init__(self):
