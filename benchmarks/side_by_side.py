@@ -58,25 +58,33 @@ def peer_environment(allocator_choice: str) -> dict | None:
     return None
   library = allocator.find_tcmalloc()
   if library is None:
-    raise SystemExit("--peers-allocator tcmalloc: no tcmalloc on this machine "
-                     "(apt install libtcmalloc-minimal4)")
+    raise SystemExit(
+      "--peers-allocator tcmalloc: no tcmalloc on this machine (apt install libtcmalloc-minimal4)"
+    )
   return allocator.with_preload(os.environ, library)
 
 
 def run_round(peers: list[str], workloads: str, peer_env: dict | None = None) -> dict:
   results = {}
-  results["rl_jax"] = _run("rl_jax", [sys.executable, "-m", "rl_jax.cli", "bench",
-                                      f"--workloads={workloads}"])
+  results["rl_jax"] = _run(
+    "rl_jax", [sys.executable, "-m", "rl_jax.cli", "bench", f"--workloads={workloads}"]
+  )
   for peer in peers:
     python = os.path.join(VENVS, peer, "bin", "python")
     if not os.path.exists(python):
-      print(f"  {peer}: no venv at {os.path.dirname(os.path.dirname(python))} "
-            f"(bash benchmarks/peers/setup.sh {peer}); skipped", flush=True)
+      print(
+        f"  {peer}: no venv at {os.path.dirname(os.path.dirname(python))} "
+        f"(bash benchmarks/peers/setup.sh {peer}); skipped",
+        flush=True,
+      )
       continue
     peer_workloads = ",".join(w for w in workloads.split(",") if w in ("w1", "w2"))
     if peer_workloads:
-      results[peer] = _run(peer, [python, os.path.join(HERE, "peers", f"{peer}_bench.py"),
-                                  "--workloads", peer_workloads], env=peer_env)
+      results[peer] = _run(
+        peer,
+        [python, os.path.join(HERE, "peers", f"{peer}_bench.py"), "--workloads", peer_workloads],
+        env=peer_env,
+      )
   return results
 
 
@@ -98,16 +106,23 @@ def _combine(values: list) -> tuple[float, float, float] | None:
 def summarise(rounds: list[dict]) -> dict:
   """Median over processes of each framework's per-process medians, with the spread."""
   metrics = {
-      "w1_s": ("w1", "seconds", "median"), "w1_gen_s": ("w1", "generation_s"),
-      "w1async_s": ("w1async", "seconds", "median"),
-      "w1_ref_s": ("w1", "reference_s"), "w1_update_s": ("w1", "update_s"),
-      "w1floor_s": ("w1floor", "step_s"),
-      "w1_rss_gib": ("w1", "peak_rss_gib"), "w2_tok_s": ("w2", "tokens_per_s"),
-      "w3_tok_s": ("w3", "tokens_per_s"), "w3_frac": ("w3", "fraction_of_matmul_rate"),
-      "matmul_gflops": ("matmul_gflops",)}
+    "w1_s": ("w1", "seconds", "median"),
+    "w1_gen_s": ("w1", "generation_s"),
+    "w1async_s": ("w1async", "seconds", "median"),
+    "w1_ref_s": ("w1", "reference_s"),
+    "w1_update_s": ("w1", "update_s"),
+    "w1floor_s": ("w1floor", "step_s"),
+    "w1_rss_gib": ("w1", "peak_rss_gib"),
+    "w2_tok_s": ("w2", "tokens_per_s"),
+    "w3_tok_s": ("w3", "tokens_per_s"),
+    "w3_frac": ("w3", "fraction_of_matmul_rate"),
+    "matmul_gflops": ("matmul_gflops",),
+  }
   frameworks = sorted({fw for r in rounds for fw in r if r[fw] is not None})
-  return {fw: {m: _combine([_get(r.get(fw), *path) for r in rounds])
-               for m, path in metrics.items()} for fw in frameworks}
+  return {
+    fw: {m: _combine([_get(r.get(fw), *path) for r in rounds]) for m, path in metrics.items()}
+    for fw in frameworks
+  }
 
 
 def _fmt(v, spec, spread=True):
@@ -120,8 +135,12 @@ def _fmt(v, spec, spread=True):
 
 def table(summary: dict) -> str:
   rj = summary.get("rl_jax", {})
-  lines = ["| workload | rl_jax | " + " | ".join(PEERS[p] for p in PEERS if p in summary)
-           + " | rl_jax / peer |", "|---|---|" + "---|" * sum(p in summary for p in PEERS) + "---|"]
+  lines = [
+    "| workload | rl_jax | "
+    + " | ".join(PEERS[p] for p in PEERS if p in summary)
+    + " | rl_jax / peer |",
+    "|---|---|" + "---|" * sum(p in summary for p in PEERS) + "---|",
+  ]
 
   def row(label, metric, spec, better_low):
     cells = [_fmt(rj.get(metric), spec)]
@@ -138,27 +157,40 @@ def table(summary: dict) -> str:
   row("W1 GRPO step, s (lower is better)", "w1_s", ".2f", True)
   if rj.get("w1async_s"):
     peers = [p for p in PEERS if p in summary]
-    ratios = ", ".join(f"{rj['w1async_s'][0] / summary[p]['w1_s'][0]:.2f}x {p}" for p in peers
-                       if summary[p].get("w1_s"))
-    lines.append(f"| W1 in rl_jax's one-step-off mode (`train.async_rollout`), s | "
-                 f"{_fmt(rj['w1async_s'], '.2f')} | " + " | ".join("-" for _ in peers)
-                 + f" | {ratios} (vs the peers' synchronous step) |")
+    ratios = ", ".join(
+      f"{rj['w1async_s'][0] / summary[p]['w1_s'][0]:.2f}x {p}"
+      for p in peers
+      if summary[p].get("w1_s")
+    )
+    lines.append(
+      f"| W1 in rl_jax's one-step-off mode (`train.async_rollout`), s | "
+      f"{_fmt(rj['w1async_s'], '.2f')} | "
+      + " | ".join("-" for _ in peers)
+      + f" | {ratios} (vs the peers' synchronous step) |"
+    )
   row("W1 generation, s", "w1_gen_s", ".2f", True)
   if rj.get("w1_update_s"):
-    lines.append(f"| W1 reference pass + advantages; update, s | "
-                 f"{_fmt(rj.get('w1_ref_s'), '.2f')}; {_fmt(rj['w1_update_s'], '.2f')} | "
-                 + " | ".join("-" for p in PEERS if p in summary) + " | |")
+    lines.append(
+      f"| W1 reference pass + advantages; update, s | "
+      f"{_fmt(rj.get('w1_ref_s'), '.2f')}; {_fmt(rj['w1_update_s'], '.2f')} | "
+      + " | ".join("-" for p in PEERS if p in summary)
+      + " | |"
+    )
   if rj.get("w1floor_s"):
-    lines.append(f"| W1's dense matmuls alone (the float32 floor, `w1floor`), s | "
-                 f"{_fmt(rj['w1floor_s'], '.2f')} | "
-                 + " | ".join("-" for p in PEERS if p in summary) + " | |")
+    lines.append(
+      f"| W1's dense matmuls alone (the float32 floor, `w1floor`), s | "
+      f"{_fmt(rj['w1floor_s'], '.2f')} | " + " | ".join("-" for p in PEERS if p in summary) + " | |"
+    )
   row("W1 peak RSS, GiB", "w1_rss_gib", ".2f", True)
   row("W2 sampling, tokens/s (higher is better)", "w2_tok_s", ",.0f", False)
   if rj.get("w3_frac"):
-    lines.append(f"| W3 train, tokens/s; fraction of the matmul rate | "
-                 f"{_fmt(rj.get('w3_tok_s'), ',.0f')}; {_fmt(rj['w3_frac'], '.1%')} of "
-                 f"{_fmt(rj.get('matmul_gflops'), '.0f', False)} GFLOP/s | "
-                 + " | ".join("-" for p in PEERS if p in summary) + " | |")
+    lines.append(
+      f"| W3 train, tokens/s; fraction of the matmul rate | "
+      f"{_fmt(rj.get('w3_tok_s'), ',.0f')}; {_fmt(rj['w3_frac'], '.1%')} of "
+      f"{_fmt(rj.get('matmul_gflops'), '.0f', False)} GFLOP/s | "
+      + " | ".join("-" for p in PEERS if p in summary)
+      + " | |"
+    )
   return "\n".join(lines)
 
 
@@ -168,35 +200,50 @@ def verdict(summary: dict) -> list[str]:
   peers_w1 = [summary[p]["w1_s"][0] for p in PEERS if p in summary and summary[p].get("w1_s")]
   if rj.get("w1_s") and peers_w1:
     r = rj["w1_s"][0] / min(peers_w1)
-    out.append(f"W1: {r:.2f}x the faster peer's step time (target <= 0.50x): "
-               f"{'met' if r <= 0.5 else 'NOT met'}")
+    out.append(
+      f"W1: {r:.2f}x the faster peer's step time (target <= 0.50x): "
+      f"{'met' if r <= 0.5 else 'NOT met'}"
+    )
     if rj.get("w1async_s"):
-      out.append(f"    (one-step-off mode, a different algorithm: "
-                 f"{rj['w1async_s'][0] / min(peers_w1):.2f}x)")
+      out.append(
+        f"    (one-step-off mode, a different algorithm: {rj['w1async_s'][0] / min(peers_w1):.2f}x)"
+      )
     if rj.get("w1floor_s"):
-      out.append(f"    (W1's dense matmuls alone take {rj['w1floor_s'][0]:.2f} s here = "
-                 f"{rj['w1floor_s'][0] / min(peers_w1):.2f}x the faster peer's step)")
+      out.append(
+        f"    (W1's dense matmuls alone take {rj['w1floor_s'][0]:.2f} s here = "
+        f"{rj['w1floor_s'][0] / min(peers_w1):.2f}x the faster peer's step)"
+      )
   for p, target in (("trl", 2.0), ("tunix", 1.5)):
     if rj.get("w2_tok_s") and p in summary and summary[p].get("w2_tok_s"):
       r = rj["w2_tok_s"][0] / summary[p]["w2_tok_s"][0]
-      out.append(f"W2: {r:.2f}x {PEERS[p]} (target >= {target}x): "
-                 f"{'met' if r >= target else 'NOT met'}")
+      out.append(
+        f"W2: {r:.2f}x {PEERS[p]} (target >= {target}x): {'met' if r >= target else 'NOT met'}"
+      )
   if rj.get("w3_frac"):
     f = rj["w3_frac"][0]
-    out.append(f"W3: {f:.1%} of the matmul rate (target >= 50%): "
-               f"{'met' if f >= 0.5 else 'NOT met'}")
+    out.append(
+      f"W3: {f:.1%} of the matmul rate (target >= 50%): {'met' if f >= 0.5 else 'NOT met'}"
+    )
   return out
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--rounds", type=int, default=1, help="processes per framework")
   parser.add_argument("--peers", default="trl,tunix", help="subset of trl,tunix ('' = none)")
-  parser.add_argument("--workloads", default="w1,w2,w3,w1async,w1floor",
-                      help="rl_jax workloads (the peers run the w1 / w2 among them)")
-  parser.add_argument("--peers-allocator", choices=("stock", "tcmalloc"), default="stock",
-                      help="the peers' malloc: as they ship (glibc), or tcmalloc preloaded")
+  parser.add_argument(
+    "--workloads",
+    default="w1,w2,w3,w1async,w1floor",
+    help="rl_jax workloads (the peers run the w1 / w2 among them)",
+  )
+  parser.add_argument(
+    "--peers-allocator",
+    choices=("stock", "tcmalloc"),
+    default="stock",
+    help="the peers' malloc: as they ship (glibc), or tcmalloc preloaded",
+  )
   parser.add_argument("--json", default=None, help="write every process's results here")
   args = parser.parse_args(argv)
   peer_env = peer_environment(args.peers_allocator)
@@ -210,17 +257,20 @@ def main(argv=None) -> int:
     rounds.append(run_round(peers, args.workloads, peer_env))
   summary = summarise(rounds)
   machine = _get(rounds[0], "rl_jax", "machine") or {}
-  print(f"\n{time.strftime('%Y-%m-%d')}, {machine.get('cpu', '?')}, nproc {os.cpu_count()}, "
-        f"{args.rounds} process(es) per framework; medians (min-max over processes); allocator: "
-        f"rl_jax {machine.get('allocator', '?')}, peers {args.peers_allocator}\n")
+  print(
+    f"\n{time.strftime('%Y-%m-%d')}, {machine.get('cpu', '?')}, nproc {os.cpu_count()}, "
+    f"{args.rounds} process(es) per framework; medians (min-max over processes); allocator: "
+    f"rl_jax {machine.get('allocator', '?')}, peers {args.peers_allocator}\n"
+  )
   print(table(summary))
   print()
   for line in verdict(summary):
     print(line)
   if args.json:
     with open(args.json, "w") as f:
-      json.dump(dict(rounds=rounds, summary=summary, peers_allocator=args.peers_allocator), f,
-                indent=2)
+      json.dump(
+        dict(rounds=rounds, summary=summary, peers_allocator=args.peers_allocator), f, indent=2
+      )
   return 0
 
 

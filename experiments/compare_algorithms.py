@@ -22,21 +22,40 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-DEFAULT_PRESETS = ("ppo", "grpo", "dr_grpo", "dapo", "dapo_no_ds", "gspo", "gspo_token", "rloo",
-                   "reinforce_pp", "reinforce_pp_baseline")
+DEFAULT_PRESETS = (
+  "ppo",
+  "grpo",
+  "dr_grpo",
+  "dapo",
+  "dapo_no_ds",
+  "gspo",
+  "gspo_token",
+  "rloo",
+  "reinforce_pp",
+  "reinforce_pp_baseline",
+)
 
 
 def _config(task: str, preset: str, steps: int, extra: dict[str, str]):
   from rl_jax import config as config_lib
+
   base = os.path.join(ROOT, "experiments", "countdown.py" if task == "countdown" else "default.py")
   cd = config_lib.load_config_file(base)
-  overrides = {"train.steps": str(steps), "checkpoint.every": str(steps),
-               "log.tensorboard": "false"}
+  overrides = {
+    "train.steps": str(steps),
+    "checkpoint.every": str(steps),
+    "log.tensorboard": "false",
+  }
   if preset == "ppo":
     overrides["train.critic_learning_rate"] = "1e-3"  # as experiments/ppo.py
   if preset in ("dapo", "dapo_no_ds"):  # as experiments/dapo.py, overlong ramp past the answers
-    overrides.update({"algorithm.name": "dapo", "sampling.max_new_tokens": "8",
-                      "algorithm.overlong_cache_len": "3"})
+    overrides.update(
+      {
+        "algorithm.name": "dapo",
+        "sampling.max_new_tokens": "8",
+        "algorithm.overlong_cache_len": "3",
+      }
+    )
     if preset == "dapo_no_ds":
       overrides["algorithm.dynamic_sampling"] = "false"
   else:
@@ -52,8 +71,9 @@ def main(argv=None) -> int:
   parser.add_argument("--steps", type=int, default=60)
   parser.add_argument("--eval_every", type=int, default=20)
   parser.add_argument("--out", default=os.path.join("runs", "compare"))
-  parser.add_argument("--set", action="append", default=[],
-                      help="extra config override FIELD=VALUE (repeatable)")
+  parser.add_argument(
+    "--set", action="append", default=[], help="extra config override FIELD=VALUE (repeatable)"
+  )
   args = parser.parse_args(argv)
   extra = dict(s.split("=", 1) for s in args.set)
   extra["eval.every"] = str(args.eval_every)
@@ -86,12 +106,19 @@ def main(argv=None) -> int:
     evals = read_jsonl(os.path.join(workdir, "eval.jsonl"))
     rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     results[preset] = dict(
-        steps=[e["step"] for e in evals], accuracy=[e["accuracy"] for e in evals],
-        final=evals[-1]["accuracy"], before=evals[0]["accuracy"], wall_s=wall,
-        len_mean=sum(r["response_len_mean"] for r in rows) / len(rows),
-        step_s=sorted(r["step_s"] for r in rows)[len(rows) // 2])
-    print(f"   {preset}: held-out {results[preset]['before']:.1%} -> "
-          f"{results[preset]['final']:.1%} in {wall:.0f} s", flush=True)
+      steps=[e["step"] for e in evals],
+      accuracy=[e["accuracy"] for e in evals],
+      final=evals[-1]["accuracy"],
+      before=evals[0]["accuracy"],
+      wall_s=wall,
+      len_mean=sum(r["response_len_mean"] for r in rows) / len(rows),
+      step_s=sorted(r["step_s"] for r in rows)[len(rows) // 2],
+    )
+    print(
+      f"   {preset}: held-out {results[preset]['before']:.1%} -> "
+      f"{results[preset]['final']:.1%} in {wall:.0f} s",
+      flush=True,
+    )
 
   with open(summary_path, "w") as f:
     json.dump(results, f, indent=2)
@@ -106,6 +133,7 @@ def main(argv=None) -> int:
 def _plot(results, path, args):
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
+
   fig = Figure(figsize=(7, 4.2))
   FigureCanvasAgg(fig)
   ax = fig.add_subplot(1, 1, 1)
@@ -121,13 +149,18 @@ def _plot(results, path, args):
 
 
 def _table(results, args) -> str:
-  lines = [f"Task `{args.task}`, {args.steps} RL steps per preset, shared warm start "
-           f"(held-out accuracy before RL: {next(iter(results.values()))['before']:.1%}).", "",
-           "| preset | final held-out accuracy | wall time (s) | median step (s) | "
-           "mean completion length |", "|---|---|---|---|---|"]
+  lines = [
+    f"Task `{args.task}`, {args.steps} RL steps per preset, shared warm start "
+    f"(held-out accuracy before RL: {next(iter(results.values()))['before']:.1%}).",
+    "",
+    "| preset | final held-out accuracy | wall time (s) | median step (s) | "
+    "mean completion length |",
+    "|---|---|---|---|---|",
+  ]
   for name, r in sorted(results.items(), key=lambda kv: -kv[1]["final"]):
-    lines.append(f"| {name} | {r['final']:.1%} | {r['wall_s']:.0f} | {r['step_s']:.2f} | "
-                 f"{r['len_mean']:.2f} |")
+    lines.append(
+      f"| {name} | {r['final']:.1%} | {r['wall_s']:.0f} | {r['step_s']:.2f} | {r['len_mean']:.2f} |"
+    )
   return "\n".join(lines) + "\n"
 
 

@@ -41,9 +41,11 @@ def find_tcmalloc() -> str | None:
   return None
 
 
-def preload_environment(environ: Mapping[str, str],
-                        find: Callable[[], str | None] = find_tcmalloc,
-                        platform: str = sys.platform) -> dict[str, str] | None:
+def preload_environment(
+  environ: Mapping[str, str],
+  find: Callable[[], str | None] = find_tcmalloc,
+  platform: str = sys.platform,
+) -> dict[str, str] | None:
   """The environment to re-execute the command with, or None to run on as is: not Linux, the
   switch says "system", this process is the re-executed one, an allocator is already preloaded,
   or no tcmalloc is installed."""
@@ -51,8 +53,12 @@ def preload_environment(environ: Mapping[str, str],
   if choice not in ("auto", "system"):
     raise SystemExit(f"rl-jax: {SWITCH} must be 'auto' or 'system', got {choice!r}")
   preloaded = environ.get("LD_PRELOAD", "")
-  if (platform != "linux" or choice == "system" or _ACTIVE in environ
-      or any(name in preloaded for name in _OTHER_ALLOCATORS)):
+  if (
+    platform != "linux"
+    or choice == "system"
+    or _ACTIVE in environ
+    or any(name in preloaded for name in _OTHER_ALLOCATORS)
+  ):
     return None
   library = find()
   if library is None:
@@ -79,15 +85,19 @@ def reexecute_under_tcmalloc(argv: list[str]) -> None:
   env = preload_environment(os.environ)
   if env is None:
     return
-  print(f"rl-jax: running under tcmalloc ({env[_ACTIVE]}: XLA:CPU's per-call buffers are reused "
-        f"instead of faulted in again; {SWITCH}=system turns this off)", file=sys.stderr)
+  print(
+    f"rl-jax: running under tcmalloc ({env[_ACTIVE]}: XLA:CPU's per-call buffers are reused "
+    f"instead of faulted in again; {SWITCH}=system turns this off)",
+    file=sys.stderr,
+  )
   sys.stdout.flush()
   sys.stderr.flush()
   try:
     os.execve(sys.executable, [sys.executable, "-m", "rl_jax.cli", *argv], env)
   except OSError as e:  # the interpreter cannot be re-executed: go on with the system malloc
-    print(f"rl-jax: could not re-execute under tcmalloc ({e}); using the system malloc",
-          file=sys.stderr)
+    print(
+      f"rl-jax: could not re-execute under tcmalloc ({e}); using the system malloc", file=sys.stderr
+    )
 
 
 def active() -> str:

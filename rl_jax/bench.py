@@ -96,8 +96,13 @@ def w2_sampling(repeats: int = 5, model: str = "bench", dtype: str = "float32") 
   prompts, mask = _prompts(64, vocab=cfg.vocab_size)
   sampling = SamplingConfig(max_new_tokens=128, temperature=1.0, eos_id=-1)
   keys = iter(jax.random.split(jax.random.key(0), repeats + 1))
-  times = _timed(lambda: generate(graphdef, params, prompts, mask, next(keys), cfg=sampling,
-                                  group_size=1).tokens_NxT, repeats, 1)
+  times = _timed(
+    lambda: (
+      generate(graphdef, params, prompts, mask, next(keys), cfg=sampling, group_size=1).tokens_NxT
+    ),
+    repeats,
+    1,
+  )
   s = _summary(times)
   return dict(tokens_per_s=64 * 128 / s["median"], seconds=s)
 
@@ -107,10 +112,15 @@ def _grpo_batch(graphdef, params, roll, prompts, mask, rewards_BxG, algo, logpro
   rep = lambda x: jnp.repeat(x, G, axis=0)
   prompt_N, mask_N = rep(prompts), rep(mask)
   ref = logprob_fn(params, prompt_N, mask_N, roll.tokens_NxT, roll.mask_NxT)
-  adv, _ = algorithms.compute_advantages(algo, algorithms.AdvantageInputs(
-      jnp.asarray(rewards_BxG), roll.mask_NxT.astype(jnp.float32), roll.logp_NxT, ref))
-  return TrainBatch(prompt_N, mask_N, roll.tokens_NxT, roll.mask_NxT, adv,
-                    jnp.zeros_like(roll.logp_NxT), ref)
+  adv, _ = algorithms.compute_advantages(
+    algo,
+    algorithms.AdvantageInputs(
+      jnp.asarray(rewards_BxG), roll.mask_NxT.astype(jnp.float32), roll.logp_NxT, ref
+    ),
+  )
+  return TrainBatch(
+    prompt_N, mask_N, roll.tokens_NxT, roll.mask_NxT, adv, jnp.zeros_like(roll.logp_NxT), ref
+  )
 
 
 def w1_grpo_step(steps: int = 10, warmup: int = 2, async_rollout: bool = False) -> dict:
@@ -123,16 +133,16 @@ def w1_grpo_step(steps: int = 10, warmup: int = 2, async_rollout: bool = False) 
   algo = algorithms.grpo(kl_coef=0.04, clip_eps_low=0.2, clip_eps_high=0.2)
   tx = trainer.make_optimizer(learning_rate=1e-5, max_grad_norm=None)
   # Rows come in groups of 8 sharing a prompt: each prompt is computed once (exact).
-  update = trainer.make_rl_update(graphdef, algo, tx, aggregation_constant=64, group_size=8,
-                                  off_policy=async_rollout)
+  update = trainer.make_rl_update(
+    graphdef, algo, tx, aggregation_constant=64, group_size=8, off_policy=async_rollout
+  )
   logprob_fn = trainer.make_logprob_fn(graphdef, group_size=8)
   sampling = SamplingConfig(max_new_tokens=64, temperature=1.0, top_p=1.0, eos_id=-1)
   state = trainer.init_state(params, tx)
   ref_params = jax.tree.map(jnp.copy, params)
 
   def rollout(params, i):
-    roll = generate(graphdef, params, prompts, mask, jax.random.key(i), cfg=sampling,
-                    group_size=8)
+    roll = generate(graphdef, params, prompts, mask, jax.random.key(i), cfg=sampling, group_size=8)
     tokens = np.asarray(roll.tokens_NxT)
     rewards = (tokens % 2 == 0).mean(axis=1).reshape(8, 8).astype(np.float32)  # cheap reward
     return roll, rewards
@@ -160,11 +170,14 @@ def w1_grpo_step(steps: int = 10, warmup: int = 2, async_rollout: bool = False) 
   if pool is not None:
     pool.shutdown(wait=True)
   s = _summary(totals)
-  return dict(seconds=s, generation_s=statistics.median(gens),
-              generation_share=statistics.median(gens) / s["median"],
-              reference_s=statistics.median(refs),
-              update_s=statistics.median([t - g - r for t, g, r in zip(totals, gens, refs)]),
-              peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+  return dict(
+    seconds=s,
+    generation_s=statistics.median(gens),
+    generation_share=statistics.median(gens) / s["median"],
+    reference_s=statistics.median(refs),
+    update_s=statistics.median([t - g - r for t, g, r in zip(totals, gens, refs)]),
+    peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+  )
 
 
 def w1_matmul_floor(repeats: int = 5) -> dict:
@@ -185,8 +198,13 @@ def w1_matmul_floor(repeats: int = 5) -> dict:
   HD, KD = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
   rng = np.random.default_rng(0)
   w = lambda *shape: jnp.asarray(rng.normal(size=shape).astype(np.float32) * D**-0.5)
-  weights = dict(layers=[dict(qkv=w(D, HD + 2 * KD), o=w(HD, D), gate_up=w(D, 2 * F),
-                              down=w(F, D)) for _ in range(cfg.num_layers)], head=w(D, V))
+  weights = dict(
+    layers=[
+      dict(qkv=w(D, HD + 2 * KD), o=w(HD, D), gate_up=w(D, 2 * F), down=w(F, D))
+      for _ in range(cfg.num_layers)
+    ],
+    head=w(D, V),
+  )
 
   def trunk(weights, x):
     for layer in weights["layers"]:
@@ -210,19 +228,24 @@ def w1_matmul_floor(repeats: int = 5) -> dict:
 
   prompt_x, row_x = w(B // streams * P, D), w(stream_rows, D)
   pool = concurrent.futures.ThreadPoolExecutor(streams)
-  generation = lambda: list(pool.map(lambda _: jax.block_until_ready(
-      stream(weights, prompt_x, row_x)), range(streams)))
+  generation = lambda: list(
+    pool.map(lambda _: jax.block_until_ready(stream(weights, prompt_x, row_x)), range(streams))
+  )
   out = {}
-  for name, fn in (("generation_s", generation), ("reference_s", lambda: reference(weights, x)),
-                   ("update_s", lambda: update(weights, x))):
+  for name, fn in (
+    ("generation_s", generation),
+    ("reference_s", lambda: reference(weights, x)),
+    ("update_s", lambda: update(weights, x)),
+  ):
     out[name] = statistics.median(_timed(fn, repeats, 1))
   pool.shutdown()
   out["step_s"] = out["generation_s"] + out["reference_s"] + out["update_s"]
   return out
 
 
-def w3_train(repeats: int = 5, rate: float | None = None, model: str = "bench",
-             dtype: str = "float32") -> dict:
+def w3_train(
+  repeats: int = 5, rate: float | None = None, model: str = "bench", dtype: str = "float32"
+) -> dict:
   """W3. `model` / `dtype`: another preset (the 0.5 B model of the accelerator target) and the
   activation dtype; the fraction is then of the measured `dtype` matmul rate (MFU). The
   log-softmax runs 16 positions at a time, which keeps a 150 k vocabulary's logits small."""
@@ -232,12 +255,18 @@ def w3_train(repeats: int = 5, rate: float | None = None, model: str = "bench",
   prompts, mask = _prompts(N, vocab=cfg.vocab_size)
   algo = algorithms.grpo(kl_coef=0.04)
   tx = trainer.make_optimizer(learning_rate=1e-5, max_grad_norm=None)
-  update = trainer.make_rl_update(graphdef, algo, tx, aggregation_constant=T,
-                                  logits_chunk=16 if cfg.vocab_size > 4096 else 0)
-  batch = TrainBatch(prompts, mask, rng.integers(3, cfg.vocab_size, (N, T)).astype(np.int32),
-                     np.ones((N, T), bool),
-                     np.repeat(rng.normal(size=(N, 1)), T, 1).astype(np.float32),
-                     np.zeros((N, T), np.float32), -np.ones((N, T), np.float32) * 6.0)
+  update = trainer.make_rl_update(
+    graphdef, algo, tx, aggregation_constant=T, logits_chunk=16 if cfg.vocab_size > 4096 else 0
+  )
+  batch = TrainBatch(
+    prompts,
+    mask,
+    rng.integers(3, cfg.vocab_size, (N, T)).astype(np.int32),
+    np.ones((N, T), bool),
+    np.repeat(rng.normal(size=(N, 1)), T, 1).astype(np.float32),
+    np.zeros((N, T), np.float32),
+    -np.ones((N, T), np.float32) * 6.0,
+  )
   batch = jax.device_put(batch)
   holder = [trainer.init_state(params, tx)]
 
@@ -250,9 +279,14 @@ def w3_train(repeats: int = 5, rate: float | None = None, model: str = "bench",
   tokens = N * (PROMPT + T)
   flops = train_flops(cfg, N, PROMPT, T)
   rate = max(rate or 0.0, matmul_rate(dtype=dtype))  # measured again right after, best kept
-  return dict(tokens_per_s=tokens / s["median"], seconds=s, step_gflop=flops / 1e9,
-              achieved_gflops=flops / s["median"] / 1e9, matmul_gflops=rate / 1e9,
-              fraction_of_matmul_rate=flops / s["median"] / rate)
+  return dict(
+    tokens_per_s=tokens / s["median"],
+    seconds=s,
+    step_gflop=flops / 1e9,
+    achieved_gflops=flops / s["median"] / 1e9,
+    matmul_gflops=rate / 1e9,
+    fraction_of_matmul_rate=flops / s["median"] / rate,
+  )
 
 
 def train_flops(cfg: transformer.TransformerConfig, n: int, prompt: int, completion: int) -> int:
@@ -265,8 +299,9 @@ def train_flops(cfg: transformer.TransformerConfig, n: int, prompt: int, complet
   layer = D * H * Dh + 2 * D * K * Dh + H * Dh * D + 3 * D * F
   L = prompt + completion
   attention = 4 * n * L * L * H * Dh * cfg.num_layers
-  return (6 * cfg.num_layers * layer * n * L + 6 * cfg.vocab_size * D * n * completion
-          + 3 * attention)
+  return (
+    6 * cfg.num_layers * layer * n * L + 6 * cfg.vocab_size * D * n * completion + 3 * attention
+  )
 
 
 def machine() -> dict:
@@ -277,66 +312,106 @@ def machine() -> dict:
   except (OSError, StopIteration):
     pass
   import flax  # pylint: disable=import-outside-toplevel
-  return dict(cpu=cpu, nproc=os.cpu_count(),
-              devices=f"{jax.device_count()} x {jax.devices()[0].platform}",
-              jax=jax.__version__, flax=flax.__version__, python=platform.python_version(),
-              date=time.strftime("%Y-%m-%d"), xla_flags=os.environ.get("XLA_FLAGS", ""),
-              allocator=allocator.active())
+
+  return dict(
+    cpu=cpu,
+    nproc=os.cpu_count(),
+    devices=f"{jax.device_count()} x {jax.devices()[0].platform}",
+    jax=jax.__version__,
+    flax=flax.__version__,
+    python=platform.python_version(),
+    date=time.strftime("%Y-%m-%d"),
+    xla_flags=os.environ.get("XLA_FLAGS", ""),
+    allocator=allocator.active(),
+  )
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="rl-jax bench", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workloads", default="w1,w2,w3",
-                      help="comma-separated subset of w1,w2,w3,w1async (the one-step-off "
-                      "mode),w1floor (W1's dense matmuls alone)")
+  parser = argparse.ArgumentParser(
+    prog="rl-jax bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument(
+    "--workloads",
+    default="w1,w2,w3",
+    help="comma-separated subset of w1,w2,w3,w1async (the one-step-off "
+    "mode),w1floor (W1's dense matmuls alone)",
+  )
   parser.add_argument("--json", default=None, help="write the results to this file")
-  parser.add_argument("--model", default="bench", choices=sorted(transformer.PRESETS),
-                      help="the model of W2 and W3 (W1 always runs the benchmark model); 0.5b is "
-                      "the accelerator target's 0.5 B-parameter model")
-  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                      help="activation / matmul dtype of W2 and W3 (parameters stay float32); "
-                      "W3's fraction is then of this dtype's matmul rate")
+  parser.add_argument(
+    "--model",
+    default="bench",
+    choices=sorted(transformer.PRESETS),
+    help="the model of W2 and W3 (W1 always runs the benchmark model); 0.5b is "
+    "the accelerator target's 0.5 B-parameter model",
+  )
+  parser.add_argument(
+    "--dtype",
+    default="float32",
+    choices=("float32", "bfloat16"),
+    help="activation / matmul dtype of W2 and W3 (parameters stay float32); "
+    "W3's fraction is then of this dtype's matmul rate",
+  )
   args = parser.parse_args(argv)
   chosen = set(args.workloads.split(","))
   w1s = {"w1", "w1async", "w1floor"} & chosen
   if w1s and (args.model, args.dtype) != ("bench", "float32"):
     parser.error(f"{sorted(w1s)} run the float32 benchmark model only; drop --model/--dtype")
-  out: dict = dict(machine=machine(), params=_config(args.model, args.dtype).num_params(),
-                   model=args.model, dtype=args.dtype)
-  print(f"rl_jax bench on {out['machine']['cpu']} ({out['machine']['devices']}), model "
-        f"{args.model} ({out['params']:,} parameters, {args.dtype}), allocator "
-        f"{out['machine']['allocator']}", flush=True)
+  out: dict = dict(
+    machine=machine(),
+    params=_config(args.model, args.dtype).num_params(),
+    model=args.model,
+    dtype=args.dtype,
+  )
+  print(
+    f"rl_jax bench on {out['machine']['cpu']} ({out['machine']['devices']}), model "
+    f"{args.model} ({out['params']:,} parameters, {args.dtype}), allocator "
+    f"{out['machine']['allocator']}",
+    flush=True,
+  )
   # W1 first, so that its peak RSS is its own (W2 and W3 run later in the same process).
   for name, label in (("w1", "W1 GRPO step"), ("w1async", "W1 one-step-off (async) step")):
     if name not in chosen:
       continue
     out[name] = w = w1_grpo_step(async_rollout=name == "w1async")
     gen = "waiting for the rollout" if name == "w1async" else "generation"
-    print(f"{label}: {w['seconds']['median']:.3f} s median "
-          f"({w['seconds']['min']:.3f}-{w['seconds']['max']:.3f}); {gen} "
-          f"{w['generation_s']:.3f} s ({w['generation_share']:.0%}), reference pass "
-          f"{w['reference_s']:.3f} s, update {w['update_s']:.3f} s; peak RSS "
-          f"{w['peak_rss_gib']:.2f} GiB", flush=True)
+    print(
+      f"{label}: {w['seconds']['median']:.3f} s median "
+      f"({w['seconds']['min']:.3f}-{w['seconds']['max']:.3f}); {gen} "
+      f"{w['generation_s']:.3f} s ({w['generation_share']:.0%}), reference pass "
+      f"{w['reference_s']:.3f} s, update {w['update_s']:.3f} s; peak RSS "
+      f"{w['peak_rss_gib']:.2f} GiB",
+      flush=True,
+    )
   if "w1floor" in chosen:
     out["w1floor"] = f = w1_matmul_floor()
-    print(f"W1 dense-matmul floor: {f['step_s']:.3f} s (generation {f['generation_s']:.3f} s, "
-          f"reference pass {f['reference_s']:.3f} s, update {f['update_s']:.3f} s): W1's products "
-          f"alone, nothing else", flush=True)
+    print(
+      f"W1 dense-matmul floor: {f['step_s']:.3f} s (generation {f['generation_s']:.3f} s, "
+      f"reference pass {f['reference_s']:.3f} s, update {f['update_s']:.3f} s): W1's products "
+      f"alone, nothing else",
+      flush=True,
+    )
   if "w3" in chosen:
-    out["w3"] = w = w3_train(rate=matmul_rate(dtype=args.dtype), model=args.model,
-                             dtype=args.dtype)
+    out["w3"] = w = w3_train(rate=matmul_rate(dtype=args.dtype), model=args.model, dtype=args.dtype)
     out["matmul_gflops"] = w["matmul_gflops"]
-    print(f"{args.dtype} matmul rate: {w['matmul_gflops']:.0f} GFLOP/s (best of 10 calls, before "
-          f"and after the step)", flush=True)
-    print(f"W3 train: {w['tokens_per_s']:,.0f} tokens/s, {w['achieved_gflops']:.0f} GFLOP/s = "
-          f"{w['fraction_of_matmul_rate']:.1%} of the matmul rate "
-          f"(median {w['seconds']['median']:.3f} s)", flush=True)
+    print(
+      f"{args.dtype} matmul rate: {w['matmul_gflops']:.0f} GFLOP/s (best of 10 calls, before "
+      f"and after the step)",
+      flush=True,
+    )
+    print(
+      f"W3 train: {w['tokens_per_s']:,.0f} tokens/s, {w['achieved_gflops']:.0f} GFLOP/s = "
+      f"{w['fraction_of_matmul_rate']:.1%} of the matmul rate "
+      f"(median {w['seconds']['median']:.3f} s)",
+      flush=True,
+    )
   if "w2" in chosen:
     out["w2"] = w2_sampling(model=args.model, dtype=args.dtype)
     w = out["w2"]
-    print(f"W2 sampling: {w['tokens_per_s']:,.0f} tokens/s (median {w['seconds']['median']:.3f} s,"
-          f" {w['seconds']['min']:.3f}-{w['seconds']['max']:.3f})", flush=True)
+    print(
+      f"W2 sampling: {w['tokens_per_s']:,.0f} tokens/s (median {w['seconds']['median']:.3f} s,"
+      f" {w['seconds']['min']:.3f}-{w['seconds']['max']:.3f})",
+      flush=True,
+    )
   if args.json:
     with open(args.json, "w") as f:
       json.dump(out, f, indent=2)

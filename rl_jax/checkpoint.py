@@ -38,8 +38,10 @@ def _unflatten(target, flat: dict[str, Any]):
   keys = [path_str(p).replace("/", ".") or "root" for p, _ in paths]
   missing = [k for k in keys if k not in flat]
   if missing:
-    raise CheckpointError(f"checkpoint lacks {len(missing)} arrays the model needs, e.g. "
-                          f"{missing[:3]} (was it written by a different model config?)")
+    raise CheckpointError(
+      f"checkpoint lacks {len(missing)} arrays the model needs, e.g. "
+      f"{missing[:3]} (was it written by a different model config?)"
+    )
   return jax.tree_util.tree_unflatten(treedef, [flat[k] for k in keys])
 
 
@@ -47,6 +49,7 @@ def _abstract(tree):
   def to_struct(x):
     sharding = getattr(x, "sharding", None)
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
   return jax.tree.map(to_struct, tree)
 
 
@@ -54,8 +57,10 @@ def _check_shapes(target_flat, restored_flat, where: str):
   for k, t in target_flat.items():
     r = restored_flat[k]
     if tuple(t.shape) != tuple(r.shape):
-      raise CheckpointError(f"{where}: array {k!r} has shape {tuple(r.shape)} in the "
-                            f"checkpoint but the model expects {tuple(t.shape)}")
+      raise CheckpointError(
+        f"{where}: array {k!r} has shape {tuple(r.shape)} in the "
+        f"checkpoint but the model expects {tuple(t.shape)}"
+      )
 
 
 class Checkpointer:
@@ -64,8 +69,9 @@ class Checkpointer:
   def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self.reference_dir = os.path.abspath(os.path.join(workdir, "reference"))
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=async_save)
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+    )
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
@@ -80,8 +86,10 @@ class Checkpointer:
     if not _all_finite(state):
       raise CheckpointError(f"refusing to checkpoint step {step}: the state has non-finite values")
     arrays = _flatten(dict(state=state, rng=jax.random.key_data(rng_key)))
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)))
+    self.manager.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)),
+    )
 
   def restore(self, step: int | None, target_state, rng_template):
     """Restores (state, rng_key, meta) at `step` (None = latest) onto `target_state`'s shardings."""
@@ -89,16 +97,23 @@ class Checkpointer:
     if step is None:
       raise CheckpointError(f"no checkpoint found in {self.directory}")
     if step not in self.all_steps():
-      raise CheckpointError(f"no checkpoint for step {step} in {self.directory}; "
-                            f"available: {self.all_steps()}")
-    target = _flatten(dict(state=_abstract(target_state),
-                           rng=_abstract(jax.random.key_data(rng_template))))
+      raise CheckpointError(
+        f"no checkpoint for step {step} in {self.directory}; available: {self.all_steps()}"
+      )
+    target = _flatten(
+      dict(state=_abstract(target_state), rng=_abstract(jax.random.key_data(rng_template)))
+    )
     try:
-      out = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+      out = self.manager.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+        ),
+      )
     except Exception as e:  # Orbax raises many types for corrupt or partial checkpoints.
-      raise CheckpointError(f"cannot read checkpoint step {step} in {self.directory}: "
-                            f"{type(e).__name__}: {e}") from e
+      raise CheckpointError(
+        f"cannot read checkpoint step {step} in {self.directory}: {type(e).__name__}: {e}"
+      ) from e
     _check_shapes(target, out.state, f"checkpoint step {step}")
     tree = _unflatten(dict(state=target_state, rng=jax.random.key_data(rng_template)), out.state)
     rng = jax.random.wrap_key_data(tree["rng"], impl=jax.random.key_impl(rng_template))
@@ -122,8 +137,9 @@ class Checkpointer:
       with ocp.StandardCheckpointer() as ckptr:
         flat = ckptr.restore(self.reference_dir, target)
     except Exception as e:
-      raise CheckpointError(f"cannot read the reference policy in {self.reference_dir}: "
-                            f"{type(e).__name__}: {e}") from e
+      raise CheckpointError(
+        f"cannot read the reference policy in {self.reference_dir}: {type(e).__name__}: {e}"
+      ) from e
     _check_shapes(target, flat, "reference policy")
     return _unflatten(target_params, flat)
 

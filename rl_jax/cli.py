@@ -51,7 +51,7 @@ def parse_args(argv: list[str]):
     elif name == "workdir":
       workdir = value
     elif name.startswith("config."):
-      overrides[name[len("config."):]] = value
+      overrides[name[len("config.") :]] = value
     elif name == "step" and command == "eval":
       extra["step"] = int(value)
     else:
@@ -64,12 +64,16 @@ def _default_config_path() -> str:
   if os.path.exists(DEFAULT_CONFIG):
     return DEFAULT_CONFIG
   from rl_jax.config import ConfigError
-  raise ConfigError(f"no --config given and {DEFAULT_CONFIG} is not in the current directory; "
-                    "run from the repository root or pass --config=PATH")
+
+  raise ConfigError(
+    f"no --config given and {DEFAULT_CONFIG} is not in the current directory; "
+    "run from the repository root or pass --config=PATH"
+  )
 
 
 def resolve_config(config_path: str | None, overrides: dict[str, str]):
   from rl_jax import config as config_lib
+
   path = config_path or _default_config_path()
   cd = config_lib.load_config_file(path)
   cd = config_lib.apply_overrides(cd, overrides)
@@ -80,10 +84,12 @@ def main(argv: list[str] | None = None) -> int:
   if argv is None:  # the `rl-jax` command itself (not a call from Python): tcmalloc if installed
     argv = sys.argv[1:]
     from rl_jax import allocator
+
     allocator.reexecute_under_tcmalloc(argv)
   command, config_path, workdir, overrides, extra = parse_args(argv)
   if command == "bench":
     from rl_jax import bench
+
     return bench.main(extra["argv"])
   from rl_jax import config as config_lib
   from rl_jax.checkpoint import CheckpointError
@@ -93,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
       if not workdir:
         raise SystemExit("rl-jax eval: --workdir=DIR is required")
       from rl_jax import loop
+
       loop.evaluate_workdir(workdir, overrides, step=extra.get("step"))
       return 0
     cfg, path = resolve_config(config_path, overrides)
@@ -103,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
       stem = os.path.splitext(os.path.basename(path))[0]
       workdir = os.path.join("runs", f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     from rl_jax import loop
+
     if command == "sft":
       loop.run_sft_only(cfg, workdir)
     else:

@@ -13,7 +13,6 @@ import difflib
 import importlib.util
 import json
 import os
-import types
 import typing
 from typing import Any
 
@@ -57,6 +56,7 @@ class CountdownConfig:
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
   """`name` picks the task; only that task's section is used (each section is validated)."""
+
   name: str = "arithmetic"
   arithmetic: ArithmeticConfig = ArithmeticConfig()
   countdown: CountdownConfig = CountdownConfig()
@@ -208,8 +208,9 @@ def _check_value(path: str, value, hint):
   if base in (int, float) and isinstance(value, bool):
     raise ConfigError(f"config field {path!r} must be {base.__name__}, got {value!r}")
   if not isinstance(value, base):
-    raise ConfigError(f"config field {path!r} must be {base.__name__}, got "
-                      f"{type(value).__name__} {value!r}")
+    raise ConfigError(
+      f"config field {path!r} must be {base.__name__}, got {type(value).__name__} {value!r}"
+    )
   return value
 
 
@@ -226,8 +227,10 @@ def _build(cls, data, prefix: str):
     if key not in names:
       close = difflib.get_close_matches(key, names, n=1)
       hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
-      raise ConfigError(f"unknown config field {path!r}{hint}; known fields of "
-                        f"{prefix.rstrip('.') or 'the config'}: {', '.join(names)}")
+      raise ConfigError(
+        f"unknown config field {path!r}{hint}; known fields of "
+        f"{prefix.rstrip('.') or 'the config'}: {', '.join(names)}"
+      )
     target = hints[key]
     if dataclasses.is_dataclass(target):
       kwargs[key] = _build(target, value, path + ".")
@@ -254,48 +257,70 @@ def validate(c: RunConfig, num_devices: int | None = None) -> None:
   _require(c.train.steps >= 0, "train.steps", f"must be >= 0, got {c.train.steps}")
   _require(c.sft.steps >= 0, "sft.steps", f"must be >= 0, got {c.sft.steps}")
   _require(c.sft.batch_size >= 1, "sft.batch_size", f"must be >= 1, got {c.sft.batch_size}")
-  _require(c.rl.group_size >= 2, "rl.group_size",
-           f"must be >= 2 (group-relative advantages need two samples), got {c.rl.group_size}")
-  _require(c.rl.prompts_per_step >= 1, "rl.prompts_per_step",
-           f"must be >= 1, got {c.rl.prompts_per_step}")
+  _require(
+    c.rl.group_size >= 2,
+    "rl.group_size",
+    f"must be >= 2 (group-relative advantages need two samples), got {c.rl.group_size}",
+  )
+  _require(
+    c.rl.prompts_per_step >= 1, "rl.prompts_per_step", f"must be >= 1, got {c.rl.prompts_per_step}"
+  )
   for name in ("learning_rate",):
     _require(getattr(c.train, name) > 0, f"train.{name}", "must be > 0")
     _require(getattr(c.sft, name) > 0, f"sft.{name}", "must be > 0")
   _require(c.train.num_minibatches >= 1, "train.num_minibatches", "must be >= 1")
   _require(c.train.num_iterations >= 1, "train.num_iterations", "must be >= 1")
   n = c.rl.group_size * c.rl.prompts_per_step
-  _require(n % c.train.num_minibatches == 0, "train.num_minibatches",
-           f"={c.train.num_minibatches} must divide the {n} sequences of a step "
-           f"(rl.prompts_per_step * rl.group_size)")
+  _require(
+    n % c.train.num_minibatches == 0,
+    "train.num_minibatches",
+    f"={c.train.num_minibatches} must divide the {n} sequences of a step "
+    f"(rl.prompts_per_step * rl.group_size)",
+  )
   _require(c.train.num_microbatches >= 1, "train.num_microbatches", "must be >= 1")
-  _require(c.train.logits_chunk >= 0, "train.logits_chunk",
-           f"must be >= 0 (0 = off), got {c.train.logits_chunk}")
-  _require((n // c.train.num_minibatches) % c.train.num_microbatches == 0,
-           "train.num_microbatches",
-           f"={c.train.num_microbatches} must divide the {n // c.train.num_minibatches} "
-           f"sequences of a minibatch")
+  _require(
+    c.train.logits_chunk >= 0,
+    "train.logits_chunk",
+    f"must be >= 0 (0 = off), got {c.train.logits_chunk}",
+  )
+  _require(
+    (n // c.train.num_minibatches) % c.train.num_microbatches == 0,
+    "train.num_microbatches",
+    f"={c.train.num_microbatches} must divide the {n // c.train.num_minibatches} "
+    f"sequences of a minibatch",
+  )
   _require(c.eval.every >= 0, "eval.every", f"must be >= 0, got {c.eval.every}")
   _require(c.eval.num_prompts >= 1, "eval.num_prompts", "must be >= 1")
   _require(c.checkpoint.every >= 1, "checkpoint.every", f"must be >= 1, got {c.checkpoint.every}")
   _require(c.checkpoint.keep >= 1, "checkpoint.keep", f"must be >= 1, got {c.checkpoint.keep}")
-  _require(c.sampling.temperature > 0, "sampling.temperature",
-           f"must be > 0 for RL sampling, got {c.sampling.temperature}")
+  _require(
+    c.sampling.temperature > 0,
+    "sampling.temperature",
+    f"must be > 0 for RL sampling, got {c.sampling.temperature}",
+  )
   _require(c.sampling.top_k >= 0, "sampling.top_k", "must be >= 0")
   _require(0 < c.sampling.top_p <= 1, "sampling.top_p", "must be in (0, 1]")
   _require(c.sampling.cache_phases >= 1, "sampling.cache_phases", "must be >= 1 (1 = off)")
   _require(c.sampling.streams >= 0, "sampling.streams", "must be >= 0 (0 = auto)")
-  _require(c.model.attention in ("einsum", "fused"), "model.attention",
-           f"must be 'einsum' or 'fused', got {c.model.attention!r}")
+  _require(
+    c.model.attention in ("einsum", "fused"),
+    "model.attention",
+    f"must be 'einsum' or 'fused', got {c.model.attention!r}",
+  )
   if c.sampling.max_new_tokens is not None:
     _require(c.sampling.max_new_tokens >= 1, "sampling.max_new_tokens", "must be >= 1")
   _require(c.log.progress_every >= 1, "log.progress_every", "must be >= 1")
   for axis in ("data", "fsdp", "tensor"):
     size = getattr(c.mesh, axis)
     _require(size == -1 or size >= 1, f"mesh.{axis}", f"must be -1 or >= 1, got {size}")
-  _require([c.mesh.data, c.mesh.fsdp, c.mesh.tensor].count(-1) <= 1, "mesh",
-           "may have at most one axis set to -1")
+  _require(
+    [c.mesh.data, c.mesh.fsdp, c.mesh.tensor].count(-1) <= 1,
+    "mesh",
+    "may have at most one axis set to -1",
+  )
   # Model and algorithm construction validate their own fields (names included).
   from rl_jax import algorithms  # local: config is imported by everything
+
   try:
     algorithms.make_algorithm(**dataclasses.asdict(c.algorithm))
   except (ValueError, NotImplementedError) as e:
@@ -313,14 +338,18 @@ def mesh_shape(m: MeshConfig, num_devices: int) -> dict[str, int]:
   for axis, v in sizes.items():
     if v == -1:
       if num_devices % fixed:
-        raise ConfigError(f"config field 'mesh.{axis}' cannot be inferred: the other axes "
-                          f"({fixed} devices) do not divide the {num_devices} devices")
+        raise ConfigError(
+          f"config field 'mesh.{axis}' cannot be inferred: the other axes "
+          f"({fixed} devices) do not divide the {num_devices} devices"
+        )
       sizes[axis] = num_devices // fixed
   total = sizes["data"] * sizes["fsdp"] * sizes["tensor"]
   if total != num_devices:
-    raise ConfigError(f"config field 'mesh' (data={sizes['data']}, fsdp={sizes['fsdp']}, "
-                      f"tensor={sizes['tensor']}) uses {total} devices but {num_devices} are "
-                      f"available; set one axis to -1 or make the product {num_devices}")
+    raise ConfigError(
+      f"config field 'mesh' (data={sizes['data']}, fsdp={sizes['fsdp']}, "
+      f"tensor={sizes['tensor']}) uses {total} devices but {num_devices} are "
+      f"available; set one axis to -1 or make the product {num_devices}"
+    )
   return sizes
 
 
@@ -360,8 +389,9 @@ def _parse_scalar(path: str, raw: str, current, hint):
     raise ConfigError(f"config field {path!r} must be {base.__name__}, got {raw!r}") from None
 
 
-def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict[str, str]
-                    ) -> ml_collections.ConfigDict:
+def apply_overrides(
+  cfg: ml_collections.ConfigDict, overrides: dict[str, str]
+) -> ml_collections.ConfigDict:
   """Applies `{"train.steps": "6", ...}` (strings from the command line) to `cfg`."""
   cfg = ml_collections.ConfigDict(cfg.to_dict())
   for path, raw in overrides.items():
@@ -373,12 +403,14 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict[str, str]
       if part not in names:
         close = difflib.get_close_matches(part, names, n=1)
         hint = f" (did you mean {'.'.join(parts[:i] + [close[0]])!r}?)" if close else ""
-        raise ConfigError(f"unknown config field {path!r}{hint}; known fields of "
-                          f"{prefix or 'the config'}: {', '.join(names)}")
+        raise ConfigError(
+          f"unknown config field {path!r}{hint}; known fields of "
+          f"{prefix or 'the config'}: {', '.join(names)}"
+        )
       target = typing.get_type_hints(cls)[part]
       if i < len(parts) - 1:
         if not dataclasses.is_dataclass(target):
-          raise ConfigError(f"config field {'.'.join(parts[:i + 1])!r} is not a section")
+          raise ConfigError(f"config field {'.'.join(parts[: i + 1])!r} is not a section")
         if part not in node:
           node[part] = ml_collections.ConfigDict()
         cls, node = target, node[part]

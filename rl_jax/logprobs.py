@@ -21,8 +21,9 @@ class TokenStats(NamedTuple):
   entropy_NxT: jax.Array | None  # float32 entropy of pi(. | x, y_<t), 0 where masked
 
 
-def _completion_states(model, prompt_NxP, prompt_mask_NxP, completion_NxT, completion_mask_NxT,
-                       group_size: int = 1):
+def _completion_states(
+  model, prompt_NxP, prompt_mask_NxP, completion_NxT, completion_mask_NxT, group_size: int = 1
+):
   """Hidden states [N, T, D] that predict each completion token: index P - 1 + t of the causal
   pass over `[prompt ; completion]` for token t. RoPE positions count valid tokens only,
   exactly as in the sampler.
@@ -41,7 +42,7 @@ def _completion_states(model, prompt_NxP, prompt_mask_NxP, completion_NxT, compl
   if group_size == 1:
     tokens = jnp.concatenate([prompt_NxP, completion_NxT], axis=1)
     h, _ = model.hidden(tokens, positions, valid)
-    return h[:, P - 1:-1]
+    return h[:, P - 1 : -1]
   if N % group_size:
     raise ValueError(f"{N} sequences do not form groups of {group_size}")
   G = group_size
@@ -50,10 +51,10 @@ def _completion_states(model, prompt_NxP, prompt_mask_NxP, completion_NxT, compl
   h_first = jnp.repeat(h_prompt[:, -1:], G, axis=0)  # predicts completion token 0
   if T == 1:
     return h_first
-  prefix = [transformer.SharedPrefix(c.k_NxKxSxDh, c.v_NxKxSxDh, group_mask_BxP)
-            for c in prompt_kv]
-  h_rest, _ = model.hidden(completion_NxT[:, :-1], positions[:, P:-1], valid[:, P:-1],
-                           prefix=prefix)
+  prefix = [transformer.SharedPrefix(c.k_NxKxSxDh, c.v_NxKxSxDh, group_mask_BxP) for c in prompt_kv]
+  h_rest, _ = model.hidden(
+    completion_NxT[:, :-1], positions[:, P:-1], valid[:, P:-1], prefix=prefix
+  )
   return jnp.concatenate([h_first, h_rest], axis=1)
 
 
@@ -85,10 +86,19 @@ def _chunked_token_stats(model, h_NxTxD, completion_NxT, temperature, with_entro
   return unchunk(logp), unchunk(ent) if with_entropy else None
 
 
-def completion_logprobs(graphdef, params, prompt_NxP, prompt_mask_NxP, completion_NxT,
-                        completion_mask_NxT, *, temperature: float = 1.0,
-                        with_entropy: bool = False, group_size: int = 1,
-                        logits_chunk: int = 0) -> TokenStats:
+def completion_logprobs(
+  graphdef,
+  params,
+  prompt_NxP,
+  prompt_mask_NxP,
+  completion_NxT,
+  completion_mask_NxT,
+  *,
+  temperature: float = 1.0,
+  with_entropy: bool = False,
+  group_size: int = 1,
+  logits_chunk: int = 0,
+) -> TokenStats:
   """Log-probs of `completion_NxT` after the left-padded `prompt_NxP`.
 
   The sequence is `[prompt ; completion]`; completion token t is predicted by the logits at
@@ -107,37 +117,52 @@ def completion_logprobs(graphdef, params, prompt_NxP, prompt_mask_NxP, completio
       time, so the float32 logits of the whole batch are never materialised.
   """
   model = transformer.merge(graphdef, params)
-  h = _completion_states(model, prompt_NxP, prompt_mask_NxP, completion_NxT, completion_mask_NxT,
-                         group_size)
-  return _stats_from_states(model, h, completion_NxT, completion_mask_NxT, temperature,
-                            with_entropy, logits_chunk)
+  h = _completion_states(
+    model, prompt_NxP, prompt_mask_NxP, completion_NxT, completion_mask_NxT, group_size
+  )
+  return _stats_from_states(
+    model, h, completion_NxT, completion_mask_NxT, temperature, with_entropy, logits_chunk
+  )
 
 
-def _stats_from_states(model, h_NxTxD, completion_NxT, completion_mask_NxT, temperature,
-                       with_entropy, logits_chunk) -> TokenStats:
+def _stats_from_states(
+  model, h_NxTxD, completion_NxT, completion_mask_NxT, temperature, with_entropy, logits_chunk
+) -> TokenStats:
   T = completion_NxT.shape[1]
   if 0 < logits_chunk < T:
-    logp, ent = _chunked_token_stats(model, h_NxTxD, completion_NxT, temperature, with_entropy,
-                                     logits_chunk)
+    logp, ent = _chunked_token_stats(
+      model, h_NxTxD, completion_NxT, temperature, with_entropy, logits_chunk
+    )
   else:
     logp, ent = _token_stats(model, h_NxTxD, completion_NxT, temperature, with_entropy)
   mask = completion_mask_NxT.astype(logp.dtype)
   return TokenStats(logp * mask, ent * mask if with_entropy else None)
 
 
-def completion_logprobs_and_values(graphdef, policy_params, value_head, prompt_NxP,
-                                   prompt_mask_NxP, completion_NxT, completion_mask_NxT, *,
-                                   temperature: float = 1.0, with_entropy: bool = False,
-                                   group_size: int = 1, logits_chunk: int = 0
-                                   ) -> tuple[TokenStats, jax.Array]:
+def completion_logprobs_and_values(
+  graphdef,
+  policy_params,
+  value_head,
+  prompt_NxP,
+  prompt_mask_NxP,
+  completion_NxT,
+  completion_mask_NxT,
+  *,
+  temperature: float = 1.0,
+  with_entropy: bool = False,
+  group_size: int = 1,
+  logits_chunk: int = 0,
+) -> tuple[TokenStats, jax.Array]:
   """`completion_logprobs` and, for a value head on the policy's own trunk (PPO's shared
   trunk), `completion_values` from one pass of the trunk: the same numbers as the two calls
   (up to float rounding with `group_size` > 1), at the cost of one."""
   model = transformer.merge(graphdef, policy_params)
-  h = _completion_states(model, prompt_NxP, prompt_mask_NxP, completion_NxT, completion_mask_NxT,
-                         group_size)
-  stats = _stats_from_states(model, h, completion_NxT, completion_mask_NxT, temperature,
-                             with_entropy, logits_chunk)
+  h = _completion_states(
+    model, prompt_NxP, prompt_mask_NxP, completion_NxT, completion_mask_NxT, group_size
+  )
+  stats = _stats_from_states(
+    model, h, completion_NxT, completion_mask_NxT, temperature, with_entropy, logits_chunk
+  )
   return stats, _values_from_states(h, value_head, completion_mask_NxT)
 
 
@@ -170,8 +195,9 @@ def critic_view(policy_params, critic_params) -> dict:
   return dict(trunk=policy_params, value_head=critic_params["value_head"])
 
 
-def completion_values(graphdef, critic_params, prompt_NxP, prompt_mask_NxP, completion_NxT,
-                      completion_mask_NxT) -> jax.Array:
+def completion_values(
+  graphdef, critic_params, prompt_NxP, prompt_mask_NxP, completion_NxT, completion_mask_NxT
+) -> jax.Array:
   """V(s_t) for each completion token t: the critic's estimate of the return from the state
   that emits token t (hidden state at index P - 1 + t). float32 [N, T], 0 where masked."""
   model = transformer.merge(graphdef, critic_params["trunk"])

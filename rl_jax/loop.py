@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rl_jax import algorithms, config as config_lib, logprobs, parallel, trainer
+from rl_jax import algorithms, logprobs, parallel, trainer
+from rl_jax import config as config_lib
 from rl_jax.checkpoint import Checkpointer, CheckpointError
 from rl_jax.metrics import MetricsWriter, Progress, format_duration, plot_rewards, read_jsonl
 from rl_jax.models import transformer
@@ -53,25 +54,30 @@ class Experiment:
   greedy: SamplingConfig
 
   @classmethod
-  def build(cls, config: config_lib.RunConfig, devices=None,
-            algorithm: algorithms.Algorithm | None = None) -> "Experiment":
+  def build(
+    cls, config: config_lib.RunConfig, devices=None, algorithm: algorithms.Algorithm | None = None
+  ) -> Experiment:
     devices = list(jax.devices() if devices is None else devices)
     sizes = config_lib.mesh_shape(config.mesh, len(devices))
     mesh = parallel.make_mesh(sizes, devices)
     div = sizes["data"] * sizes["fsdp"]
     if config.rl.prompts_per_step % div:
       raise config_lib.ConfigError(
-          f"config field 'rl.prompts_per_step'={config.rl.prompts_per_step} must be a multiple "
-          f"of the batch-sharding degree mesh.data * mesh.fsdp = {div}")
+        f"config field 'rl.prompts_per_step'={config.rl.prompts_per_step} must be a multiple "
+        f"of the batch-sharding degree mesh.data * mesh.fsdp = {div}"
+      )
     if config.sft.steps and config.sft.batch_size % div:
       raise config_lib.ConfigError(
-          f"config field 'sft.batch_size'={config.sft.batch_size} must be a multiple of "
-          f"mesh.data * mesh.fsdp = {div}")
+        f"config field 'sft.batch_size'={config.sft.batch_size} must be a multiple of "
+        f"mesh.data * mesh.fsdp = {div}"
+      )
     t = config.task
     try:
       if not hasattr(t, t.name):
-        raise ValueError(f"task.name={t.name!r} is unknown; choose one of "
-                         f"{[f.name for f in dataclasses.fields(t) if f.name != 'name']}")
+        raise ValueError(
+          f"task.name={t.name!r} is unknown; choose one of "
+          f"{[f.name for f in dataclasses.fields(t) if f.name != 'name']}"
+        )
       task = make_task(t.name, **dataclasses.asdict(getattr(t, t.name)))
     except ValueError as e:
       raise config_lib.ConfigError(str(e)) from None
@@ -82,10 +88,16 @@ class Experiment:
     algo = algorithm or algorithms.make_algorithm(**dataclasses.asdict(config.algorithm))
     max_new = config.sampling.max_new_tokens or task.max_answer_len
     eos, pad = task.tokenizer.eos_id, task.tokenizer.pad_id
-    sampling = SamplingConfig(max_new_tokens=max_new, temperature=config.sampling.temperature,
-                              top_k=config.sampling.top_k, top_p=config.sampling.top_p,
-                              eos_id=eos, pad_id=pad, cache_phases=config.sampling.cache_phases,
-                              streams=config.sampling.streams)
+    sampling = SamplingConfig(
+      max_new_tokens=max_new,
+      temperature=config.sampling.temperature,
+      top_k=config.sampling.top_k,
+      top_p=config.sampling.top_p,
+      eos_id=eos,
+      pad_id=pad,
+      cache_phases=config.sampling.cache_phases,
+      streams=config.sampling.streams,
+    )
     greedy = dataclasses.replace(sampling, temperature=0.0, top_k=0, top_p=1.0)
     prompt_len = task.max_prompt_len  # one fixed prompt shape per run: nothing recompiles
     return cls(config, mesh, task, graphdef, model_cfg, algo, prompt_len, sampling, greedy)
@@ -101,10 +113,15 @@ class Experiment:
 
   def init_state(self, params, tx, critic_tx=None):
     """Train state at its shardings; with `critic_tx`, also a critic initialised from `params`."""
+
     def init(p):
-      critic = None if critic_tx is None else logprobs.init_critic(
-          p, self.model_cfg.d_model, shared_trunk=self.algo.shared_trunk)
+      critic = (
+        None
+        if critic_tx is None
+        else logprobs.init_critic(p, self.model_cfg.d_model, shared_trunk=self.algo.shared_trunk)
+      )
       return trainer.init_state(p, tx, critic, critic_tx)
+
     abstract = jax.eval_shape(init, params)
     shardings = parallel.state_shardings(abstract, self.mesh)
     return jax.jit(init, out_shardings=shardings)(params), shardings
@@ -112,9 +129,12 @@ class Experiment:
   def rl_optimizers(self):
     """(policy optimizer, critic optimizer or None) for the RL phase."""
     t = self.config.train
-    make = lambda lr: trainer.make_optimizer(learning_rate=lr, warmup_steps=t.warmup_steps,
-                                             weight_decay=t.weight_decay,
-                                             max_grad_norm=t.max_grad_norm)
+    make = lambda lr: trainer.make_optimizer(
+      learning_rate=lr,
+      warmup_steps=t.warmup_steps,
+      weight_decay=t.weight_decay,
+      max_grad_norm=t.max_grad_norm,
+    )
     critic_tx = make(t.critic_learning_rate or t.learning_rate) if self.algo.critic else None
     return make(t.learning_rate), critic_tx
 
@@ -124,8 +144,9 @@ class Experiment:
   # --- host <-> device -----------------------------------------------------------------------
 
   def encode_prompts(self, examples: list[Example]):
-    return self.task.tokenizer.batch_encode_left_padded([e.prompt for e in examples],
-                                                        self.prompt_len)
+    return self.task.tokenizer.batch_encode_left_padded(
+      [e.prompt for e in examples], self.prompt_len
+    )
 
   def encode_targets(self, examples: list[Example]):
     T = self.sampling.max_new_tokens
@@ -133,7 +154,7 @@ class Experiment:
     mask = np.zeros((len(examples), T), bool)
     for i, ex in enumerate(examples):
       ids = self.task.tokenizer.encode(self.task.sft_target(ex), eos=True)[:T]
-      tokens[i, :len(ids)], mask[i, :len(ids)] = ids, True
+      tokens[i, : len(ids)], mask[i, : len(ids)] = ids, True
     return tokens, mask
 
   def decode(self, tokens_NxT) -> list[str]:
@@ -146,12 +167,16 @@ class Experiment:
     div = parallel.batch_divisor(self.mesh)
     padded = examples + examples[: (-len(examples)) % div]
     prompts, mask = self.shard(self.encode_prompts(padded))
-    out = generate(self.graphdef, params, prompts, mask, jax.random.key(0), cfg=self.greedy,
-                   group_size=1)
-    completions = self.decode(out.tokens_NxT)[:len(examples)]
+    out = generate(
+      self.graphdef, params, prompts, mask, jax.random.key(0), cfg=self.greedy, group_size=1
+    )
+    completions = self.decode(out.tokens_NxT)[: len(examples)]
     scores = self.task.score(examples, completions)
-    result = dict(reward_mean=float(scores.rewards.mean()), n=len(examples),
-                  response_len_mean=float(np.asarray(out.lengths_N)[:len(examples)].mean()))
+    result = dict(
+      reward_mean=float(scores.rewards.mean()),
+      n=len(examples),
+      response_len_mean=float(np.asarray(out.lengths_N)[: len(examples)].mean()),
+    )
     if scores.correct is not None:
       result["accuracy"] = float(scores.correct.mean())
     return result
@@ -163,8 +188,9 @@ def warm_start(exp: Experiment, params, *, log: Callable[[str], None] = _print):
   tx = trainer.make_optimizer(learning_rate=c.learning_rate, warmup_steps=c.warmup_steps)
   state, state_sh = exp.init_state(params, tx)
   batch_sh = parallel.batch_sharding(exp.mesh)
-  step_fn = trainer.make_sft_step(exp.graphdef, tx, state_sharding=state_sh,
-                                  batch_sharding=batch_sh)
+  step_fn = trainer.make_sft_step(
+    exp.graphdef, tx, state_sharding=state_sh, batch_sharding=batch_sh
+  )
   t0, report = time.time(), max(1, c.steps // 5)
   for i in range(c.steps):
     rng = np.random.default_rng([exp.config.seed, _SFT_STREAM, i])
@@ -172,13 +198,16 @@ def warm_start(exp: Experiment, params, *, log: Callable[[str], None] = _print):
     batch = exp.shard((*exp.encode_prompts(examples), *exp.encode_targets(examples)))
     state, m = step_fn(state, *batch)
     if (i + 1) % report == 0 or i + 1 == c.steps:
-      log(f"sft step {i + 1:5d}/{c.steps} | loss {float(m['loss']):.4f} | "
-          f"{format_duration(time.time() - t0)}")
+      log(
+        f"sft step {i + 1:5d}/{c.steps} | loss {float(m['loss']):.4f} | "
+        f"{format_duration(time.time() - t0)}"
+      )
   return state.params
 
 
 class HostRollout(NamedTuple):
   """One step's training batch on the host: N = B*G rows, prompt-major."""
+
   prompt_NxP: np.ndarray
   prompt_mask_NxP: np.ndarray
   tokens_NxT: np.ndarray
@@ -209,19 +238,29 @@ def collect_rollout(exp: Experiment, params, step: int, key) -> tuple[HostRollou
     seed_seq = [c.seed, _RL_STREAM, step] + ([rnd] if rnd else [])
     examples = exp.task.train_examples(np.random.default_rng(seed_seq), B)
     prompts, prompt_mask = exp.encode_prompts(examples)
-    out = generate(exp.graphdef, params, *exp.shard((prompts, prompt_mask)),
-                   jax.random.fold_in(key, rnd), cfg=exp.sampling, group_size=G)
+    out = generate(
+      exp.graphdef,
+      params,
+      *exp.shard((prompts, prompt_mask)),
+      jax.random.fold_in(key, rnd),
+      cfg=exp.sampling,
+      group_size=G,
+    )
     tokens, logp, mask, lengths = jax.device_get(
-        (out.tokens_NxT, out.logp_NxT, out.mask_NxT, out.lengths_N))
+      (out.tokens_NxT, out.logp_NxT, out.mask_NxT, out.lengths_N)
+    )
     scores = exp.task.score([ex for ex in examples for _ in range(G)], exp.decode(tokens))
-    shaped = np.asarray(algorithms.shape_rewards(algo, jnp.asarray(scores.rewards),
-                                                 jnp.asarray(lengths), T))
+    shaped = np.asarray(
+      algorithms.shape_rewards(algo, jnp.asarray(scores.rewards), jnp.asarray(lengths), T)
+    )
     rounds += 1
     if rnd == 0:
-      metrics.update(reward_mean=float(scores.rewards.mean()),
-                     reward_std=float(scores.rewards.std()),
-                     response_len_mean=float(lengths.mean()),
-                     generated_tokens=0)
+      metrics.update(
+        reward_mean=float(scores.rewards.mean()),
+        reward_std=float(scores.rewards.std()),
+        response_len_mean=float(lengths.mean()),
+        generated_tokens=0,
+      )
       if scores.correct is not None:
         metrics["accuracy"] = float(scores.correct.mean())
       if algo.overlong_cache_len is not None:
@@ -229,10 +268,14 @@ def collect_rollout(exp: Experiment, params, step: int, key) -> tuple[HostRollou
     metrics["generated_tokens"] += int(lengths.sum())
     for b in range(B):
       rows = slice(b * G, (b + 1) * G)
-      group = dict(prompt_NxP=np.repeat(prompts[b:b + 1], G, 0),
-                   prompt_mask_NxP=np.repeat(prompt_mask[b:b + 1], G, 0),
-                   tokens_NxT=tokens[rows], logp_NxT=logp[rows], mask_NxT=mask[rows],
-                   rewards_N=shaped[rows])
+      group = dict(
+        prompt_NxP=np.repeat(prompts[b : b + 1], G, 0),
+        prompt_mask_NxP=np.repeat(prompt_mask[b : b + 1], G, 0),
+        tokens_NxT=tokens[rows],
+        logp_NxT=logp[rows],
+        mask_NxT=mask[rows],
+        rewards_N=shaped[rows],
+      )
       informative = not algo.dynamic_sampling or np.ptp(shaped[rows]) > 0
       (kept if informative else dropped).append(group)
     if len(kept) >= B:
@@ -241,13 +284,18 @@ def collect_rollout(exp: Experiment, params, step: int, key) -> tuple[HostRollou
   groups = (kept + dropped[:filled])[:B]
   roll = HostRollout(**{k: np.concatenate([g[k] for g in groups]) for k in HostRollout._fields})
   if algo.dynamic_sampling:
-    metrics.update(ds_rounds=rounds, ds_dropped_groups=len(dropped),
-                   ds_filled_groups=filled)
+    metrics.update(ds_rounds=rounds, ds_dropped_groups=len(dropped), ds_filled_groups=filled)
   return roll, metrics
 
 
-def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None] = _print,
-        stream=sys.stdout, algorithm: algorithms.Algorithm | None = None) -> dict[str, Any]:
+def run(
+  config: config_lib.RunConfig,
+  workdir: str,
+  *,
+  log: Callable[[str], None] = _print,
+  stream=sys.stdout,
+  algorithm: algorithms.Algorithm | None = None,
+) -> dict[str, Any]:
   """Runs (or resumes) an RL experiment in `workdir`. Returns the final summary.
 
   `algorithm` replaces the config's preset with any `Algorithm` (e.g. one defined in a
@@ -260,14 +308,17 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config_lib.to_json(c))
-  log(f"rl_jax: {exp.algo.name} on {exp.task.name} | model {c.model.preset} "
-      f"({exp.model_cfg.num_params() / 1e6:.2f} M params) | {jax.device_count()} "
-      f"{jax.devices()[0].platform} device(s), mesh {dict(exp.mesh.shape)} | workdir {workdir}")
+  log(
+    f"rl_jax: {exp.algo.name} on {exp.task.name} | model {c.model.preset} "
+    f"({exp.model_cfg.num_params() / 1e6:.2f} M params) | {jax.device_count()} "
+    f"{jax.devices()[0].platform} device(s), mesh {dict(exp.mesh.shape)} | workdir {workdir}"
+  )
 
   tx, critic_tx = exp.rl_optimizers()
   ckpt = Checkpointer(workdir, keep=c.checkpoint.keep, async_save=c.checkpoint.async_save)
-  writer = MetricsWriter(workdir, tensorboard=c.log.tensorboard,
-                         wandb_project=c.log.wandb_project, config=c.to_dict())
+  writer = MetricsWriter(
+    workdir, tensorboard=c.log.tensorboard, wandb_project=c.log.wandb_project, config=c.to_dict()
+  )
   heldout = exp.task.heldout_examples(c.eval.num_prompts)
   root_key = jax.random.key(c.seed)
 
@@ -279,8 +330,10 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
     state, root_key, meta = ckpt.restore(start, state, root_key)
     ref_params = ckpt.restore_reference(params)
     if meta.get("data_position") != start:
-      raise CheckpointError(f"checkpoint step {start} has data position "
-                            f"{meta.get('data_position')}; the workdir is inconsistent")
+      raise CheckpointError(
+        f"checkpoint step {start} has data position "
+        f"{meta.get('data_position')}; the workdir is inconsistent"
+      )
     log(f"resumed from checkpoint step {start} in {ckpt.directory}")
   else:
     writer.truncate_from(0)  # a fresh run owns the workdir's logs
@@ -305,18 +358,28 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
   # train.share_prompt each group's prompt is computed once in the log-prob and update passes.
   batch_sh = parallel.batch_sharding(exp.mesh)
   share = c.rl.group_size if c.train.share_prompt else 1
-  update = trainer.make_rl_update(exp.graphdef, exp.algo, tx, critic_tx=critic_tx,
-                                  num_minibatches=c.train.num_minibatches,
-                                  num_iterations=c.train.num_iterations,
-                                  num_microbatches=c.train.num_microbatches,
-                                  temperature=c.sampling.temperature,
-                                  aggregation_constant=exp.algo.aggregation_constant
-                                  or exp.sampling.max_new_tokens,
-                                  group_size=share, logits_chunk=c.train.logits_chunk,
-                                  off_policy=c.train.async_rollout,
-                                  state_sharding=state_sh, batch_sharding=batch_sh)
-  logprob_fn = trainer.make_logprob_fn(exp.graphdef, temperature=c.sampling.temperature,
-                                       group_size=share, logits_chunk=c.train.logits_chunk)
+  update = trainer.make_rl_update(
+    exp.graphdef,
+    exp.algo,
+    tx,
+    critic_tx=critic_tx,
+    num_minibatches=c.train.num_minibatches,
+    num_iterations=c.train.num_iterations,
+    num_microbatches=c.train.num_microbatches,
+    temperature=c.sampling.temperature,
+    aggregation_constant=exp.algo.aggregation_constant or exp.sampling.max_new_tokens,
+    group_size=share,
+    logits_chunk=c.train.logits_chunk,
+    off_policy=c.train.async_rollout,
+    state_sharding=state_sh,
+    batch_sharding=batch_sh,
+  )
+  logprob_fn = trainer.make_logprob_fn(
+    exp.graphdef,
+    temperature=c.sampling.temperature,
+    group_size=share,
+    logits_chunk=c.train.logits_chunk,
+  )
   value_fn = trainer.make_value_fn(exp.graphdef) if exp.algo.critic else None
   advantages_fn = jax.jit(functools.partial(algorithms.compute_advantages, exp.algo))
   # One-step-off mode: the rollout of step n+1 is generated (in a background thread, from a
@@ -324,8 +387,9 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
   # stale and the clipped importance ratio against the sampler's log-probs corrects for it.
   stale = c.train.async_rollout
   on_policy = c.train.num_minibatches == 1 and c.train.num_iterations == 1 and not stale
-  sampler_logp_exact = (c.sampling.temperature == 1.0 and c.sampling.top_k == 0
-                        and c.sampling.top_p == 1.0)
+  sampler_logp_exact = (
+    c.sampling.temperature == 1.0 and c.sampling.top_k == 0 and c.sampling.top_p == 1.0
+  )
   B, G = c.rl.prompts_per_step, c.rl.group_size
   rollout_thread = concurrent.futures.ThreadPoolExecutor(max_workers=1) if stale else None
   pending = None  # (future of (HostRollout, metrics), behaviour params) for the next step
@@ -350,16 +414,22 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
     if stale and step < c.train.steps:
       # Sample step + 1 from the parameters before this update (a copy: the update donates them).
       nxt = jax.tree.map(jnp.copy, state.params)
-      pending = (rollout_thread.submit(collect_rollout, exp, nxt, step + 1,
-                                       step_keys(step + 1)[0]), nxt)
+      pending = (
+        rollout_thread.submit(collect_rollout, exp, nxt, step + 1, step_keys(step + 1)[0]),
+        nxt,
+      )
 
     # Reference and behaviour log-probs, advantages, the update.
     t1 = time.time()
     prompt_N, prompt_mask_N, tokens, mask = exp.shard(
-        (roll.prompt_NxP, roll.prompt_mask_NxP, roll.tokens_NxT, roll.mask_NxT))
+      (roll.prompt_NxP, roll.prompt_mask_NxP, roll.tokens_NxT, roll.mask_NxT)
+    )
     zeros = jnp.zeros(tokens.shape, jnp.float32)
-    ref_logp = (logprob_fn(ref_params, prompt_N, prompt_mask_N, tokens, mask)
-                if exp.algo.needs_reference else zeros)
+    ref_logp = (
+      logprob_fn(ref_params, prompt_N, prompt_mask_N, tokens, mask)
+      if exp.algo.needs_reference
+      else zeros
+    )
     sampler_logp = exp.shard(roll.logp_NxT)
     if on_policy:
       old_logp = zeros  # the update uses stop_gradient(current log-probs): ratio exactly 1
@@ -367,25 +437,43 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
       old_logp = sampler_logp
     else:  # the behaviour policy's log-probs at the training temperature, without truncation
       old_logp = logprob_fn(behaviour_params, prompt_N, prompt_mask_N, tokens, mask)
-    values = (value_fn(state.params, state.critic_params, prompt_N, prompt_mask_N, tokens, mask)
-              if value_fn else None)
-    adv_NxT, returns = advantages_fn(algorithms.AdvantageInputs(
-        jnp.asarray(roll.rewards_N.reshape(B, G)), mask.astype(jnp.float32), sampler_logp,
-        ref_logp if exp.algo.needs_reference else None, values))
-    batch = exp.shard(TrainBatch(prompt_N, prompt_mask_N, tokens, mask, adv_NxT, old_logp,
-                                 ref_logp, values, returns))
+    values = (
+      value_fn(state.params, state.critic_params, prompt_N, prompt_mask_N, tokens, mask)
+      if value_fn
+      else None
+    )
+    adv_NxT, returns = advantages_fn(
+      algorithms.AdvantageInputs(
+        jnp.asarray(roll.rewards_N.reshape(B, G)),
+        mask.astype(jnp.float32),
+        sampler_logp,
+        ref_logp if exp.algo.needs_reference else None,
+        values,
+      )
+    )
+    batch = exp.shard(
+      TrainBatch(
+        prompt_N, prompt_mask_N, tokens, mask, adv_NxT, old_logp, ref_logp, values, returns
+      )
+    )
     state, m = update(state, batch, update_key)
     m = jax.device_get(m)
     t_update = time.time() - t1
 
     metrics = dict(
-        **roll_metrics,
-        loss=float(m["loss"]), pg_loss=float(m["pg_loss"]), kl=float(m["kl"]),
-        entropy=float(m["entropy"]), clip_frac=float(m["clip_frac"]),
-        grad_norm=float(m["grad_norm"]), skipped_updates=int(m["skipped_updates"]),
-        rollout_s=t_rollout, update_s=t_update,
-        gen_tokens_per_s=roll_metrics["generated_tokens"] / max(t_rollout, 1e-9),
-        step_s=time.time() - t0)
+      **roll_metrics,
+      loss=float(m["loss"]),
+      pg_loss=float(m["pg_loss"]),
+      kl=float(m["kl"]),
+      entropy=float(m["entropy"]),
+      clip_frac=float(m["clip_frac"]),
+      grad_norm=float(m["grad_norm"]),
+      skipped_updates=int(m["skipped_updates"]),
+      rollout_s=t_rollout,
+      update_s=t_update,
+      gen_tokens_per_s=roll_metrics["generated_tokens"] / max(t_rollout, 1e-9),
+      step_s=time.time() - t0,
+    )
     for key in ("value_loss", "value_mean", "value_abs_err"):  # present with a critic
       if key in m:
         metrics[key] = float(m[key])
@@ -415,11 +503,15 @@ def run(config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None
     first, final = evals[0], evals[-1]
     summary = dict(before=first, after=final, wall_s=time.time() - t_start, workdir=workdir)
     if "accuracy" in first and first["step"] == 0:
-      log(f"held-out accuracy: {first['accuracy']:.1%} before RL -> {final['accuracy']:.1%} "
-          f"after {final['step']} RL steps ({final['n']} prompts never trained on)")
+      log(
+        f"held-out accuracy: {first['accuracy']:.1%} before RL -> {final['accuracy']:.1%} "
+        f"after {final['step']} RL steps ({final['n']} prompts never trained on)"
+      )
   plot_rewards(workdir)
-  log(f"done in {format_duration(time.time() - t_start)}; metrics, checkpoints and reward.png "
-      f"in {workdir}")
+  log(
+    f"done in {format_duration(time.time() - t_start)}; metrics, checkpoints and reward.png "
+    f"in {workdir}"
+  )
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   return summary
@@ -430,8 +522,9 @@ def _fmt_eval(e: dict) -> str:
   return f"{acc}reward {e['reward_mean']:.3f} | n {e['n']}"
 
 
-def run_sft_only(config: config_lib.RunConfig, workdir: str, *,
-                 log: Callable[[str], None] = _print) -> dict[str, Any]:
+def run_sft_only(
+  config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None] = _print
+) -> dict[str, Any]:
   """`rl-jax sft`: the supervised warm start alone, saved as the workdir's reference policy.
 
   A later `rl-jax train` on the same workdir starts RL from it instead of warm-starting again.
@@ -443,8 +536,9 @@ def run_sft_only(config: config_lib.RunConfig, workdir: str, *,
     f.write(config_lib.to_json(config))
   ckpt = Checkpointer(workdir)
   if ckpt.has_reference():
-    raise CheckpointError(f"{ckpt.reference_dir} already holds a warm-start policy; "
-                          "use a new --workdir")
+    raise CheckpointError(
+      f"{ckpt.reference_dir} already holds a warm-start policy; use a new --workdir"
+    )
   params = exp.init_params(config.seed)
   before = exp.evaluate(params, exp.task.heldout_examples(config.eval.num_prompts))
   log(f"held-out before SFT: {_fmt_eval(before)}")
@@ -456,9 +550,13 @@ def run_sft_only(config: config_lib.RunConfig, workdir: str, *,
   return dict(before=before, after=after)
 
 
-def evaluate_workdir(workdir: str, overrides: dict[str, str] | None = None, *,
-                     step: int | None = None, log: Callable[[str], None] = _print
-                     ) -> dict[str, Any]:
+def evaluate_workdir(
+  workdir: str,
+  overrides: dict[str, str] | None = None,
+  *,
+  step: int | None = None,
+  log: Callable[[str], None] = _print,
+) -> dict[str, Any]:
   """`rl-jax eval`: greedy held-out metrics of the policy saved in `workdir`.
 
   Uses the checkpoint at `step` (default: the latest); with no RL checkpoint, the warm-start
@@ -470,6 +568,7 @@ def evaluate_workdir(workdir: str, overrides: dict[str, str] | None = None, *,
   with open(path) as f:
     cd = json.load(f)
   import ml_collections
+
   cd = config_lib.apply_overrides(ml_collections.ConfigDict(cd), overrides or {})
   config = config_lib.from_configdict(cd)
   exp = Experiment.build(config)

@@ -23,12 +23,12 @@ BATCH_AXES = ("data", "fsdp")
 # Kernels are [in, out]: column-parallel layers split `out` over tensor, row-parallel `in`;
 # the other dimension is split over fsdp. Norm scales and biases are replicated.
 TRANSFORMER_RULES: tuple[tuple[str, P], ...] = (
-    (r"embed/embedding$", P("tensor", "fsdp")),
-    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)/kernel$", P("fsdp", "tensor")),
-    (r"(o_proj|down_proj)/kernel$", P("tensor", "fsdp")),
-    (r"lm_head/kernel$", P("fsdp", "tensor")),
-    (r"value_head/kernel$", P("fsdp", None)),
-    (r".*", P()),
+  (r"embed/embedding$", P("tensor", "fsdp")),
+  (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)/kernel$", P("fsdp", "tensor")),
+  (r"(o_proj|down_proj)/kernel$", P("tensor", "fsdp")),
+  (r"lm_head/kernel$", P("fsdp", "tensor")),
+  (r"value_head/kernel$", P("fsdp", None)),
+  (r".*", P()),
 )
 
 
@@ -37,8 +37,9 @@ def make_mesh(sizes: dict[str, int], devices: Sequence[jax.Device] | None = None
   devices = list(jax.devices() if devices is None else devices)
   shape = tuple(sizes[a] for a in AXES)
   if int(np.prod(shape)) != len(devices):
-    raise ValueError(f"mesh {dict(zip(AXES, shape))} needs {int(np.prod(shape))} devices, "
-                     f"have {len(devices)}")
+    raise ValueError(
+      f"mesh {dict(zip(AXES, shape))} needs {int(np.prod(shape))} devices, have {len(devices)}"
+    )
   return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
 
 
@@ -56,7 +57,7 @@ def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
   """Drops axes that do not divide their dimension (small models stay replicated there)."""
   entries = list(spec) + [None] * (len(shape) - len(spec))
   out = []
-  for dim, axis in zip(shape, entries[:len(shape)]):
+  for dim, axis in zip(shape, entries[: len(shape)]):
     names = (axis,) if isinstance(axis, str) else tuple(axis or ())
     size = int(np.prod([mesh.shape[n] for n in names])) if names else 1
     out.append(axis if names and dim % size == 0 and size > 1 else None)
@@ -65,12 +66,14 @@ def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
 
 def param_specs(params, mesh: Mesh, rules=TRANSFORMER_RULES):
   """PartitionSpec per parameter: the first rule whose regex matches the path."""
+
   def spec_for(path, leaf):
     name = path_str(path)
     for pattern, spec in rules:
       if re.search(pattern, name):
         return _fit(spec, tuple(leaf.shape), mesh)
     return P()
+
   return jax.tree_util.tree_map_with_path(spec_for, params)
 
 

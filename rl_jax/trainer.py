@@ -17,14 +17,22 @@ import jax.numpy as jnp
 import optax
 
 from rl_jax.algorithms import Algorithm
-from rl_jax.logprobs import (TokenStats, completion_logprobs, completion_logprobs_and_values,
-                             completion_values, critic_view, shares_policy_trunk)
-from rl_jax.objectives.aggregation import (aggregate, aggregate_with_denominator,
-                                            aggregation_denominator)
+from rl_jax.logprobs import (
+  TokenStats,
+  completion_logprobs,
+  completion_logprobs_and_values,
+  completion_values,
+  critic_view,
+  shares_policy_trunk,
+)
+from rl_jax.objectives.aggregation import (
+  aggregate,
+  aggregate_with_denominator,
+  aggregation_denominator,
+)
 from rl_jax.objectives.policy_losses import clip_fraction
 from rl_jax.objectives.value import clipped_value_loss
 from rl_jax.types import TrainBatch
-
 
 # XLA:CPU runs the training step's matmuls about 9% faster through its own dot emitter than as
 # YNNPACK fusions (the 4.46 M-parameter W3 step, same process: 1.61-1.66 s vs 1.74-1.83 s,
@@ -40,8 +48,7 @@ def train_compiler_options() -> dict | None:
   if jax.default_backend() != "cpu" or os.environ.get("RL_JAX_CPU_DEFAULT_XLA") == "1":
     return None
   try:
-    jax.jit(lambda x: x @ x, compiler_options=_CPU_TRAIN_OPTIONS).lower(
-        jnp.ones((2, 2))).compile()
+    jax.jit(lambda x: x @ x, compiler_options=_CPU_TRAIN_OPTIONS).lower(jnp.ones((2, 2))).compile()
   except Exception:  # pylint: disable=broad-except  (an XLA without the option: use defaults)
     return None
   return dict(_CPU_TRAIN_OPTIONS)
@@ -56,26 +63,44 @@ class TrainState(NamedTuple):
   critic_opt_state: Any = None
 
 
-def make_optimizer(*, learning_rate: float, warmup_steps: int = 0, weight_decay: float = 0.0,
-                   b1: float = 0.9, b2: float = 0.999, max_grad_norm: float | None = 1.0
-                   ) -> optax.GradientTransformation:
+def make_optimizer(
+  *,
+  learning_rate: float,
+  warmup_steps: int = 0,
+  weight_decay: float = 0.0,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  max_grad_norm: float | None = 1.0,
+) -> optax.GradientTransformation:
   """AdamW with linear warmup to a constant rate (constant so that a run's schedule does not
   depend on its total length: resuming with more steps continues the same trajectory)."""
-  schedule = (optax.linear_schedule(0.0, learning_rate, warmup_steps) if warmup_steps
-              else learning_rate)
+  schedule = (
+    optax.linear_schedule(0.0, learning_rate, warmup_steps) if warmup_steps else learning_rate
+  )
   if warmup_steps:
-    schedule = optax.join_schedules([schedule, optax.constant_schedule(learning_rate)],
-                                    [warmup_steps])
+    schedule = optax.join_schedules(
+      [schedule, optax.constant_schedule(learning_rate)], [warmup_steps]
+    )
   parts = [optax.clip_by_global_norm(max_grad_norm)] if max_grad_norm else []
   parts.append(optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay))
   return optax.chain(*parts)
 
 
-def init_state(params, tx: optax.GradientTransformation, critic_params=None,
-               critic_tx: optax.GradientTransformation | None = None) -> TrainState:
+def init_state(
+  params,
+  tx: optax.GradientTransformation,
+  critic_params=None,
+  critic_tx: optax.GradientTransformation | None = None,
+) -> TrainState:
   critic_opt = None if critic_params is None else (critic_tx or tx).init(critic_params)
-  return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jnp.zeros((), jnp.int32),
-                    critic_params, critic_opt)
+  return TrainState(
+    jnp.zeros((), jnp.int32),
+    params,
+    tx.init(params),
+    jnp.zeros((), jnp.int32),
+    critic_params,
+    critic_opt,
+  )
 
 
 def _tree_finite(tree) -> jax.Array:
@@ -91,23 +116,42 @@ def _optimizer_step(params, opt_state, grads, tx, ok):
   return keep(new_params, params), keep(new_opt, opt_state)
 
 
-def apply_gradients(state: TrainState, grads, loss, tx, critic_grads=None,
-                    critic_tx=None) -> tuple[TrainState, jax.Array]:
+def apply_gradients(
+  state: TrainState, grads, loss, tx, critic_grads=None, critic_tx=None
+) -> tuple[TrainState, jax.Array]:
   """One optimizer step (policy, and critic if any), skipped as a whole (state kept,
   `skipped` + 1) if the loss or any gradient is not finite."""
   ok = jnp.isfinite(loss) & _tree_finite(grads) & _tree_finite(critic_grads)
   params, opt_state = _optimizer_step(state.params, state.opt_state, grads, tx, ok)
   critic_params, critic_opt = state.critic_params, state.critic_opt_state
   if critic_grads is not None:
-    critic_params, critic_opt = _optimizer_step(critic_params, critic_opt, critic_grads,
-                                                critic_tx or tx, ok)
-  return TrainState(state.step + 1, params, opt_state, state.skipped + (~ok).astype(jnp.int32),
-                    critic_params, critic_opt), ok
+    critic_params, critic_opt = _optimizer_step(
+      critic_params, critic_opt, critic_grads, critic_tx or tx, ok
+    )
+  return TrainState(
+    state.step + 1,
+    params,
+    opt_state,
+    state.skipped + (~ok).astype(jnp.int32),
+    critic_params,
+    critic_opt,
+  ), ok
 
 
-def rl_loss(graphdef, params, mb: TrainBatch, algo: Algorithm, *, temperature: float,
-            on_policy: bool, aggregation_constant: float | None, denominator=None,
-            group_size: int = 1, logits_chunk: int = 0, stats: TokenStats | None = None):
+def rl_loss(
+  graphdef,
+  params,
+  mb: TrainBatch,
+  algo: Algorithm,
+  *,
+  temperature: float,
+  on_policy: bool,
+  aggregation_constant: float | None,
+  denominator=None,
+  group_size: int = 1,
+  logits_chunk: int = 0,
+  stats: TokenStats | None = None,
+):
   """The policy objective of one (micro-)batch and its diagnostics.
 
   `on_policy=True` means the batch was sampled by exactly these parameters (one epoch, one
@@ -123,10 +167,18 @@ def rl_loss(graphdef, params, mb: TrainBatch, algo: Algorithm, *, temperature: f
   entropies (`completion_logprobs(..., with_entropy=True)`) when the caller computed them.
   """
   if stats is None:
-    stats = completion_logprobs(graphdef, params, mb.prompt_NxP, mb.prompt_mask_NxP,
-                                mb.completion_NxT, mb.completion_mask_NxT,
-                                temperature=temperature, with_entropy=True,
-                                group_size=group_size, logits_chunk=logits_chunk)
+    stats = completion_logprobs(
+      graphdef,
+      params,
+      mb.prompt_NxP,
+      mb.prompt_mask_NxP,
+      mb.completion_NxT,
+      mb.completion_mask_NxT,
+      temperature=temperature,
+      with_entropy=True,
+      group_size=group_size,
+      logits_chunk=logits_chunk,
+    )
   logp = stats.logp_NxT
   mask = mb.completion_mask_NxT.astype(jnp.float32)
   old = jax.lax.stop_gradient(logp) if on_policy else mb.old_logp_NxT
@@ -145,30 +197,47 @@ def rl_loss(graphdef, params, mb: TrainBatch, algo: Algorithm, *, temperature: f
     per_token = per_token - algo.entropy_coef * stats.entropy_NxT
   loss = reduce(per_token)
   metrics = dict(
-      loss=loss, pg_loss=pg_loss,
-      kl=aggregate(jax.lax.stop_gradient(kl), mask, "token_mean"),
-      entropy=aggregate(jax.lax.stop_gradient(stats.entropy_NxT), mask, "token_mean"),
-      clip_frac=clip_fraction(jax.lax.stop_gradient(logp), old, mb.adv_NxT, mask,
-                              eps_low=algo.clip_eps_low, eps_high=algo.clip_eps_high))
+    loss=loss,
+    pg_loss=pg_loss,
+    kl=aggregate(jax.lax.stop_gradient(kl), mask, "token_mean"),
+    entropy=aggregate(jax.lax.stop_gradient(stats.entropy_NxT), mask, "token_mean"),
+    clip_frac=clip_fraction(
+      jax.lax.stop_gradient(logp),
+      old,
+      mb.adv_NxT,
+      mask,
+      eps_low=algo.clip_eps_low,
+      eps_high=algo.clip_eps_high,
+    ),
+  )
   return loss, metrics
 
 
-def value_loss(graphdef, critic_params, mb: TrainBatch, algo: Algorithm, *, denominator=None,
-               values=None):
+def value_loss(
+  graphdef, critic_params, mb: TrainBatch, algo: Algorithm, *, denominator=None, values=None
+):
   """Clipped value loss (token mean, or the batch's global token count as `denominator`).
   `values`: the critic's values of the batch when the caller computed them."""
   mask = mb.completion_mask_NxT.astype(jnp.float32)
   if values is None:
-    values = completion_values(graphdef, critic_params, mb.prompt_NxP, mb.prompt_mask_NxP,
-                               mb.completion_NxT, mb.completion_mask_NxT)
-  per_token = clipped_value_loss(values, mb.old_values_NxT, mb.returns_NxT,
-                                 eps=algo.value_clip_eps)
+    values = completion_values(
+      graphdef,
+      critic_params,
+      mb.prompt_NxP,
+      mb.prompt_mask_NxP,
+      mb.completion_NxT,
+      mb.completion_mask_NxT,
+    )
+  per_token = clipped_value_loss(values, mb.old_values_NxT, mb.returns_NxT, eps=algo.value_clip_eps)
   if denominator is None:
     denominator = aggregation_denominator(mask, "token_mean")
   loss = aggregate_with_denominator(per_token, mask, "token_mean", denominator)
   err = (values - mb.returns_NxT) * mask
-  return loss, dict(value_loss=loss, value_mean=aggregate(values, mask, "token_mean"),
-                    value_abs_err=aggregate(jnp.abs(err), mask, "token_mean"))
+  return loss, dict(
+    value_loss=loss,
+    value_mean=aggregate(values, mask, "token_mean"),
+    value_abs_err=aggregate(jnp.abs(err), mask, "token_mean"),
+  )
 
 
 def _split(tree, parts: int):
@@ -176,12 +245,23 @@ def _split(tree, parts: int):
   return jax.tree.map(lambda x: x.reshape(parts, x.shape[0] // parts, *x.shape[1:]), tree)
 
 
-def make_rl_update(graphdef, algo: Algorithm, tx: optax.GradientTransformation, *,
-                   num_minibatches: int = 1, num_iterations: int = 1, num_microbatches: int = 1,
-                   temperature: float = 1.0, aggregation_constant: float | None = None,
-                   critic_tx: optax.GradientTransformation | None = None,
-                   group_size: int = 1, logits_chunk: int = 0, off_policy: bool = False,
-                   state_sharding=None, batch_sharding=None) -> Callable:
+def make_rl_update(
+  graphdef,
+  algo: Algorithm,
+  tx: optax.GradientTransformation,
+  *,
+  num_minibatches: int = 1,
+  num_iterations: int = 1,
+  num_microbatches: int = 1,
+  temperature: float = 1.0,
+  aggregation_constant: float | None = None,
+  critic_tx: optax.GradientTransformation | None = None,
+  group_size: int = 1,
+  logits_chunk: int = 0,
+  off_policy: bool = False,
+  state_sharding=None,
+  batch_sharding=None,
+) -> Callable:
   """Returns `update(state, batch, rng) -> (state, metrics)`, jitted with donated state.
 
   Each of `num_iterations` epochs shuffles the batch into `num_minibatches` minibatches, one
@@ -210,18 +290,41 @@ def make_rl_update(graphdef, algo: Algorithm, tx: optax.GradientTransformation, 
     if algo.critic and shares_policy_trunk(critic_params):
       # A value head on the policy's trunk: one trunk pass serves both heads.
       stats, values = completion_logprobs_and_values(
-          graphdef, policy_params, critic_params["value_head"], mb.prompt_NxP,
-          mb.prompt_mask_NxP, mb.completion_NxT, mb.completion_mask_NxT,
-          temperature=temperature, with_entropy=True, group_size=share,
-          logits_chunk=logits_chunk)
-    loss, metrics = rl_loss(graphdef, policy_params, mb, algo, temperature=temperature,
-                            on_policy=on_policy, aggregation_constant=aggregation_constant,
-                            denominator=denominator[0], group_size=share,
-                            logits_chunk=logits_chunk, stats=stats)
+        graphdef,
+        policy_params,
+        critic_params["value_head"],
+        mb.prompt_NxP,
+        mb.prompt_mask_NxP,
+        mb.completion_NxT,
+        mb.completion_mask_NxT,
+        temperature=temperature,
+        with_entropy=True,
+        group_size=share,
+        logits_chunk=logits_chunk,
+      )
+    loss, metrics = rl_loss(
+      graphdef,
+      policy_params,
+      mb,
+      algo,
+      temperature=temperature,
+      on_policy=on_policy,
+      aggregation_constant=aggregation_constant,
+      denominator=denominator[0],
+      group_size=share,
+      logits_chunk=logits_chunk,
+      stats=stats,
+    )
     if algo.critic:
       # With a shared trunk the value loss also reaches the policy parameters.
-      vloss, vmetrics = value_loss(graphdef, critic_view(policy_params, critic_params), mb, algo,
-                                   denominator=denominator[1], values=values)
+      vloss, vmetrics = value_loss(
+        graphdef,
+        critic_view(policy_params, critic_params),
+        mb,
+        algo,
+        denominator=denominator[1],
+        values=values,
+      )
       loss = loss + algo.vf_coef * vloss
       metrics.update(vmetrics, loss=loss)
     return loss, metrics
@@ -230,8 +333,10 @@ def make_rl_update(graphdef, algo: Algorithm, tx: optax.GradientTransformation, 
 
   def minibatch_grads(params, mb, share):
     mask = mb.completion_mask_NxT.astype(jnp.float32)
-    den = (aggregation_denominator(mask, algo.aggregation, constant=aggregation_constant),
-           aggregation_denominator(mask, "token_mean"))
+    den = (
+      aggregation_denominator(mask, algo.aggregation, constant=aggregation_constant),
+      aggregation_denominator(mask, "token_mean"),
+    )
     if num_microbatches == 1:
       return loss_and_grad(params, mb, den, share)
 
@@ -241,16 +346,20 @@ def make_rl_update(graphdef, algo: Algorithm, tx: optax.GradientTransformation, 
       return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), metrics
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    (loss, grads), metrics = jax.lax.scan(accumulate, (jnp.zeros(()), zeros),
-                                          _split(mb, num_microbatches))
+    (loss, grads), metrics = jax.lax.scan(
+      accumulate, (jnp.zeros(()), zeros), _split(mb, num_microbatches)
+    )
     # Partial losses (global denominator) add up; per-micro-batch diagnostics are averaged.
-    metrics = {k: jnp.sum(v) if k in ("loss", "pg_loss", "value_loss") else jnp.mean(v)
-               for k, v in metrics.items()}
+    metrics = {
+      k: jnp.sum(v) if k in ("loss", "pg_loss", "value_loss") else jnp.mean(v)
+      for k, v in metrics.items()
+    }
     return (loss, metrics), grads
 
   def minibatch_step(state, mb, share):
     (loss, metrics), (grads, critic_grads) = minibatch_grads(
-        (state.params, state.critic_params), mb, share)
+      (state.params, state.critic_params), mb, share
+    )
     state, ok = apply_gradients(state, grads, loss, tx, critic_grads, critic_tx)
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads), finite=ok.astype(jnp.float32))
     return state, metrics
@@ -258,8 +367,10 @@ def make_rl_update(graphdef, algo: Algorithm, tx: optax.GradientTransformation, 
   def update(state: TrainState, batch: TrainBatch, rng):
     N = batch.completion_NxT.shape[0]
     if N % (num_minibatches * num_microbatches):
-      raise ValueError(f"batch of {N} sequences does not split into {num_minibatches} "
-                       f"minibatches of {num_microbatches} micro-batches")
+      raise ValueError(
+        f"batch of {N} sequences does not split into {num_minibatches} "
+        f"minibatches of {num_microbatches} micro-batches"
+      )
 
     # Prompt sharing needs whole groups in every micro-batch.
     share = group_size if (N // (num_minibatches * num_microbatches)) % group_size == 0 else 1
@@ -280,29 +391,44 @@ def make_rl_update(graphdef, algo: Algorithm, tx: optax.GradientTransformation, 
 
   shardings = {}
   if state_sharding is not None:
-    shardings = dict(in_shardings=(state_sharding, batch_sharding, None),
-                     out_shardings=(state_sharding, None))
-  return jax.jit(update, donate_argnums=(0,), compiler_options=train_compiler_options(),
-                 **shardings)
+    shardings = dict(
+      in_shardings=(state_sharding, batch_sharding, None), out_shardings=(state_sharding, None)
+    )
+  return jax.jit(
+    update, donate_argnums=(0,), compiler_options=train_compiler_options(), **shardings
+  )
 
 
 def make_value_fn(graphdef) -> Callable:
   """Jitted `(policy_params, critic_params, prompt, prompt_mask, completion, completion_mask)
   -> values_NxT` (the policy's parameters are read only with a shared trunk)."""
+
   def fn(policy_params, critic_params, *batch):
     return completion_values(graphdef, critic_view(policy_params, critic_params), *batch)
+
   return jax.jit(fn)
 
 
-def make_logprob_fn(graphdef, *, temperature: float = 1.0, group_size: int = 1,
-                    logits_chunk: int = 0) -> Callable:
+def make_logprob_fn(
+  graphdef, *, temperature: float = 1.0, group_size: int = 1, logits_chunk: int = 0
+) -> Callable:
   """Jitted `(params, batch) -> logp_NxT` for the reference and old-policy passes.
   `group_size`, `logits_chunk`: as in `completion_logprobs` (groups must share prompts)."""
+
   def fn(params, prompt, prompt_mask, completion, completion_mask):
     G = group_size if prompt.shape[0] % group_size == 0 else 1
-    return completion_logprobs(graphdef, params, prompt, prompt_mask, completion,
-                               completion_mask, temperature=temperature, group_size=G,
-                               logits_chunk=logits_chunk).logp_NxT
+    return completion_logprobs(
+      graphdef,
+      params,
+      prompt,
+      prompt_mask,
+      completion,
+      completion_mask,
+      temperature=temperature,
+      group_size=G,
+      logits_chunk=logits_chunk,
+    ).logp_NxT
+
   return jax.jit(fn, compiler_options=train_compiler_options())
 
 
@@ -314,8 +440,9 @@ def sft_loss(graphdef, params, prompt, prompt_mask, target, target_mask):
   return loss, dict(loss=loss)
 
 
-def make_sft_step(graphdef, tx: optax.GradientTransformation, *, state_sharding=None,
-                  batch_sharding=None) -> Callable:
+def make_sft_step(
+  graphdef, tx: optax.GradientTransformation, *, state_sharding=None, batch_sharding=None
+) -> Callable:
   """Returns jitted `step(state, prompt, prompt_mask, target, target_mask) -> (state, metrics)`."""
   grad_fn = jax.value_and_grad(lambda p, *b: sft_loss(graphdef, p, *b), has_aux=True)
 
@@ -326,7 +453,7 @@ def make_sft_step(graphdef, tx: optax.GradientTransformation, *, state_sharding=
 
   shardings = {}
   if state_sharding is not None:
-    shardings = dict(in_shardings=(state_sharding,) + (batch_sharding,) * 4,
-                     out_shardings=(state_sharding, None))
-  return jax.jit(step, donate_argnums=(0,), compiler_options=train_compiler_options(),
-                 **shardings)
+    shardings = dict(
+      in_shardings=(state_sharding,) + (batch_sharding,) * 4, out_shardings=(state_sharding, None)
+    )
+  return jax.jit(step, donate_argnums=(0,), compiler_options=train_compiler_options(), **shardings)

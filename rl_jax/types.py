@@ -13,6 +13,7 @@ import jax
 
 class Rollout(NamedTuple):
   """What the sampler produced for one step; rows grouped as prompt b -> rows b*G..b*G+G-1."""
+
   prompt_NxP: jax.Array  # int32 left-padded prompt tokens, repeated G times
   prompt_mask_NxP: jax.Array  # bool
   completion_NxT: jax.Array  # int32
@@ -22,6 +23,7 @@ class Rollout(NamedTuple):
 
 class TrainBatch(NamedTuple):
   """Everything the jitted update needs; every leaf has the sequence axis N first."""
+
   prompt_NxP: jax.Array
   prompt_mask_NxP: jax.Array
   completion_NxT: jax.Array

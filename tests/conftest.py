@@ -6,8 +6,9 @@ import os
 import jax
 import pytest
 
-jax.config.update("jax_compilation_cache_dir",
-                  os.environ.get("RL_JAX_TEST_JIT_CACHE", "/tmp/rl_jax_test_jit_cache"))
+jax.config.update(
+  "jax_compilation_cache_dir", os.environ.get("RL_JAX_TEST_JIT_CACHE", "/tmp/rl_jax_test_jit_cache")
+)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 # A run small enough for CI: the "test" model preset, few prompts, short warm start. 100 SFT
@@ -15,17 +16,17 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 # variance and the RL steps move the policy whatever the sampling seed (after 30 steps that
 # took a lucky draw).
 SMALL_OVERRIDES = {
-    "model.preset": "test",
-    "task.arithmetic.max_digits": "2",
-    "sft.steps": "100",
-    "sft.batch_size": "32",
-    "train.steps": "6",
-    "rl.prompts_per_step": "4",
-    "rl.group_size": "4",
-    "eval.every": "3",
-    "eval.num_prompts": "16",
-    "checkpoint.every": "2",
-    "log.tensorboard": "true",
+  "model.preset": "test",
+  "task.arithmetic.max_digits": "2",
+  "sft.steps": "100",
+  "sft.batch_size": "32",
+  "train.steps": "6",
+  "rl.prompts_per_step": "4",
+  "rl.group_size": "4",
+  "eval.every": "3",
+  "eval.num_prompts": "16",
+  "checkpoint.every": "2",
+  "log.tensorboard": "true",
 }
 
 
@@ -33,6 +34,7 @@ SMALL_OVERRIDES = {
 def small_config():
   """`small_config(**overrides)` -> validated RunConfig built from experiments/default.py."""
   from rl_jax import config as config_lib
+
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
   def make(**overrides):
@@ -40,4 +42,5 @@ def small_config():
     merged = dict(SMALL_OVERRIDES)
     merged.update({k.replace("__", "."): str(v) for k, v in overrides.items()})
     return config_lib.from_configdict(config_lib.apply_overrides(cd, merged))
+
   return make

@@ -25,12 +25,14 @@ def make_batch(N=16, P=8, T=6, V=17, seed=0):
   rewards = rng.random((N // 4, 4)).astype(np.float32)
   adv = np.asarray(algorithms.grpo().advantages(jnp.asarray(rewards))).reshape(-1)
   return TrainBatch(
-      prompt_NxP=rng.integers(3, V, (N, P)).astype(np.int32), prompt_mask_NxP=prompt_mask,
-      completion_NxT=rng.integers(3, V, (N, T)).astype(np.int32),
-      completion_mask_NxT=completion_mask,
-      adv_NxT=np.broadcast_to(adv[:, None], (N, T)).astype(np.float32),
-      old_logp_NxT=np.zeros((N, T), np.float32),
-      ref_logp_NxT=(-2.0 - rng.random((N, T))).astype(np.float32))
+    prompt_NxP=rng.integers(3, V, (N, P)).astype(np.int32),
+    prompt_mask_NxP=prompt_mask,
+    completion_NxT=rng.integers(3, V, (N, T)).astype(np.int32),
+    completion_mask_NxT=completion_mask,
+    adv_NxT=np.broadcast_to(adv[:, None], (N, T)).astype(np.float32),
+    old_logp_NxT=np.zeros((N, T), np.float32),
+    ref_logp_NxT=(-2.0 - rng.random((N, T))).astype(np.float32),
+  )
 
 
 def two_steps(mesh):
@@ -44,16 +46,17 @@ def two_steps(mesh):
   state_sh = parallel.state_shardings(state, mesh)
   state = jax.device_put(state, state_sh)
   b_sh = parallel.batch_sharding(mesh)
-  update = trainer.make_rl_update(graphdef, algo, tx, state_sharding=state_sh,
-                                  batch_sharding=b_sh)
+  update = trainer.make_rl_update(graphdef, algo, tx, state_sharding=state_sh, batch_sharding=b_sh)
   batch = jax.device_put(make_batch(), b_sh)
   losses, sizes = [], []
   for i in range(2):
     state, m = update(state, batch, jax.random.key(i))
     losses.append(float(m["loss"]))
     sizes.append(update._cache_size())
-  specs = {parallel.path_str(p): str(x.sharding.spec)
-           for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]}
+  specs = {
+    parallel.path_str(p): str(x.sharding.spec)
+    for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]
+  }
   flat = np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(state.params)])
   return losses, sizes, specs, flat
 
@@ -61,25 +64,33 @@ def two_steps(mesh):
 def split_invariance(mesh_one, mesh_eight):
   """Loss and gradient of one global batch, every aggregation mode, 1 device vs 8 shards."""
   import dataclasses
+
   from rl_jax.objectives import AGGREGATION_MODES
+
   cfg = transformer.preset("test", 17)
   graphdef, params = transformer.init_model(cfg, 2)
   batch = make_batch(N=16, seed=5)
   out = {}
   for mode in AGGREGATION_MODES:
     algo = dataclasses.replace(algorithms.grpo(kl_coef=0.04), aggregation=mode)
-    fn = jax.value_and_grad(lambda p, b: trainer.rl_loss(
-        graphdef, p, b, algo, temperature=1.0, on_policy=True, aggregation_constant=6)[0])
+    fn = jax.value_and_grad(
+      lambda p, b: trainer.rl_loss(
+        graphdef, p, b, algo, temperature=1.0, on_policy=True, aggregation_constant=6
+      )[0]
+    )
     results = []
     for mesh in (mesh_one, mesh_eight):
       p = jax.device_put(params, parallel.param_shardings(params, mesh))
       b = jax.device_put(batch, parallel.batch_sharding(mesh))
       loss, grads = jax.jit(fn)(p, b)
-      results.append((float(loss), np.concatenate([np.asarray(g).ravel()
-                                                   for g in jax.tree.leaves(grads)])))
+      results.append(
+        (float(loss), np.concatenate([np.asarray(g).ravel() for g in jax.tree.leaves(grads)]))
+      )
     (l1, g1), (l8, g8) = results
-    out[mode] = dict(loss_rel=abs(l1 - l8) / max(abs(l1), 1e-12),
-                     grad_rel=float(np.max(np.abs(g1 - g8)) / np.max(np.abs(g1))))
+    out[mode] = dict(
+      loss_rel=abs(l1 - l8) / max(abs(l1), 1e-12),
+      grad_rel=float(np.max(np.abs(g1 - g8)) / np.max(np.abs(g1))),
+    )
   return out
 
 
@@ -94,16 +105,36 @@ def main():
   # The whole loop on the (data=2, fsdp=4) mesh, two RL steps.
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   from tests_support import make_small_config
-  cfg = make_small_config(**{"mesh.data": 2, "mesh.fsdp": 4, "train.steps": 2,
-                             "rl.prompts_per_step": 8, "sft.steps": 4, "eval.every": 0,
-                             "eval.num_prompts": 16})
+
+  cfg = make_small_config(
+    **{
+      "mesh.data": 2,
+      "mesh.fsdp": 4,
+      "train.steps": 2,
+      "rl.prompts_per_step": 8,
+      "sft.steps": 4,
+      "eval.every": 0,
+      "eval.num_prompts": 16,
+    }
+  )
   with tempfile.TemporaryDirectory() as d:
     summary = loop.run(cfg, d, log=lambda m: None, stream=io.StringIO())
     rows = [json.loads(line) for line in open(os.path.join(d, "metrics.jsonl"))]
-  print(json.dumps(dict(loss_one=l1, loss_mesh=l8, cache_one=s1, cache_mesh=s8,
-                        max_param_diff=float(np.max(np.abs(p1 - p8))), specs=specs,
-                        loop_losses=[r["loss"] for r in rows],
-                        loop_after=summary["after"]["accuracy"], invariance=invariance)))
+  print(
+    json.dumps(
+      dict(
+        loss_one=l1,
+        loss_mesh=l8,
+        cache_one=s1,
+        cache_mesh=s8,
+        max_param_diff=float(np.max(np.abs(p1 - p8))),
+        specs=specs,
+        loop_losses=[r["loss"] for r in rows],
+        loop_after=summary["after"]["accuracy"],
+        invariance=invariance,
+      )
+    )
+  )
 
 
 if __name__ == "__main__":

@@ -26,17 +26,32 @@ def test_every_preset_builds_and_is_loss_minus_mean_adv_at_ratio_one(name):
   N, P, T = 8, 4, 5
   mask = np.arange(T)[None] < rng.integers(1, T + 1, N)[:, None]
   rewards = rng.random((2, 4)).astype(np.float32)
-  adv, _ = compute_advantages(algo, AdvantageInputs(
-      jnp.asarray(rewards), jnp.asarray(mask, jnp.float32), jnp.zeros((N, T)), jnp.zeros((N, T)),
-      jnp.asarray(rng.normal(size=(N, T)) * mask, jnp.float32)))
+  adv, _ = compute_advantages(
+    algo,
+    AdvantageInputs(
+      jnp.asarray(rewards),
+      jnp.asarray(mask, jnp.float32),
+      jnp.zeros((N, T)),
+      jnp.zeros((N, T)),
+      jnp.asarray(rng.normal(size=(N, T)) * mask, jnp.float32),
+    ),
+  )
   assert adv.shape == (N, T) and np.all(np.asarray(adv)[~mask] == 0)
-  batch = TrainBatch(rng.integers(3, 19, (N, P)).astype(np.int32), np.ones((N, P), bool),
-                     rng.integers(3, 19, (N, T)).astype(np.int32), mask, adv,
-                     np.zeros((N, T), np.float32), np.zeros((N, T), np.float32))
+  batch = TrainBatch(
+    rng.integers(3, 19, (N, P)).astype(np.int32),
+    np.ones((N, P), bool),
+    rng.integers(3, 19, (N, T)).astype(np.int32),
+    mask,
+    adv,
+    np.zeros((N, T), np.float32),
+    np.zeros((N, T), np.float32),
+  )
   no_kl = dataclasses.replace(algo, kl_coef=0.0)
-  loss, m = trainer.rl_loss(graphdef, params, batch, no_kl, temperature=1.0, on_policy=True,
-                            aggregation_constant=T)
+  loss, m = trainer.rl_loss(
+    graphdef, params, batch, no_kl, temperature=1.0, on_policy=True, aggregation_constant=T
+  )
   from rl_jax.objectives import aggregate
+
   expected = aggregate(-adv, jnp.asarray(mask, jnp.float32), algo.aggregation, constant=T)
   np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5, atol=1e-6)
   assert float(m["clip_frac"]) == 0.0
@@ -53,8 +68,13 @@ def test_unknown_preset_and_unsupported_field_name_the_field():
 
 def test_preset_defaults_match_the_method_table():
   dapo = algorithms.make_algorithm("dapo")
-  assert (dapo.clip_eps_low, dapo.clip_eps_high, dapo.aggregation, dapo.kl_coef,
-          dapo.dynamic_sampling) == (0.2, 0.28, "token_mean", 0.0, True)
+  assert (
+    dapo.clip_eps_low,
+    dapo.clip_eps_high,
+    dapo.aggregation,
+    dapo.kl_coef,
+    dapo.dynamic_sampling,
+  ) == (0.2, 0.28, "token_mean", 0.0, True)
   assert not algorithms.make_algorithm("dapo", dynamic_sampling=False).dynamic_sampling
   grpo = algorithms.make_algorithm("grpo")
   assert (grpo.kl_coef, grpo.aggregation) == (0.04, "seq_mean_token_mean")
@@ -68,11 +88,11 @@ def test_preset_defaults_match_the_method_table():
 def test_group_advantages_broadcast_and_masked():
   r = jnp.array([[1.0, 0.0, 0.0, 0.0]])
   mask = jnp.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 0, 0]], jnp.float32)
-  adv, returns = compute_advantages(algorithms.grpo(),
-                                    AdvantageInputs(r, mask, jnp.zeros((4, 3)), None))
+  adv, returns = compute_advantages(
+    algorithms.grpo(), AdvantageInputs(r, mask, jnp.zeros((4, 3)), None)
+  )
   assert returns is None
-  np.testing.assert_allclose(adv, [[1.5, 1.5, 0], [-0.5, 0, 0], [-0.5] * 3, [0, 0, 0]],
-                             rtol=1e-5)
+  np.testing.assert_allclose(adv, [[1.5, 1.5, 0], [-0.5, 0, 0], [-0.5] * 3, [0, 0, 0]], rtol=1e-5)
 
 
 def _whiten(x, m):
@@ -93,8 +113,9 @@ def test_reinforce_pp_baseline_and_kl_in_reward():
   mask = np.array([[1, 1, 1], [1, 1, 0]], np.float32)
   logp = np.array([[-1.0, -2.0, -0.5], [-0.3, -1.0, 0.0]], np.float32)
   ref = np.array([[-1.5, -2.0, -0.1], [-0.3, -0.2, 0.0]], np.float32)
-  inputs = AdvantageInputs(jnp.array([[1.0, 0.0]]), jnp.asarray(mask), jnp.asarray(logp),
-                           jnp.asarray(ref))
+  inputs = AdvantageInputs(
+    jnp.array([[1.0, 0.0]]), jnp.asarray(mask), jnp.asarray(logp), jnp.asarray(ref)
+  )
   adv, _ = compute_advantages(algorithms.reinforce_pp_baseline(kl_coef=0.1), inputs)
   # By hand: R - mean_g(R) = [0.5, -0.5] on the last valid token; minus 0.1 * (logp - ref).
   tok = -0.1 * (logp - ref) * mask
@@ -108,8 +129,9 @@ def test_dapo_overlong_penalty_shapes_rewards():
   algo = algorithms.dapo(overlong_cache_len=4)
   shaped = algorithms.shape_rewards(algo, jnp.ones(4), jnp.array([2, 6, 7, 8]), 8)
   np.testing.assert_allclose(shaped, [1.0, 0.5, 0.25, 0.0])
-  assert algorithms.shape_rewards(algorithms.grpo(), jnp.ones(2), jnp.array([8, 8]), 8).tolist() \
-      == [1.0, 1.0]
+  assert algorithms.shape_rewards(
+    algorithms.grpo(), jnp.ones(2), jnp.array([8, 8]), 8
+  ).tolist() == [1.0, 1.0]
 
 
 @pytest.mark.parametrize("mode", AGGREGATION_MODES)
@@ -122,19 +144,26 @@ def test_microbatch_accumulation_equals_one_batch(mode):
   mask = np.arange(T)[None] < rng.integers(1, T + 1, N)[:, None]
   mask[5] = False  # one empty completion
   adv = np.broadcast_to(rng.normal(size=(N, 1)), (N, T)).astype(np.float32) * mask
-  batch = TrainBatch(rng.integers(3, 19, (N, P)).astype(np.int32), np.ones((N, P), bool),
-                     rng.integers(3, 19, (N, T)).astype(np.int32), mask, adv,
-                     np.zeros((N, T), np.float32),
-                     (-1.0 - rng.random((N, T))).astype(np.float32))
+  batch = TrainBatch(
+    rng.integers(3, 19, (N, P)).astype(np.int32),
+    np.ones((N, P), bool),
+    rng.integers(3, 19, (N, T)).astype(np.int32),
+    mask,
+    adv,
+    np.zeros((N, T), np.float32),
+    (-1.0 - rng.random((N, T))).astype(np.float32),
+  )
   # Plain SGD with rate 1: the parameter change *is* the gradient (Adam's first step,
   # g / (|g| + eps), would amplify float noise in near-zero gradient entries).
   tx = optax.sgd(1.0)
   results = []
   for micro in (1, 4):
-    update = trainer.make_rl_update(graphdef, algo, tx, num_microbatches=micro,
-                                    aggregation_constant=T)
-    state, m = update(trainer.init_state(jax.tree.map(jnp.copy, params), tx), batch,
-                      jax.random.key(0))
+    update = trainer.make_rl_update(
+      graphdef, algo, tx, num_microbatches=micro, aggregation_constant=T
+    )
+    state, m = update(
+      trainer.init_state(jax.tree.map(jnp.copy, params), tx), batch, jax.random.key(0)
+    )
     results.append((m, state.params))
   (m1, p1), (m4, p4) = results
   np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-5, atol=1e-7)
@@ -149,6 +178,7 @@ def test_dynamic_sampling_keeps_only_informative_groups():
   """Prompts whose first operand is even get the same reward for every sample (no signal);
   dynamic sampling must drop them, draw more rounds, and fill only when rounds run out."""
   from tests_support import make_small_config
+
   from rl_jax import loop
   from rl_jax.tasks.base import Scores
 
@@ -158,8 +188,9 @@ def test_dynamic_sampling_keeps_only_informative_groups():
   _, params = transformer.init_model(exp.model_cfg, 0)
 
   def score(examples, completions):
-    rewards = np.array([0.5 if ex.meta[0] % 2 == 0 else float(i % 2)
-                        for i, ex in enumerate(examples)], np.float32)
+    rewards = np.array(
+      [0.5 if ex.meta[0] % 2 == 0 else float(i % 2) for i, ex in enumerate(examples)], np.float32
+    )
     return Scores(rewards, rewards == 1.0)
 
   exp.task.score = score
@@ -186,36 +217,55 @@ def test_ppo_with_zero_values_and_lambda_one_is_reinforce_pp():
   rng = np.random.default_rng(0)
   mask = jnp.asarray(np.arange(5)[None] < rng.integers(1, 6, 8)[:, None], jnp.float32)
   logp, ref = (jnp.asarray(-rng.random((8, 5)), jnp.float32) for _ in range(2))
-  inputs = AdvantageInputs(jnp.asarray(rng.random((2, 4)), jnp.float32), mask, logp, ref,
-                           jnp.zeros((8, 5)))
+  inputs = AdvantageInputs(
+    jnp.asarray(rng.random((2, 4)), jnp.float32), mask, logp, ref, jnp.zeros((8, 5))
+  )
   ppo_adv, returns = compute_advantages(algorithms.ppo(kl_coef=0.05, gae_lambda=1.0), inputs)
   rpp_adv, _ = compute_advantages(algorithms.reinforce_pp(kl_coef=0.05), inputs)
   np.testing.assert_allclose(ppo_adv, rpp_adv, rtol=1e-5, atol=1e-6)
   from rl_jax.objectives import discounted_returns
   from rl_jax.objectives.kl import kl_k1
   from rl_jax.objectives.shaping import token_level_rewards
-  tok = token_level_rewards(inputs.rewards_BxG.reshape(-1), mask, kl_NxT=kl_k1(logp, ref),
-                            kl_coef=0.05)
+
+  tok = token_level_rewards(
+    inputs.rewards_BxG.reshape(-1), mask, kl_NxT=kl_k1(logp, ref), kl_coef=0.05
+  )
   np.testing.assert_allclose(returns, discounted_returns(tok, mask), rtol=1e-5, atol=1e-6)
 
 
 def _ppo_batch(graphdef, critic, seed=0):
   from rl_jax.logprobs import completion_values
+
   rng = np.random.default_rng(seed)
   N, P, T = 8, 4, 5
   mask = np.arange(T)[None] < rng.integers(1, T + 1, N)[:, None]
   prompts = rng.integers(3, 19, (N, P)).astype(np.int32)
   comps = rng.integers(3, 19, (N, T)).astype(np.int32)
   values = completion_values(graphdef, critic, prompts, np.ones((N, P), bool), comps, mask)
-  inputs = AdvantageInputs(jnp.asarray(rng.random((2, 4)), jnp.float32),
-                           jnp.asarray(mask, jnp.float32), jnp.zeros((N, T)), None, values)
+  inputs = AdvantageInputs(
+    jnp.asarray(rng.random((2, 4)), jnp.float32),
+    jnp.asarray(mask, jnp.float32),
+    jnp.zeros((N, T)),
+    None,
+    values,
+  )
   adv, returns = compute_advantages(algorithms.ppo(kl_coef=0.0), inputs)
-  return TrainBatch(prompts, np.ones((N, P), bool), comps, mask, adv, np.zeros((N, T)),
-                    np.zeros((N, T)), values, returns)
+  return TrainBatch(
+    prompts,
+    np.ones((N, P), bool),
+    comps,
+    mask,
+    adv,
+    np.zeros((N, T)),
+    np.zeros((N, T)),
+    values,
+    returns,
+  )
 
 
 def test_ppo_critic_learns_and_does_not_touch_the_policy_update():
   from rl_jax.logprobs import init_critic
+
   cfg = transformer.preset("test", 19)
   graphdef, params = transformer.init_model(cfg, 0)
   critic = init_critic(params, cfg.d_model)
@@ -224,15 +274,23 @@ def test_ppo_critic_learns_and_does_not_touch_the_policy_update():
   tx = trainer.make_optimizer(learning_rate=1e-3)
   critic_tx = trainer.make_optimizer(learning_rate=3e-3)
   update = trainer.make_rl_update(graphdef, algo, tx, critic_tx=critic_tx)
-  state = trainer.init_state(jax.tree.map(jnp.copy, params), tx,
-                             jax.tree.map(jnp.copy, critic), critic_tx)
+  state = trainer.init_state(
+    jax.tree.map(jnp.copy, params), tx, jax.tree.map(jnp.copy, critic), critic_tx
+  )
   losses = []
   for i in range(15):
     # Fixed targets; old values = the current critic's (fresh each step) so clipping allows
     # steady progress towards the returns.
     from rl_jax.logprobs import completion_values
-    v = completion_values(graphdef, state.critic_params, batch.prompt_NxP, batch.prompt_mask_NxP,
-                          batch.completion_NxT, batch.completion_mask_NxT)
+
+    v = completion_values(
+      graphdef,
+      state.critic_params,
+      batch.prompt_NxP,
+      batch.prompt_mask_NxP,
+      batch.completion_NxT,
+      batch.completion_mask_NxT,
+    )
     state, m = update(state, batch._replace(old_values_NxT=v), jax.random.key(i))
     losses.append(float(m["value_loss"]))
   assert losses[-1] < 0.3 * losses[0], losses
@@ -240,8 +298,9 @@ def test_ppo_critic_learns_and_does_not_touch_the_policy_update():
   no_critic = dataclasses.replace(algo, critic=False)
   update_pg = trainer.make_rl_update(graphdef, no_critic, tx)
   state_pg = trainer.init_state(jax.tree.map(jnp.copy, params), tx)
-  state_joint = trainer.init_state(jax.tree.map(jnp.copy, params), tx,
-                                   jax.tree.map(jnp.copy, critic), critic_tx)
+  state_joint = trainer.init_state(
+    jax.tree.map(jnp.copy, params), tx, jax.tree.map(jnp.copy, critic), critic_tx
+  )
   state_pg, _ = update_pg(state_pg, batch, jax.random.key(0))
   state_joint, _ = update(state_joint, batch, jax.random.key(0))
   for a, b in zip(jax.tree.leaves(state_pg.params), jax.tree.leaves(state_joint.params)):
@@ -258,6 +317,7 @@ def test_kl_placement_is_a_choice_for_group_estimators():
   folded = algorithms.grpo(kl_coef=0.1, kl_in_reward=True)
   adv, _ = compute_advantages(folded, AdvantageInputs(r, mask, logp, ref))
   from rl_jax.objectives import grpo_advantages
+
   shaped = grpo_advantages(jnp.array([[1.0 - 0.05, 0.0 + 0.05]]))
   np.testing.assert_allclose(adv[:, 0], shaped[0], rtol=1e-5)
   in_loss = algorithms.grpo(kl_coef=0.1)
@@ -270,6 +330,7 @@ def test_kl_placement_is_a_choice_for_group_estimators():
 
 def test_shared_trunk_value_head_trains_the_policy_trunk_too():
   from rl_jax.logprobs import critic_view, init_critic
+
   cfg = transformer.preset("test", 19)
   graphdef, params = transformer.init_model(cfg, 0)
   head = init_critic(params, cfg.d_model, shared_trunk=True)
@@ -287,12 +348,16 @@ def test_shared_trunk_value_head_trains_the_policy_trunk_too():
   s_shared = trainer.init_state(jax.tree.map(jnp.copy, params), tx, head, tx)
   s_sep = trainer.init_state(jax.tree.map(jnp.copy, params), tx, own, tx)
   s_shared, m1 = trainer.make_rl_update(graphdef, shared, tx, critic_tx=tx)(
-      s_shared, batch, jax.random.key(0))
+    s_shared, batch, jax.random.key(0)
+  )
   s_sep, m2 = trainer.make_rl_update(graphdef, separate, tx, critic_tx=tx)(
-      s_sep, batch, jax.random.key(0))
+    s_sep, batch, jax.random.key(0)
+  )
   np.testing.assert_allclose(m1["value_loss"], m2["value_loss"], rtol=1e-5)  # same start
-  diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-             for a, b in zip(jax.tree.leaves(s_shared.params), jax.tree.leaves(s_sep.params)))
+  diff = max(
+    float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+    for a, b in zip(jax.tree.leaves(s_shared.params), jax.tree.leaves(s_sep.params))
+  )
   assert diff > 0  # the value loss moved the shared trunk
   assert set(s_shared.critic_params) == {"value_head"}
 
@@ -310,12 +375,19 @@ def test_shared_trunk_runs_the_trunk_once_for_both_heads():
   """`completion_logprobs_and_values` equals the two separate calls (values, log-probs,
   entropies and the gradient of a mix of them), and the PPO update with a shared trunk has the
   matmuls of one trunk pass (forward and backward) plus the value head's, not two passes."""
-  from rl_jax.logprobs import (completion_logprobs, completion_logprobs_and_values,
-                               completion_values, critic_view, init_critic)
+  from rl_jax.logprobs import (
+    completion_logprobs,
+    completion_logprobs_and_values,
+    completion_values,
+    critic_view,
+    init_critic,
+  )
+
   cfg = transformer.preset("test", 19)
   graphdef, params = transformer.init_model(cfg, 0)
-  head = dict(kernel=jax.random.normal(jax.random.key(1), (cfg.d_model, 1)) * 0.1,
-              bias=jnp.ones((1,)) * 0.3)
+  head = dict(
+    kernel=jax.random.normal(jax.random.key(1), (cfg.d_model, 1)) * 0.1, bias=jnp.ones((1,)) * 0.3
+  )
   batch = _ppo_batch(graphdef, critic_view(params, dict(value_head=head)))
   args = (batch.prompt_NxP, batch.prompt_mask_NxP, batch.completion_NxT, batch.completion_mask_NxT)
 
@@ -328,19 +400,20 @@ def test_shared_trunk_runs_the_trunk_once_for_both_heads():
     values = completion_values(graphdef, critic_view(p, dict(value_head=h)), *args)
     return jnp.sum(stats.logp_NxT) + 0.5 * jnp.sum(stats.entropy_NxT) + jnp.sum(values**2)
 
-  (a, ga), (b, gb) = [jax.value_and_grad(f, argnums=(0, 1))(params, head)
-                      for f in (joint, separate)]
+  (a, ga), (b, gb) = [
+    jax.value_and_grad(f, argnums=(0, 1))(params, head) for f in (joint, separate)
+  ]
   np.testing.assert_allclose(a, b, rtol=1e-6)
   for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):  # float32 summation order differs
     np.testing.assert_allclose(x, y, atol=1e-4 * float(np.abs(y).max()) + 1e-7)
 
   tx = trainer.make_optimizer(learning_rate=1e-3)
   dots = {}
-  for name, algo, critic in (("policy only", algorithms.grpo(kl_coef=0.0), None),
-                             ("shared", algorithms.ppo(kl_coef=0.0, shared_trunk=True),
-                              dict(value_head=head)),
-                             ("separate", algorithms.ppo(kl_coef=0.0),
-                              init_critic(params, cfg.d_model))):
+  for name, algo, critic in (
+    ("policy only", algorithms.grpo(kl_coef=0.0), None),
+    ("shared", algorithms.ppo(kl_coef=0.0, shared_trunk=True), dict(value_head=head)),
+    ("separate", algorithms.ppo(kl_coef=0.0), init_critic(params, cfg.d_model)),
+  ):
     state = trainer.init_state(params, tx, critic, tx if critic else None)
     update = trainer.make_rl_update(graphdef, algo, tx, critic_tx=tx)
     dots[name] = _count_dots(update.trace(state, batch, jax.random.key(0)).jaxpr.jaxpr)

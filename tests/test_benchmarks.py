@@ -5,11 +5,11 @@ import importlib.util
 import os
 
 import pytest
-
 from tests_support import ROOT
 
 spec = importlib.util.spec_from_file_location(
-    "side_by_side", os.path.join(ROOT, "benchmarks", "side_by_side.py"))
+  "side_by_side", os.path.join(ROOT, "benchmarks", "side_by_side.py")
+)
 sbs = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(sbs)
 
@@ -17,8 +17,13 @@ spec.loader.exec_module(sbs)
 def _result(w1=None, w2=None, w3=None, w1async=None, w1floor=None):
   out = {}
   if w1 is not None:
-    out["w1"] = dict(seconds=dict(median=w1), generation_s=w1 / 3, peak_rss_gib=1.0,
-                     reference_s=w1 / 6, update_s=w1 / 2)
+    out["w1"] = dict(
+      seconds=dict(median=w1),
+      generation_s=w1 / 3,
+      peak_rss_gib=1.0,
+      reference_s=w1 / 6,
+      update_s=w1 / 2,
+    )
   if w1floor is not None:
     out["w1floor"] = dict(step_s=w1floor)
   if w1async is not None:
@@ -32,12 +37,21 @@ def _result(w1=None, w2=None, w3=None, w1async=None, w1floor=None):
 
 
 ROUNDS = [
-    dict(rl_jax=_result(w1=1.0, w2=6000.0, w3=0.55, w1async=0.8, w1floor=0.7),
-         trl=_result(w1=3.0, w2=3000.0), tunix=_result(w1=4.0, w2=2000.0)),
-    dict(rl_jax=_result(w1=1.6, w2=5000.0, w3=0.45, w1async=0.9, w1floor=0.9),
-         trl=_result(w1=2.0, w2=2500.0), tunix=_result(w1=5.0, w2=2600.0)),
-    dict(rl_jax=_result(w1=1.2, w2=7000.0, w3=0.50, w1async=1.0, w1floor=1.1),
-         trl=_result(w1=2.4, w2=2800.0), tunix=None),  # a failed peer process is left out
+  dict(
+    rl_jax=_result(w1=1.0, w2=6000.0, w3=0.55, w1async=0.8, w1floor=0.7),
+    trl=_result(w1=3.0, w2=3000.0),
+    tunix=_result(w1=4.0, w2=2000.0),
+  ),
+  dict(
+    rl_jax=_result(w1=1.6, w2=5000.0, w3=0.45, w1async=0.9, w1floor=0.9),
+    trl=_result(w1=2.0, w2=2500.0),
+    tunix=_result(w1=5.0, w2=2600.0),
+  ),
+  dict(
+    rl_jax=_result(w1=1.2, w2=7000.0, w3=0.50, w1async=1.0, w1floor=1.1),
+    trl=_result(w1=2.4, w2=2800.0),
+    tunix=None,
+  ),  # a failed peer process is left out
 ]
 
 
@@ -61,15 +75,18 @@ def test_table_and_verdicts_use_the_ratios_of_the_medians():
   assert "one-step-off mode, a different algorithm: 0.38x" in verdicts  # 0.9 / 2.4
   # The floor: median 0.9 s of W1's dense matmuls alone, 0.9 / 2.4 of the faster peer.
   assert "W1's dense matmuls alone take 0.90 s here = 0.38x the faster peer's step" in verdicts
-  assert ("| W1's dense matmuls alone (the float32 floor, `w1floor`), s | 0.90 (0.70-1.10) |"
-          in table)
-  assert ("| W1 reference pass + advantages; update, s | 0.20 (0.17-0.27); 0.60 (0.50-0.80) |"
-          in table)
+  assert (
+    "| W1's dense matmuls alone (the float32 floor, `w1floor`), s | 0.90 (0.70-1.10) |" in table
+  )
+  assert (
+    "| W1 reference pass + advantages; update, s | 0.20 (0.17-0.27); 0.60 (0.50-0.80) |" in table
+  )
   assert "W2: 2.14x TRL 1.16 / HF generate (target >= 2.0x): met" in verdicts
   assert "W2: 2.61x Tunix 0.1.7 (target >= 1.5x): met" in verdicts
   assert "W3: 50.0% of the matmul rate (target >= 50%): met" in verdicts
-  slower = sbs.summarise([dict(rl_jax=_result(w1=2.0, w2=4000.0, w3=0.4),
-                               trl=_result(w1=3.0, w2=3000.0))])
+  slower = sbs.summarise(
+    [dict(rl_jax=_result(w1=2.0, w2=4000.0, w3=0.4), trl=_result(w1=3.0, w2=3000.0))]
+  )
   verdicts = "\n".join(sbs.verdict(slower))
   assert "W1: 0.67x" in verdicts and "NOT met" in verdicts
   assert "W2: 1.33x TRL 1.16 / HF generate (target >= 2.0x): NOT met" in verdicts
@@ -93,6 +110,7 @@ def test_peer_environment_preloads_tcmalloc_only_when_asked(monkeypatch):
 def test_train_flops_hand_value_for_the_benchmark_model():
   from rl_jax import bench
   from rl_jax.models import transformer
+
   cfg = transformer.preset("bench", 512)
   layer = 4 * 256 * 4 * 64 + 3 * 256 * 1024  # q, k, v, o (4 heads of 64) and the SwiGLU MLP
   trunk = 6 * 4 * layer * 64 * 96  # 64 sequences of 32 + 64 tokens
@@ -104,6 +122,7 @@ def test_train_flops_hand_value_for_the_benchmark_model():
 
 def test_half_billion_preset_has_qwen2_5_0_5b_shape():
   from rl_jax.models import transformer
+
   cfg = transformer.preset("0.5b", 151_936)
   assert cfg.num_params() == 494_032_768  # Qwen2.5-0.5B's parameter count
   assert cfg.tie_embeddings and cfg.qkv_bias and cfg.num_kv_heads == 2
@@ -111,16 +130,20 @@ def test_half_billion_preset_has_qwen2_5_0_5b_shape():
 
 def test_w3_runs_in_bfloat16_and_reports_the_fraction_of_the_bf16_rate():
   from rl_jax import bench
+
   w = bench.w3_train(repeats=1, rate=1e18, model="test", dtype="bfloat16")
   assert w["fraction_of_matmul_rate"] == pytest.approx(
-      w["achieved_gflops"] * 1e9 / (w["matmul_gflops"] * 1e9))
+    w["achieved_gflops"] * 1e9 / (w["matmul_gflops"] * 1e9)
+  )
   assert w["matmul_gflops"] == pytest.approx(1e9)  # the best rate seen is kept (here: given)
-  assert w["step_gflop"] * 1e9 == pytest.approx(bench.train_flops(
-      bench._model("test")[0], 64, bench.PROMPT, 64))
+  assert w["step_gflop"] * 1e9 == pytest.approx(
+    bench.train_flops(bench._model("test")[0], 64, bench.PROMPT, 64)
+  )
 
 
 def test_bench_refuses_w1_at_another_model():
   from rl_jax import bench
+
   with pytest.raises(SystemExit) as e:
     bench.main(["--workloads=w1", "--model=0.5b"])
   assert e.value.code == 2

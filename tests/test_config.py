@@ -17,8 +17,15 @@ def _default():
 
 def test_default_experiment_is_valid_and_contract_fields_exist():
   c = config_lib.from_configdict(_default())
-  for field in ("seed", "train.steps", "checkpoint.every", "eval.every", "rl.group_size",
-                "rl.prompts_per_step", "algorithm.name"):
+  for field in (
+    "seed",
+    "train.steps",
+    "checkpoint.every",
+    "eval.every",
+    "rl.group_size",
+    "rl.prompts_per_step",
+    "algorithm.name",
+  ):
     node = c
     for part in field.split("."):
       node = getattr(node, part)
@@ -26,14 +33,27 @@ def test_default_experiment_is_valid_and_contract_fields_exist():
 
 
 def test_overrides_are_typed():
-  cd = config_lib.apply_overrides(_default(), {"train.steps": "6", "algorithm.kl_coef": "0.1",
-                                               "log.tensorboard": "false", "task.arithmetic.ops": "+-"})
+  cd = config_lib.apply_overrides(
+    _default(),
+    {
+      "train.steps": "6",
+      "algorithm.kl_coef": "0.1",
+      "log.tensorboard": "false",
+      "task.arithmetic.ops": "+-",
+    },
+  )
   c = config_lib.from_configdict(cd)
-  assert (c.train.steps, c.algorithm.kl_coef, c.log.tensorboard, c.task.arithmetic.ops) == (6, 0.1, False,
-                                                                                  "+-")
+  assert (c.train.steps, c.algorithm.kl_coef, c.log.tensorboard, c.task.arithmetic.ops) == (
+    6,
+    0.1,
+    False,
+    "+-",
+  )
 
 
-@pytest.mark.parametrize("overrides, field", [
+@pytest.mark.parametrize(
+  "overrides, field",
+  [
     ({"train.stpes": "3"}, "train.stpes"),
     ({"nonsense": "1"}, "nonsense"),
     ({"rl.group_size": "1"}, "rl.group_size"),
@@ -47,7 +67,8 @@ def test_overrides_are_typed():
     ({"sampling.cache_phases": "0"}, "sampling.cache_phases"),
     ({"sampling.streams": "-1"}, "sampling.streams"),
     ({"model.attention": "flash"}, "model.attention"),
-])
+  ],
+)
 def test_bad_fields_name_the_field(overrides, field):
   with pytest.raises(config_lib.ConfigError, match=field.replace(".", r"\.")):
     config_lib.from_configdict(config_lib.apply_overrides(_default(), overrides))
@@ -65,13 +86,16 @@ def test_unknown_field_inside_config_file_is_rejected():
     config_lib.from_configdict(cd)
 
 
-@pytest.mark.parametrize("mesh, devices, ok", [
+@pytest.mark.parametrize(
+  "mesh, devices, ok",
+  [
     (dict(data=-1, fsdp=1, tensor=1), 8, dict(data=8, fsdp=1, tensor=1)),
     (dict(data=2, fsdp=4, tensor=1), 8, dict(data=2, fsdp=4, tensor=1)),
     (dict(data=2, fsdp=-1, tensor=1), 8, dict(data=2, fsdp=4, tensor=1)),
     (dict(data=3, fsdp=1, tensor=1), 8, None),
     (dict(data=-1, fsdp=3, tensor=1), 8, None),
-])
+  ],
+)
 def test_mesh_must_use_the_devices(mesh, devices, ok):
   m = config_lib.MeshConfig(**mesh)
   if ok is None:
@@ -87,8 +111,13 @@ def test_config_json_roundtrip():
 
 
 def _cli(*args, timeout=120):
-  return subprocess.run([sys.executable, "-m", "rl_jax.cli", *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, "-m", "rl_jax.cli", *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
 def test_cli_rejects_bad_config_before_compiling(tmp_path):
@@ -112,10 +141,16 @@ def test_cli_eval_on_missing_workdir_is_a_clear_error(tmp_path):
 
 def test_bench_model_is_the_one_in_benchmarks_md():
   from rl_jax.models import transformer
+
   cfg = transformer.preset("bench", 512)
   assert cfg.num_params() == 4_458_752
-  assert (cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.head_dim, cfg.mlp_dim) == \
-      (256, 4, 4, 64, 1024)
+  assert (cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.head_dim, cfg.mlp_dim) == (
+    256,
+    4,
+    4,
+    64,
+    1024,
+  )
 
 
 def test_cli_bench_help():

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from rl_jax.tasks.base import Example
-from rl_jax.tasks.countdown import (MAX_DEPTH, CountdownTask, parse_expression, problem_key,
-                                    solve)
+from rl_jax.tasks.countdown import MAX_DEPTH, CountdownTask, parse_expression, problem_key, solve
 
 PROMPT = re.compile(r"^(\d+(?:,\d+)*):(\d+)=$")
 
 
 def _example(numbers, target):
-  return Example(prompt=",".join(map(str, numbers)) + f":{target}=", answer="",
-                 meta=(tuple(numbers), target))
+  return Example(
+    prompt=",".join(map(str, numbers)) + f":{target}=", answer="", meta=(tuple(numbers), target)
+  )
 
 
 def _score(task, numbers, target, completions):
@@ -28,21 +28,24 @@ def _score(task, numbers, target, completions):
 # --- parser ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, value, numbers", [
+@pytest.mark.parametrize(
+  "text, value, numbers",
+  [
     ("3*(4+5)", 27, (3, 4, 5)),
-    ("3*4+5", 17, (3, 4, 5)),        # * binds tighter than +
+    ("3*4+5", 17, (3, 4, 5)),  # * binds tighter than +
     ("3+4*5", 23, (3, 4, 5)),
-    ("20-4-3", 13, (20, 4, 3)),      # left-associative
+    ("20-4-3", 13, (20, 4, 3)),  # left-associative
     ("20-(4-3)", 19, (20, 4, 3)),
     ("64/4/2", 8, (64, 4, 2)),
     ("64/(4/2)", 32, (64, 4, 2)),
-    ("8/3*3", 8, (8, 3, 3)),         # exact: 8/3 is a Fraction, not a float
-    ("((7))", 7, (7,)),              # redundant parentheses are fine
-    ("3-5+4", 2, (3, 5, 4)),         # intermediate values may be negative ...
-    ("1/2+1/2", 1, (1, 2, 1, 2)),    # ... or fractions
+    ("8/3*3", 8, (8, 3, 3)),  # exact: 8/3 is a Fraction, not a float
+    ("((7))", 7, (7,)),  # redundant parentheses are fine
+    ("3-5+4", 2, (3, 5, 4)),  # intermediate values may be negative ...
+    ("1/2+1/2", 1, (1, 2, 1, 2)),  # ... or fractions
     (" 12 * 3 - 7 ", 29, (12, 3, 7)),  # spaces between tokens are ignored
     ("0", 0, (0,)),
-])
+  ],
+)
 def test_parse_values_and_numbers(text, value, numbers):
   got_value, got_numbers = parse_expression(text)
   assert isinstance(got_value, Fraction) and got_value == value
@@ -59,14 +62,34 @@ def test_division_by_zero_is_well_formed_without_a_value():
   assert parse_expression("4/0+1") == (None, (4, 0, 1))
 
 
-@pytest.mark.parametrize("text", [
-    "", "   ", "3+", "(3", "3)(", "3)", "()", "++", "3++4", "3 4", "(3)(4)", "3(4)",
-    "-3+5",       # no unary minus
-    "+3",         # no unary plus
-    "03+4",       # no leading zeros
-    "3+4=7",      # nothing but the expression
-    "3.5", "3^2", "3**2", "2x3", "abs(3)", "__import__('os')", "３",
-])
+@pytest.mark.parametrize(
+  "text",
+  [
+    "",
+    "   ",
+    "3+",
+    "(3",
+    "3)(",
+    "3)",
+    "()",
+    "++",
+    "3++4",
+    "3 4",
+    "(3)(4)",
+    "3(4)",
+    "-3+5",  # no unary minus
+    "+3",  # no unary plus
+    "03+4",  # no leading zeros
+    "3+4=7",  # nothing but the expression
+    "3.5",
+    "3^2",
+    "3**2",
+    "2x3",
+    "abs(3)",
+    "__import__('os')",
+    "３",
+  ],
+)
 def test_parse_rejects_malformed(text):
   with pytest.raises(ValueError):
     parse_expression(text)
@@ -90,20 +113,25 @@ def test_parse_bounds_length_and_depth():
 
 def test_score_correct_wrong_and_garbage():
   task = CountdownTask(format_reward=0.1)
-  rewards, correct = _score(task, (3, 7, 12), 29, [
-      "12*3-7",      # correct
-      "3*12-7",      # correct, other order
-      "(12*3)-7",    # correct, redundant parentheses
-      "12+3+7",      # well formed, all numbers, wrong value -> format reward
-      "12*3",        # well formed, a number unused -> format reward
-      "12*3-7-7",    # 7 used twice -> 0
-      "12*3-8",      # 8 not given -> 0
-      "12*3-7+0",    # 0 not given -> 0
-      "12*3-",       # malformed -> 0
-      "29",          # the target itself is not a given number -> 0
-      "",            # empty -> 0
-      "12*3-7=29",   # trailing text -> 0
-  ])
+  rewards, correct = _score(
+    task,
+    (3, 7, 12),
+    29,
+    [
+      "12*3-7",  # correct
+      "3*12-7",  # correct, other order
+      "(12*3)-7",  # correct, redundant parentheses
+      "12+3+7",  # well formed, all numbers, wrong value -> format reward
+      "12*3",  # well formed, a number unused -> format reward
+      "12*3-7-7",  # 7 used twice -> 0
+      "12*3-8",  # 8 not given -> 0
+      "12*3-7+0",  # 0 not given -> 0
+      "12*3-",  # malformed -> 0
+      "29",  # the target itself is not a given number -> 0
+      "",  # empty -> 0
+      "12*3-7=29",  # trailing text -> 0
+    ],
+  )
   assert correct == [True, True, True] + [False] * 9
   np.testing.assert_allclose(rewards, [1, 1, 1, 0.1, 0.1, 0, 0, 0, 0, 0, 0, 0])
 
@@ -125,12 +153,14 @@ def test_score_uses_numbers_as_a_multiset():
 
 def test_score_hostile_input_is_zero_and_fast():
   task = CountdownTask()
-  hostile = ["(" * 10_000 + "1" + ")" * 10_000,
-             "(" * 30 + "3" + ")" * 30,          # short but deeper than MAX_DEPTH
-             "9" * 50_000,
-             "3*" * 5000 + "3",
-             "1/" * 30 + "0",
-             "\x00" * 100]
+  hostile = [
+    "(" * 10_000 + "1" + ")" * 10_000,
+    "(" * 30 + "3" + ")" * 30,  # short but deeper than MAX_DEPTH
+    "9" * 50_000,
+    "3*" * 5000 + "3",
+    "1/" * 30 + "0",
+    "\x00" * 100,
+  ]
   start = time.perf_counter()
   scores = task.score([_example((3, 7, 12), 29)] * len(hostile), hostile)
   assert time.perf_counter() - start < 0.5
@@ -169,9 +199,15 @@ def test_default_lengths():
   assert task.tokenizer.vocab_size == 3 + 20
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"num_numbers": 4, "max_number": 12, "max_target": 50},
-                                    {"num_numbers": 2, "max_number": 50, "heldout_fraction": 0.25},
-                                    {"num_numbers": 5, "max_number": 9, "max_target": 200}])
+@pytest.mark.parametrize(
+  "kwargs",
+  [
+    {},
+    {"num_numbers": 4, "max_number": 12, "max_target": 50},
+    {"num_numbers": 2, "max_number": 50, "heldout_fraction": 0.25},
+    {"num_numbers": 5, "max_number": 9, "max_target": 200},
+  ],
+)
 def test_generated_answers_are_correct_and_fit(kwargs):
   task = CountdownTask(**kwargs)
   train = task.train_examples(np.random.default_rng(0), 500)
@@ -212,8 +248,9 @@ def test_heldout_disjoint_from_training_and_deterministic():
   assert heldout[:50] == CountdownTask().heldout_examples(50)
   keys = [problem_key(*ex.meta) for ex in heldout]
   assert len(set(keys)) == 200  # distinct problems, whatever the order of the numbers
-  train_keys = {problem_key(*ex.meta)
-                for ex in task.train_examples(np.random.default_rng(123), 20_000)}
+  train_keys = {
+    problem_key(*ex.meta) for ex in task.train_examples(np.random.default_rng(123), 20_000)
+  }
   assert not train_keys & set(keys)
   # The split depends on the problem only, not on the task's other settings.
   wider = CountdownTask(max_number=30, max_target=200)
@@ -254,7 +291,9 @@ def test_solve_defaults_and_impossible():
 # --- validation ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs, field", [
+@pytest.mark.parametrize(
+  "kwargs, field",
+  [
     ({"num_numbers": 1}, "task.countdown.num_numbers"),
     ({"num_numbers": 6}, "task.countdown.num_numbers"),
     ({"max_number": 1}, "task.countdown.max_number"),
@@ -263,7 +302,8 @@ def test_solve_defaults_and_impossible():
     ({"heldout_fraction": 1.0}, "task.countdown.heldout_fraction"),
     ({"format_reward": -0.1}, "task.countdown.format_reward"),
     ({"format_reward": 1.0}, "task.countdown.format_reward"),
-])
+  ],
+)
 def test_constructor_validation(kwargs, field):
   with pytest.raises(ValueError, match=re.escape(field)):
     CountdownTask(**kwargs)

@@ -25,8 +25,12 @@ def _grouped_batch(seed=0):
   pmask[2, :1] = False
   lengths = rng.integers(1, T + 1, B * G)
   cmask = np.arange(T)[None] < lengths[:, None]
-  return (np.repeat(prompt, G, 0), np.repeat(pmask, G, 0),
-          rng.integers(3, V, (B * G, T)).astype(np.int32), cmask)
+  return (
+    np.repeat(prompt, G, 0),
+    np.repeat(pmask, G, 0),
+    rng.integers(3, V, (B * G, T)).astype(np.int32),
+    cmask,
+  )
 
 
 def _objective(graphdef, batch, **kw):
@@ -35,6 +39,7 @@ def _objective(graphdef, batch, **kw):
     # A weighted sum so that every token's log-prob and entropy reaches the gradient.
     w = jnp.arange(1, T + 1, dtype=jnp.float32) / T
     return jnp.sum(s.logp_NxT * w) + 0.5 * jnp.sum(s.entropy_NxT), s
+
   return jax.jit(jax.value_and_grad(f, has_aux=True))
 
 
@@ -47,9 +52,16 @@ def _assert_same(a, b):
     np.testing.assert_allclose(x, y, atol=5e-6 * float(np.abs(y).max()) + 1e-7)
 
 
-@pytest.mark.parametrize("variant", [
-    dict(group_size=G), dict(group_size=2), dict(logits_chunk=3), dict(logits_chunk=1),
-    dict(group_size=G, logits_chunk=2)])
+@pytest.mark.parametrize(
+  "variant",
+  [
+    dict(group_size=G),
+    dict(group_size=2),
+    dict(logits_chunk=3),
+    dict(logits_chunk=1),
+    dict(group_size=G, logits_chunk=2),
+  ],
+)
 def test_shared_prompt_and_chunked_logits_match_the_plain_pass(variant):
   cfg = transformer.preset("test", V)
   graphdef, params = transformer.init_model(cfg, 0)
@@ -66,8 +78,9 @@ def test_single_token_completions_with_shared_prompt():
   graphdef, params = transformer.init_model(cfg, 1)
   pr, pm, c, cm = _grouped_batch(1)
   batch = (pr, pm, c[:, :1], cm[:, :1])
-  (_, a), _ = jax.value_and_grad(lambda p: (0.0, completion_logprobs(graphdef, p, *batch)),
-                                 has_aux=True)(params)
+  (_, a), _ = jax.value_and_grad(
+    lambda p: (0.0, completion_logprobs(graphdef, p, *batch)), has_aux=True
+  )(params)
   b = completion_logprobs(graphdef, params, *batch, group_size=G)
   np.testing.assert_allclose(a.logp_NxT, b.logp_NxT, atol=5e-6)
 
@@ -105,10 +118,12 @@ def test_update_with_shared_prompts_equals_the_per_row_update(micro):
   tx = optax.sgd(1.0)
   outs = []
   for group_size in (1, G):
-    update = trainer.make_rl_update(graphdef, algo, tx, num_microbatches=micro,
-                                    aggregation_constant=T, group_size=group_size)
-    state, m = update(trainer.init_state(jax.tree.map(jnp.copy, params), tx), batch,
-                      jax.random.key(0))
+    update = trainer.make_rl_update(
+      graphdef, algo, tx, num_microbatches=micro, aggregation_constant=T, group_size=group_size
+    )
+    state, m = update(
+      trainer.init_state(jax.tree.map(jnp.copy, params), tx), batch, jax.random.key(0)
+    )
     outs.append((state.params, m))
   for x, y in zip(jax.tree.leaves(outs[0][0]), jax.tree.leaves(outs[1][0])):
     np.testing.assert_allclose(x, y, atol=1e-5)
@@ -123,16 +138,19 @@ def test_update_falls_back_to_per_row_prompts_when_micro_batches_split_groups():
   pr, pm, c, cm = _grouped_batch()
   N = B * G
   adv = np.repeat(np.linspace(-1, 1, N)[:, None], T, 1).astype(np.float32)
-  batch = TrainBatch(pr, pm, c, cm, adv, np.zeros((N, T), np.float32),
-                     np.zeros((N, T), np.float32))
+  batch = TrainBatch(pr, pm, c, cm, adv, np.zeros((N, T), np.float32), np.zeros((N, T), np.float32))
   algo = algorithms.grpo(kl_coef=0.0)
   tx = optax.sgd(1.0)
   states = []
   for group_size in (1, G):
-    update = trainer.make_rl_update(graphdef, algo, tx, num_microbatches=6,
-                                    aggregation_constant=T, group_size=group_size)
-    states.append(update(trainer.init_state(jax.tree.map(jnp.copy, params), tx), batch,
-                         jax.random.key(0))[0].params)
+    update = trainer.make_rl_update(
+      graphdef, algo, tx, num_microbatches=6, aggregation_constant=T, group_size=group_size
+    )
+    states.append(
+      update(trainer.init_state(jax.tree.map(jnp.copy, params), tx), batch, jax.random.key(0))[
+        0
+      ].params
+    )
   for x, y in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
     np.testing.assert_allclose(x, y, atol=1e-6)
 
@@ -155,17 +173,22 @@ def test_group_shuffle_keeps_groups_whole():
   algo = algorithms.grpo(kl_coef=0.0)
   tx = optax.sgd(0.5)
   key = jax.random.key(7)
-  update = trainer.make_rl_update(graphdef, algo, tx, num_minibatches=2,
-                                  aggregation_constant=T, group_size=Gs)
+  update = trainer.make_rl_update(
+    graphdef, algo, tx, num_minibatches=2, aggregation_constant=T, group_size=Gs
+  )
   got = update(trainer.init_state(jax.tree.map(jnp.copy, params), tx), batch, key)[0].params
   # By hand: the epoch key, the group permutation, two plain SGD steps.
   (epoch_key,) = jax.random.split(key, 1)
   groups = np.asarray(jax.random.permutation(epoch_key, N // Gs))
   order = (groups[:, None] * Gs + np.arange(Gs)).reshape(-1)
   p = params
-  grad = jax.jit(jax.grad(lambda q, mb: trainer.rl_loss(graphdef, q, mb, algo, temperature=1.0,
-                                                        on_policy=False,
-                                                        aggregation_constant=T)[0]))
+  grad = jax.jit(
+    jax.grad(
+      lambda q, mb: trainer.rl_loss(
+        graphdef, q, mb, algo, temperature=1.0, on_policy=False, aggregation_constant=T
+      )[0]
+    )
+  )
   for half in (order[:6], order[6:]):
     mb = jax.tree.map(lambda x: x[half], batch)
     p = jax.tree.map(lambda a, b: a - 0.5 * b, p, grad(p, mb))
@@ -178,11 +201,14 @@ def test_fused_attention_matches_einsum_attention():
   gives the einsum path's log-probs and gradients, with left padding, with the shared-prompt
   cache path, and in the sampler's prefill."""
   from rl_jax.sampling import SamplingConfig, generate  # pylint: disable=import-outside-toplevel
+
   graphdef, params = transformer.init_model(transformer.preset("test", V), 0)
   graphdef_f, _ = transformer.init_model(transformer.preset("test", V, attention="fused"), 0)
   batch = _grouped_batch()
   for kw in (dict(), dict(group_size=G)):
-    _assert_same(_objective(graphdef_f, batch, **kw)(params), _objective(graphdef, batch, **kw)(params))
+    _assert_same(
+      _objective(graphdef_f, batch, **kw)(params), _objective(graphdef, batch, **kw)(params)
+    )
   cfg = SamplingConfig(max_new_tokens=5, temperature=0.0, eos_id=-1)
   prompts, pmask = batch[0][::G], batch[1][::G]
   a = generate(graphdef, params, prompts, pmask, jax.random.key(0), cfg=cfg)

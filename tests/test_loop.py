@@ -13,8 +13,18 @@ from rl_jax.checkpoint import Checkpointer
 from rl_jax.metrics import read_jsonl
 
 # Fields that depend only on the computation (not on wall time).
-DETERMINISTIC = ("reward_mean", "accuracy", "loss", "pg_loss", "kl", "entropy", "clip_frac",
-                 "grad_norm", "response_len_mean", "skipped_updates")
+DETERMINISTIC = (
+  "reward_mean",
+  "accuracy",
+  "loss",
+  "pg_loss",
+  "kl",
+  "entropy",
+  "clip_frac",
+  "grad_norm",
+  "response_len_mean",
+  "skipped_updates",
+)
 
 
 def _run(config, workdir):
@@ -25,6 +35,7 @@ def _run(config, workdir):
 def runs(tmp_path_factory):
   """A 6-step run, and a 3-step run continued to 6 steps in the same workdir."""
   from tests_support import make_small_config
+
   full_dir = tmp_path_factory.mktemp("full")
   split_dir = tmp_path_factory.mktemp("split")
   _run(make_small_config(), full_dir)
@@ -39,12 +50,24 @@ def test_contract_files(runs):
   for name in ("metrics.jsonl", "eval.jsonl", "config.json", "reward.png"):
     assert os.path.exists(os.path.join(full_dir, name)), name
   assert os.listdir(os.path.join(full_dir, "checkpoints"))
-  assert any(f.startswith("events.out.tfevents")
-             for f in os.listdir(os.path.join(full_dir, "tensorboard")))
+  assert any(
+    f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(full_dir, "tensorboard"))
+  )
   rows = read_jsonl(os.path.join(full_dir, "metrics.jsonl"))
   assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
-  for key in ("step", "reward_mean", "loss", "kl", "entropy", "response_len_mean",
-              "rollout_s", "update_s", "accuracy", "clip_frac", "gen_tokens_per_s"):
+  for key in (
+    "step",
+    "reward_mean",
+    "loss",
+    "kl",
+    "entropy",
+    "response_len_mean",
+    "rollout_s",
+    "update_s",
+    "accuracy",
+    "clip_frac",
+    "gen_tokens_per_s",
+  ):
     assert key in rows[0], key
   evals = read_jsonl(os.path.join(full_dir, "eval.jsonl"))
   assert [e["step"] for e in evals] == [0, 3, 6]
@@ -65,8 +88,9 @@ def test_resume_continues_exactly(runs):
   assert [r["step"] for r in split] == [1, 2, 3, 4, 5, 6]  # no duplicated rows
   for a, b in zip(full[3:], split[3:]):
     for key in DETERMINISTIC:
-      np.testing.assert_allclose(b[key], a[key], rtol=1e-6, atol=1e-9,
-                                 err_msg=f"step {a['step']} field {key}")
+      np.testing.assert_allclose(
+        b[key], a[key], rtol=1e-6, atol=1e-9, err_msg=f"step {a['step']} field {key}"
+      )
   full_eval = read_jsonl(os.path.join(full_dir, "eval.jsonl"))
   split_eval = read_jsonl(os.path.join(split_dir, "eval.jsonl"))
   assert [e["step"] for e in split_eval] == [0, 3, 6]
@@ -77,6 +101,7 @@ def test_resume_continues_exactly(runs):
 def test_finished_run_is_a_no_op_resume(runs, tmp_path):
   """Running again on a finished workdir resumes at the end and trains nothing more."""
   from tests_support import make_small_config
+
   full_dir = runs[0]
   before = read_jsonl(os.path.join(full_dir, "metrics.jsonl"))
   _run(make_small_config(), full_dir)
@@ -97,6 +122,7 @@ def test_eval_command_reproduces_the_final_evaluation(runs):
 
 def test_sft_then_train_starts_rl_from_the_saved_warm_start(tmp_path):
   from tests_support import make_small_config
+
   cfg = make_small_config(**{"train.steps": 1, "eval.every": 0})
   sft = loop.run_sft_only(cfg, str(tmp_path), log=lambda m: None)
   assert os.path.isdir(os.path.join(tmp_path, "reference"))
@@ -114,6 +140,7 @@ def test_async_rollout_samples_each_step_from_the_parameters_one_update_behind(t
   from the updated ones). Re-sampling step 2's data from the saved warm start reproduces the
   logged rollout metrics exactly; the synchronous run's step 2 differs."""
   from tests_support import make_small_config
+
   # Partial credit makes step 1's rewards vary within groups whatever the draws, so update 1
   # moves the policy and the synchronous step 2 must differ.
   common = {"train.steps": 3, "eval.every": 0, "task.arithmetic.partial_credit": 0.5}

@@ -16,8 +16,8 @@ import pytest
 from rl_jax.models import transformer
 
 CFG = transformer.TransformerConfig(
-    vocab_size=37, d_model=41, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=10,
-    mlp_dim=53)
+  vocab_size=37, d_model=41, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=10, mlp_dim=53
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +26,10 @@ def model():
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _apply(graphdef, params, tokens_NxL, positions_NxL, kv_mask_NxS, cache=None,
-           write_index=0):
-  return transformer.merge(graphdef, params)(tokens_NxL, positions_NxL, kv_mask_NxS, cache,
-                                             write_index)
+def _apply(graphdef, params, tokens_NxL, positions_NxL, kv_mask_NxS, cache=None, write_index=0):
+  return transformer.merge(graphdef, params)(
+    tokens_NxL, positions_NxL, kv_mask_NxS, cache, write_index
+  )
 
 
 def _forward(graphdef, params, tokens_NxL, mask_NxL):
@@ -61,13 +61,15 @@ def test_cached_decoding_equals_full_forward(model, pads):
   kv_mask_NxS = jnp.concatenate([jnp.asarray(mask), jnp.ones((N, S - L), bool)], axis=1)
   cache = transformer.init_cache(CFG, N, S)
   assert cache[0].k_NxKxSxDh.shape == (N, CFG.num_kv_heads, S, CFG.head_dim)
-  logits, cache = _apply(graphdef, params, tokens[:, :prefix], positions[:, :prefix],
-                         kv_mask_NxS, cache, 0)
+  logits, cache = _apply(
+    graphdef, params, tokens[:, :prefix], positions[:, :prefix], kv_mask_NxS, cache, 0
+  )
   steps = [np.asarray(logits)]
   for i in range(prefix, L):
     # write_index is traced under jit, as in the sampler's decode loop.
-    logits, cache = _apply(graphdef, params, tokens[:, i:i + 1], positions[:, i:i + 1],
-                           kv_mask_NxS, cache, i)
+    logits, cache = _apply(
+      graphdef, params, tokens[:, i : i + 1], positions[:, i : i + 1], kv_mask_NxS, cache, i
+    )
     assert logits.shape == (N, 1, CFG.vocab_size)
     steps.append(np.asarray(logits))
   cached = np.concatenate(steps, axis=1)
@@ -78,10 +80,12 @@ def test_cached_decoding_equals_full_forward(model, pads):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _apply_with_prefix(graphdef, params, tokens_NxL, positions_NxL, kv_mask_NxS, cache,
-                       write_index, prefix):
-  return transformer.merge(graphdef, params)(tokens_NxL, positions_NxL, kv_mask_NxS, cache,
-                                             write_index, prefix)
+def _apply_with_prefix(
+  graphdef, params, tokens_NxL, positions_NxL, kv_mask_NxS, cache, write_index, prefix
+):
+  return transformer.merge(graphdef, params)(
+    tokens_NxL, positions_NxL, kv_mask_NxS, cache, write_index, prefix
+  )
 
 
 @pytest.mark.parametrize("decode", [False, True], ids=["one_call", "token_by_token"])
@@ -99,24 +103,35 @@ def test_shared_prefix_equals_the_repeated_prompt(model, decode):
   own_mask = np.ones((N, L), bool)
   own_mask[4, 3:] = False  # row 4 ended: its later tokens are neither keys nor compared
   full_mask = np.concatenate([np.repeat(prompt_mask, G, 0), own_mask], axis=1)
-  full = _forward(graphdef, params, np.concatenate([np.repeat(prompts, G, 0), own], 1),
-                  full_mask)[:, P:]
+  full = _forward(graphdef, params, np.concatenate([np.repeat(prompts, G, 0), own], 1), full_mask)[
+    :, P:
+  ]
 
   positions = transformer.positions_from_mask(jnp.asarray(full_mask))
   _, prompt_kv = _apply(graphdef, params, prompts, positions[::G, :P], prompt_mask)
-  prefix = [transformer.SharedPrefix(c.k_NxKxSxDh, c.v_NxKxSxDh, jnp.asarray(prompt_mask))
-            for c in prompt_kv]
+  prefix = [
+    transformer.SharedPrefix(c.k_NxKxSxDh, c.v_NxKxSxDh, jnp.asarray(prompt_mask))
+    for c in prompt_kv
+  ]
   assert prefix[0].k_BxKxPxDh.shape == (B, CFG.num_kv_heads, P, CFG.head_dim)
   if not decode:
-    shared, _ = _apply_with_prefix(graphdef, params, own, positions[:, P:], own_mask, None, 0,
-                                   prefix)
+    shared, _ = _apply_with_prefix(
+      graphdef, params, own, positions[:, P:], own_mask, None, 0, prefix
+    )
   else:
     cache = transformer.init_cache(CFG, N, L)
     steps = []
     for i in range(L):
-      logits, cache = _apply_with_prefix(graphdef, params, own[:, i:i + 1],
-                                         positions[:, P + i:P + i + 1], own_mask, cache, i,
-                                         prefix)
+      logits, cache = _apply_with_prefix(
+        graphdef,
+        params,
+        own[:, i : i + 1],
+        positions[:, P + i : P + i + 1],
+        own_mask,
+        cache,
+        i,
+        prefix,
+      )
       steps.append(np.asarray(logits))
     shared = np.concatenate(steps, axis=1)
   np.testing.assert_allclose(np.asarray(shared)[own_mask], full[own_mask], atol=1e-5, rtol=1e-5)
@@ -150,16 +165,18 @@ def test_left_padding_does_not_change_valid_logits(model):
   padded_tokens = np.concatenate([_tokens(5, (N, pads)), tokens], axis=1)
   padded_mask = np.concatenate([np.zeros((N, pads), bool), np.ones((N, L), bool)], axis=1)
   np.testing.assert_array_equal(
-      transformer.positions_from_mask(jnp.asarray(padded_mask))[:, pads:],
-      np.broadcast_to(np.arange(L), (N, L)))
+    transformer.positions_from_mask(jnp.asarray(padded_mask))[:, pads:],
+    np.broadcast_to(np.arange(L), (N, L)),
+  )
   padded = _forward(graphdef, params, padded_tokens, padded_mask)
   np.testing.assert_allclose(padded[:, pads:], unpadded, atol=1e-5, rtol=1e-5)
 
 
 def test_positions_from_mask_hand_values():
   mask = jnp.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]], bool)
-  np.testing.assert_array_equal(transformer.positions_from_mask(mask),
-                                [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4], [0, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(
+    transformer.positions_from_mask(mask), [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4], [0, 0, 0, 0, 0]]
+  )
 
 
 # --- grouped-query attention and shapes ---------------------------------------
@@ -168,8 +185,11 @@ def test_positions_from_mask_hand_values():
 @pytest.mark.parametrize("num_kv_heads", [4, 2, 1])
 def test_attention_variants_run(num_kv_heads):
   # num_kv_heads=1 also turns on every optional variant, so each code path runs once.
-  extra = dict(tie_embeddings=True, embed_scale=True, qkv_bias=True, qk_norm=True,
-               activation="gelu") if num_kv_heads == 1 else {}
+  extra = (
+    dict(tie_embeddings=True, embed_scale=True, qkv_bias=True, qk_norm=True, activation="gelu")
+    if num_kv_heads == 1
+    else {}
+  )
   cfg = dataclasses.replace(CFG, num_kv_heads=num_kv_heads, **extra)
   graphdef, params = transformer.init_model(cfg, seed=1)
   assert params["layers"][0]["attn"]["k_proj"]["kernel"].shape == (41, num_kv_heads * 10)
@@ -199,19 +219,33 @@ def test_gqa_equals_mha_with_repeated_kv_heads():
       layer["attn"][name]["kernel"] = repeat_heads(layer["attn"][name]["kernel"])
 
   tokens, mask = _tokens(7, (2, 6)), np.ones((2, 6), bool)
-  np.testing.assert_allclose(_forward(mha_graphdef, mha_params, tokens, mask),
-                             _forward(graphdef, params, tokens, mask), atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(
+    _forward(mha_graphdef, mha_params, tokens, mask),
+    _forward(graphdef, params, tokens, mask),
+    atol=1e-5,
+    rtol=1e-5,
+  )
 
 
-@pytest.mark.parametrize("overrides", [
+@pytest.mark.parametrize(
+  "overrides",
+  [
     {},
     {"num_kv_heads": 4},
     {"tie_embeddings": True},
     {"qkv_bias": True},
     {"qk_norm": True},
-    {"tie_embeddings": True, "embed_scale": True, "qkv_bias": True, "qk_norm": True,
-     "activation": "gelu", "num_kv_heads": 1},
-], ids=["base", "mha", "tied", "qkv_bias", "qk_norm", "all"])
+    {
+      "tie_embeddings": True,
+      "embed_scale": True,
+      "qkv_bias": True,
+      "qk_norm": True,
+      "activation": "gelu",
+      "num_kv_heads": 1,
+    },
+  ],
+  ids=["base", "mha", "tied", "qkv_bias", "qk_norm", "all"],
+)
 def test_num_params_matches_param_tree(overrides):
   cfg = dataclasses.replace(CFG, **overrides)
   _, params = transformer.init_model(cfg, seed=0)
@@ -304,12 +338,14 @@ def test_forward_matches_an_independent_numpy_implementation(overrides):
   # Non-trivial norm scales and biases so that every parameter matters.
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(1), len(leaves))
-  params = jax.tree.unflatten(treedef, [
-      x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  params = jax.tree.unflatten(
+    treedef, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+  )
   tokens = np.random.default_rng(0).integers(0, 23, (2, 7)).astype(np.int32)
   model = transformer.merge(graphdef, params)
   L = tokens.shape[1]
   positions = np.broadcast_to(np.arange(L), tokens.shape)
   logits, _ = model(tokens, positions, np.ones(tokens.shape, bool))
-  np.testing.assert_allclose(np.asarray(logits), _numpy_reference_logits(cfg, params, tokens),
-                             rtol=2e-4, atol=2e-4)
+  np.testing.assert_allclose(
+    np.asarray(logits), _numpy_reference_logits(cfg, params, tokens), rtol=2e-4, atol=2e-4
+  )

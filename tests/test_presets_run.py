@@ -6,18 +6,26 @@ import os
 
 import numpy as np
 import pytest
+from tests_support import make_small_config
 
 from rl_jax import algorithms, loop
 from rl_jax.metrics import read_jsonl
-from tests_support import make_small_config
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(algorithms.PRESETS))
 def test_preset_trains_on_countdown(name, tmp_path):
-  cfg = make_small_config(**{"algorithm.name": name, "task.name": "countdown",
-                             "train.steps": 2, "sft.steps": 10, "eval.every": 0,
-                             "eval.num_prompts": 8, "checkpoint.every": 2})
+  cfg = make_small_config(
+    **{
+      "algorithm.name": name,
+      "task.name": "countdown",
+      "train.steps": 2,
+      "sft.steps": 10,
+      "eval.every": 0,
+      "eval.num_prompts": 8,
+      "checkpoint.every": 2,
+    }
+  )
   loop.run(cfg, str(tmp_path), log=lambda m: None, stream=io.StringIO())
   rows = read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
   assert [r["step"] for r in rows] == [1, 2]

@@ -17,8 +17,8 @@ from rl_jax.sampling import sampler
 from rl_jax.sampling.sampler import SamplingConfig, filter_logits, generate
 
 CFG = transformer.TransformerConfig(
-    vocab_size=37, d_model=41, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=10,
-    mlp_dim=53)
+  vocab_size=37, d_model=41, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=10, mlp_dim=53
+)
 B, P, G, T = 3, 7, 3, 11
 LENGTHS = (7, 4, 2)
 
@@ -50,8 +50,11 @@ def _check_layout(s, cfg: SamplingConfig, n):
   np.testing.assert_array_equal(mask, np.arange(cfg.max_new_tokens)[None] < lengths[:, None])
   for row, length in zip(tokens, lengths):
     eos_at = np.flatnonzero(row[:length] == cfg.eos_id)
-    assert eos_at.size == 0 and length == cfg.max_new_tokens or (
-        eos_at.size == 1 and eos_at[0] == length - 1), (row, length)
+    assert (
+      eos_at.size == 0
+      and length == cfg.max_new_tokens
+      or (eos_at.size == 1 and eos_at[0] == length - 1)
+    ), (row, length)
   assert np.all(tokens[~mask] == cfg.pad_id)
   assert np.all(logp[~mask] == 0.0)
   assert np.all(logp[mask] <= 0.0)
@@ -68,12 +71,20 @@ def test_sampler_logp_equals_completion_logprobs(model, temperature):
   s = generate(graphdef, params, prompt, prompt_mask, jax.random.key(1), cfg=cfg, group_size=G)
   _check_layout(s, cfg, B * G)
 
-  stats = completion_logprobs(graphdef, params, _rep(prompt, G), _rep(prompt_mask, G),
-                              s.tokens_NxT, s.mask_NxT, temperature=temperature)
+  stats = completion_logprobs(
+    graphdef,
+    params,
+    _rep(prompt, G),
+    _rep(prompt_mask, G),
+    s.tokens_NxT,
+    s.mask_NxT,
+    temperature=temperature,
+  )
   mask = np.asarray(s.mask_NxT)
   assert mask.sum() > B * G  # several tokens per row on average: a real comparison
-  np.testing.assert_allclose(np.asarray(s.logp_NxT)[mask], np.asarray(stats.logp_NxT)[mask],
-                             atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(s.logp_NxT)[mask], np.asarray(stats.logp_NxT)[mask], atol=1e-5, rtol=1e-5
+  )
   assert np.all(np.asarray(stats.logp_NxT)[~mask] == 0.0)
 
 
@@ -86,11 +97,9 @@ def test_group_rows_differ_and_rng_is_deterministic(model):
   for b in range(B):
     rows = {tuple(r) for r in tokens[b]}
     assert len(rows) == G, f"prompt {b}: samples of a group are not independent\n{tokens[b]}"
-  again = generate(graphdef, params, prompt, prompt_mask, jax.random.key(2), cfg=cfg,
-                   group_size=G)
+  again = generate(graphdef, params, prompt, prompt_mask, jax.random.key(2), cfg=cfg, group_size=G)
   np.testing.assert_array_equal(again.tokens_NxT, s.tokens_NxT)
-  other = generate(graphdef, params, prompt, prompt_mask, jax.random.key(3), cfg=cfg,
-                   group_size=G)
+  other = generate(graphdef, params, prompt, prompt_mask, jax.random.key(3), cfg=cfg, group_size=G)
   assert np.any(np.asarray(other.tokens_NxT) != np.asarray(s.tokens_NxT))
 
 
@@ -116,7 +125,7 @@ def _greedy_reference(graphdef, params, prompt, prompt_mask, steps, eos_id, pad_
   for row in out:  # everything after the first EOS becomes padding
     eos_at = np.flatnonzero(row == eos_id)
     if eos_at.size:
-      row[eos_at[0] + 1:] = pad_id
+      row[eos_at[0] + 1 :] = pad_id
   return out
 
 
@@ -126,23 +135,37 @@ def test_greedy_equals_argmax_loop_without_cache(model):
   prompt, prompt_mask = _prompts(4)
   s = generate(graphdef, params, prompt, prompt_mask, jax.random.key(5), cfg=cfg, group_size=G)
   _check_layout(s, cfg, B * G)
-  expected = _greedy_reference(graphdef, params, prompt, prompt_mask, T, cfg.eos_id,
-                               cfg.pad_id)
+  expected = _greedy_reference(graphdef, params, prompt, prompt_mask, T, cfg.eos_id, cfg.pad_id)
   # Every sample of a group sees the same prompt: greedy makes them identical.
   np.testing.assert_array_equal(s.tokens_NxT, _rep(expected, G))
   # Greedy log-probs are those of the untempered policy.
-  stats = completion_logprobs(graphdef, params, _rep(prompt, G), _rep(prompt_mask, G),
-                              s.tokens_NxT, s.mask_NxT)
+  stats = completion_logprobs(
+    graphdef, params, _rep(prompt, G), _rep(prompt_mask, G), s.tokens_NxT, s.mask_NxT
+  )
   np.testing.assert_allclose(s.logp_NxT, stats.logp_NxT, atol=1e-5, rtol=1e-5)
 
 
 def test_top_k_1_equals_greedy(model):
   graphdef, params = model
   prompt, prompt_mask = _prompts(6)
-  greedy = generate(graphdef, params, prompt, prompt_mask, jax.random.key(0),
-                    cfg=SamplingConfig(max_new_tokens=T, temperature=0.0), group_size=G)
-  top1 = generate(graphdef, params, prompt, prompt_mask, jax.random.key(7),
-                  cfg=SamplingConfig(max_new_tokens=T, temperature=1.0, top_k=1), group_size=G)
+  greedy = generate(
+    graphdef,
+    params,
+    prompt,
+    prompt_mask,
+    jax.random.key(0),
+    cfg=SamplingConfig(max_new_tokens=T, temperature=0.0),
+    group_size=G,
+  )
+  top1 = generate(
+    graphdef,
+    params,
+    prompt,
+    prompt_mask,
+    jax.random.key(7),
+    cfg=SamplingConfig(max_new_tokens=T, temperature=1.0, top_k=1),
+    group_size=G,
+  )
   np.testing.assert_array_equal(top1.tokens_NxT, greedy.tokens_NxT)
   np.testing.assert_array_equal(top1.mask_NxT, greedy.mask_NxT)
   # At temperature 1 both report log pi(token), before truncation.
@@ -180,10 +203,17 @@ EOS_ID, PAD_ID = 3, 1  # not the defaults, so hard-coded ids would show
 @pytest.fixture(scope="module")
 def bigram(model):
   graphdef, params = model
-  chain = {10: 11, 11: 12, 12: EOS_ID,  # prompt ending in 10: "11 12 EOS"
-           20: EOS_ID,  # prompt ending in 20: EOS at once
-           30: 31, 31: 32, 32: 30,  # prompt ending in 30: a cycle without EOS
-           EOS_ID: 5, PAD_ID: 5}  # after EOS the model would say 5: the sampler must pad
+  chain = {
+    10: 11,
+    11: 12,
+    12: EOS_ID,  # prompt ending in 10: "11 12 EOS"
+    20: EOS_ID,  # prompt ending in 20: EOS at once
+    30: 31,
+    31: 32,
+    32: 30,  # prompt ending in 30: a cycle without EOS
+    EOS_ID: 5,
+    PAD_ID: 5,
+  }  # after EOS the model would say 5: the sampler must pad
   return graphdef, _bigram_params(params, chain)
 
 
@@ -194,8 +224,11 @@ def test_eos_ends_sequences_and_pads_after(bigram):
   prompt[:, -1] = [10, 20, 30]
   s = generate(graphdef, params, prompt, prompt_mask, jax.random.key(9), cfg=cfg, group_size=2)
   _check_layout(s, cfg, 6)
-  expected_tokens = [[11, 12, EOS_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID]] * 2 + \
-                    [[EOS_ID] + [PAD_ID] * 6] * 2 + [[31, 32, 30, 31, 32, 30, 31]] * 2
+  expected_tokens = (
+    [[11, 12, EOS_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID]] * 2
+    + [[EOS_ID] + [PAD_ID] * 6] * 2
+    + [[31, 32, 30, 31, 32, 30, 31]] * 2
+  )
   np.testing.assert_array_equal(s.tokens_NxT, expected_tokens)
   np.testing.assert_array_equal(s.lengths_N, [3, 3, 1, 1, 7, 7])  # EOS counted; 7 = max
   np.testing.assert_array_equal(s.mask_NxT, np.asarray(expected_tokens) != PAD_ID)
@@ -211,8 +244,9 @@ def test_decoding_stops_when_every_row_has_ended(bigram):
   prompt[:, -1] = [20, 10]
   s = generate(graphdef, params, prompt, prompt_mask, jax.random.key(0), cfg=cfg, group_size=1)
   _check_layout(s, cfg, 2)
-  np.testing.assert_array_equal(s.tokens_NxT, [[EOS_ID] + [PAD_ID] * 6,
-                                               [11, 12, EOS_ID] + [PAD_ID] * 4])
+  np.testing.assert_array_equal(
+    s.tokens_NxT, [[EOS_ID] + [PAD_ID] * 6, [11, 12, EOS_ID] + [PAD_ID] * 4]
+  )
   np.testing.assert_array_equal(s.lengths_N, [1, 3])
 
 
@@ -224,21 +258,23 @@ def _kept(logits):
 
 
 def test_top_k_keeps_exactly_k_largest():
-  logits = jnp.array([[0.3, -1.0, 2.5, 0.1, 1.7, -0.2, 0.9],
-                      [5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -1.0]])
+  logits = jnp.array([[0.3, -1.0, 2.5, 0.1, 1.7, -0.2, 0.9], [5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -1.0]])
   out = filter_logits(logits, top_k=3, top_p=1.0)
   np.testing.assert_array_equal(_kept(out), [[0, 0, 1, 0, 1, 0, 1], [1, 1, 1, 0, 0, 0, 0]])
   np.testing.assert_array_equal(np.asarray(out)[_kept(out)], np.asarray(logits)[_kept(out)])
   np.testing.assert_array_equal(filter_logits(logits, top_k=0, top_p=1.0), logits)
 
 
-@pytest.mark.parametrize("top_p, expected", [
+@pytest.mark.parametrize(
+  "top_p, expected",
+  [
     (0.3, [0, 0, 1, 0]),  # the top token alone already reaches 0.3
     (0.7, [1, 0, 1, 0]),  # 0.5 < 0.7 <= 0.5 + 0.25
     (0.8, [1, 0, 1, 1]),  # 0.75 < 0.8 <= 0.75 + 0.15
     (0.95, [1, 1, 1, 1]),
     (1e-4, [0, 0, 1, 0]),  # the top token is always kept
-])
+  ],
+)
 def test_top_p_keeps_smallest_prefix_reaching_p(top_p, expected):
   probs = np.array([0.25, 0.1, 0.5, 0.15])  # sorted: 0.5, 0.25, 0.15, 0.1
   logits = jnp.asarray(np.log(probs) + 3.0, jnp.float32)[None]  # a shift changes nothing
@@ -249,16 +285,12 @@ def test_top_p_keeps_smallest_prefix_reaching_p(top_p, expected):
 def test_top_p_is_per_row_and_composes_with_top_k():
   probs = np.array([[0.25, 0.1, 0.5, 0.15], [0.05, 0.9, 0.03, 0.02]])
   logits = jnp.asarray(np.log(probs), jnp.float32)
-  np.testing.assert_array_equal(_kept(filter_logits(logits, 0, 0.7)),
-                                [[1, 0, 1, 0], [0, 1, 0, 0]])
+  np.testing.assert_array_equal(_kept(filter_logits(logits, 0, 0.7)), [[1, 0, 1, 0], [0, 1, 0, 0]])
   # top-k first (row 0 keeps 0.5, 0.25, renormalised to 2/3, 1/3), then top-p on what is
   # left: 0.6 keeps one token after top-k although it keeps two without it.
-  np.testing.assert_array_equal(_kept(filter_logits(logits, 0, 0.6)),
-                                [[1, 0, 1, 0], [0, 1, 0, 0]])
-  np.testing.assert_array_equal(_kept(filter_logits(logits, 2, 0.6)),
-                                [[0, 0, 1, 0], [0, 1, 0, 0]])
-  np.testing.assert_array_equal(_kept(filter_logits(logits, 2, 0.9)),
-                                [[1, 0, 1, 0], [0, 1, 0, 0]])
+  np.testing.assert_array_equal(_kept(filter_logits(logits, 0, 0.6)), [[1, 0, 1, 0], [0, 1, 0, 0]])
+  np.testing.assert_array_equal(_kept(filter_logits(logits, 2, 0.6)), [[0, 0, 1, 0], [0, 1, 0, 0]])
+  np.testing.assert_array_equal(_kept(filter_logits(logits, 2, 0.9)), [[1, 0, 1, 0], [0, 1, 0, 0]])
 
 
 # --- compilation ----------------------------------------------------------------
@@ -273,8 +305,7 @@ def test_no_recompilation_for_new_prompts_rng_and_params(model):
 
   prompt2, prompt_mask2 = _prompts(12, lengths=(1, 6, 3))
   params2 = jax.tree.map(lambda x: x * 1.01, params)  # as after an update step
-  s = generate(graphdef, params2, prompt2, prompt_mask2, jax.random.key(1), cfg=cfg,
-               group_size=G)
+  s = generate(graphdef, params2, prompt2, prompt_mask2, jax.random.key(1), cfg=cfg, group_size=G)
   s.tokens_NxT.block_until_ready()
   assert sampler._generate._cache_size() == compiled, "generate recompiled for same-shaped inputs"
 
@@ -284,12 +315,14 @@ def test_no_recompilation_for_new_prompts_rng_and_params(model):
 
 
 def test_sampling_config_validation():
-  for kwargs, field in [(dict(max_new_tokens=0), "max_new_tokens"),
-                        (dict(max_new_tokens=4, temperature=-0.1), "temperature"),
-                        (dict(max_new_tokens=4, top_k=-1), "top_k"),
-                        (dict(max_new_tokens=4, top_p=0.0), "top_p"),
-                        (dict(max_new_tokens=4, top_p=1.5), "top_p"),
-                        (dict(max_new_tokens=4, streams=-1), "streams")]:
+  for kwargs, field in [
+    (dict(max_new_tokens=0), "max_new_tokens"),
+    (dict(max_new_tokens=4, temperature=-0.1), "temperature"),
+    (dict(max_new_tokens=4, top_k=-1), "top_k"),
+    (dict(max_new_tokens=4, top_p=0.0), "top_p"),
+    (dict(max_new_tokens=4, top_p=1.5), "top_p"),
+    (dict(max_new_tokens=4, streams=-1), "streams"),
+  ]:
     with pytest.raises(ValueError, match=field):
       SamplingConfig(**kwargs)
 
@@ -301,19 +334,21 @@ def test_cache_phases_do_not_change_the_samples(model):
   graphdef, params = model
   prompt, prompt_mask = _prompts(11)
   for temperature, eos in ((1.0, 5), (0.0, -1)):
-    one, phased = (SamplingConfig(max_new_tokens=40, temperature=temperature, eos_id=eos,
-                                  cache_phases=k) for k in (1, 4))
+    one, phased = (
+      SamplingConfig(max_new_tokens=40, temperature=temperature, eos_id=eos, cache_phases=k)
+      for k in (1, 4)
+    )
     assert phased.phase_bounds() == [0, 16, 32, 40] and one.phase_bounds() == [0, 40]
     a = generate(graphdef, params, prompt, prompt_mask, jax.random.key(4), cfg=one, group_size=G)
-    b = generate(graphdef, params, prompt, prompt_mask, jax.random.key(4), cfg=phased,
-                 group_size=G)
+    b = generate(graphdef, params, prompt, prompt_mask, jax.random.key(4), cfg=phased, group_size=G)
     np.testing.assert_array_equal(a.tokens_NxT, b.tokens_NxT)
     np.testing.assert_array_equal(a.mask_NxT, b.mask_NxT)
     np.testing.assert_allclose(a.logp_NxT, b.logp_NxT, atol=1e-5)
     if temperature:
       assert 0 < int(np.asarray(b.lengths_N).min()) < 40  # some rows ended at EOS
-      ref = completion_logprobs(graphdef, params, _rep(prompt, G), _rep(prompt_mask, G),
-                                b.tokens_NxT, b.mask_NxT).logp_NxT
+      ref = completion_logprobs(
+        graphdef, params, _rep(prompt, G), _rep(prompt_mask, G), b.tokens_NxT, b.mask_NxT
+      ).logp_NxT
       np.testing.assert_allclose(b.logp_NxT, ref, atol=1e-5)
 
 
@@ -328,10 +363,14 @@ def test_streams_do_not_change_the_samples(model):
   graphdef, params = model
   prompt, prompt_mask = _prompts(13, lengths=(7, 4, 2, 5))
   for temperature, eos in ((1.0, 5), (0.0, -1)):
-    cfgs = [SamplingConfig(max_new_tokens=T, temperature=temperature, eos_id=eos, streams=k)
-            for k in (1, 2, 4)]
-    one, *split = [generate(graphdef, params, prompt, prompt_mask, jax.random.key(6), cfg=c,
-                            group_size=G) for c in cfgs]
+    cfgs = [
+      SamplingConfig(max_new_tokens=T, temperature=temperature, eos_id=eos, streams=k)
+      for k in (1, 2, 4)
+    ]
+    one, *split = [
+      generate(graphdef, params, prompt, prompt_mask, jax.random.key(6), cfg=c, group_size=G)
+      for c in cfgs
+    ]
     _check_layout(one, cfgs[0], 4 * G)
     for s in split:
       np.testing.assert_array_equal(one.tokens_NxT, s.tokens_NxT)
@@ -343,8 +382,9 @@ def test_streams_do_not_change_the_samples(model):
       assert len({tuple(r) for r in np.asarray(one.tokens_NxT)}) > G  # rows differ
   compiled = sampler._generate._cache_size()
   prompt2, prompt_mask2 = _prompts(14, lengths=(3, 7, 1, 2))
-  generate(graphdef, params, prompt2, prompt_mask2, jax.random.key(8), cfg=cfgs[1],
-           group_size=G).tokens_NxT.block_until_ready()
+  generate(
+    graphdef, params, prompt2, prompt_mask2, jax.random.key(8), cfg=cfgs[1], group_size=G
+  ).tokens_NxT.block_until_ready()
   assert sampler._generate._cache_size() == compiled
 
 
@@ -358,10 +398,16 @@ def test_groups_sharing_their_prompt_sample_as_rows_with_repeated_prompts(model)
   prompt, prompt_mask = _prompts(15)
   cfg = SamplingConfig(max_new_tokens=40, eos_id=5, cache_phases=3, streams=1)
   assert len(cfg.phase_bounds()) == 4  # three phases
-  shared = generate(graphdef, params, prompt, prompt_mask, jax.random.key(9), cfg=cfg,
-                    group_size=G)
-  per_row = generate(graphdef, params, _rep(prompt, G), _rep(prompt_mask, G),
-                     jax.random.key(9), cfg=cfg, group_size=1)
+  shared = generate(graphdef, params, prompt, prompt_mask, jax.random.key(9), cfg=cfg, group_size=G)
+  per_row = generate(
+    graphdef,
+    params,
+    _rep(prompt, G),
+    _rep(prompt_mask, G),
+    jax.random.key(9),
+    cfg=cfg,
+    group_size=1,
+  )
   np.testing.assert_array_equal(shared.tokens_NxT, per_row.tokens_NxT)
   np.testing.assert_array_equal(shared.mask_NxT, per_row.mask_NxT)
   np.testing.assert_allclose(shared.logp_NxT, per_row.logp_NxT, atol=1e-5)
@@ -389,11 +435,17 @@ def test_sampled_frequencies_match_the_distribution():
   V, n = 6, 40_000
   logits = jnp.asarray([[2.0, 0.5, -1.0, 1.0, -3.0, 0.0]])
   keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(3), jnp.arange(n))
-  for cfg, keep in ((SamplingConfig(max_new_tokens=1, temperature=0.7), np.ones(V, bool)),
-                    (SamplingConfig(max_new_tokens=1, temperature=1.0, top_k=3),
-                     np.asarray([1, 1, 0, 1, 0, 0], bool)),
-                    (SamplingConfig(max_new_tokens=1, temperature=1.0, top_p=0.75),
-                     np.asarray([1, 0, 0, 1, 0, 0], bool))):
+  for cfg, keep in (
+    (SamplingConfig(max_new_tokens=1, temperature=0.7), np.ones(V, bool)),
+    (
+      SamplingConfig(max_new_tokens=1, temperature=1.0, top_k=3),
+      np.asarray([1, 1, 0, 1, 0, 0], bool),
+    ),
+    (
+      SamplingConfig(max_new_tokens=1, temperature=1.0, top_p=0.75),
+      np.asarray([1, 0, 0, 1, 0, 0], bool),
+    ),
+  ):
     tok, logp = sampler._choose(keys, jnp.repeat(logits, n, axis=0), cfg)
     scaled = np.asarray(logits[0]) / cfg.temperature
     p = np.where(keep, np.exp(scaled), 0.0)

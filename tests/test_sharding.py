@@ -12,10 +12,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 @pytest.fixture(scope="module")
 def result():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  r = subprocess.run([sys.executable, os.path.join(HERE, "sharding_check.py")], env=env,
-                     capture_output=True, text=True, timeout=900)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  r = subprocess.run(
+    [sys.executable, os.path.join(HERE, "sharding_check.py")],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert r.returncode == 0, r.stderr[-4000:]
   return json.loads(r.stdout.strip().splitlines()[-1])
 

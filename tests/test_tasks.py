@@ -47,9 +47,9 @@ def test_batch_encode_left_padded_layout():
   tok = CharTokenizer(ALPHABET)
   tokens, mask = tok.batch_encode_left_padded(["1+2=", "34+5=", "9"], 7)
   assert tokens.dtype == np.int32 and mask.dtype == bool and tokens.shape == (3, 7)
-  np.testing.assert_array_equal(tokens, [[0, 0, 1, 4, 13, 5, 16],
-                                         [0, 1, 6, 7, 13, 8, 16],
-                                         [0, 0, 0, 0, 0, 1, 12]])
+  np.testing.assert_array_equal(
+    tokens, [[0, 0, 1, 4, 13, 5, 16], [0, 1, 6, 7, 13, 8, 16], [0, 0, 0, 0, 0, 1, 12]]
+  )
   np.testing.assert_array_equal(mask, tokens != 0)
   no_bos, no_bos_mask = tok.batch_encode_left_padded(["34+5="], 5, bos=False)
   np.testing.assert_array_equal(no_bos, [[6, 7, 13, 8, 16]])
@@ -76,7 +76,7 @@ def test_prompts_parse_and_answers_are_right():
   for ex in examples:
     a, op, b = _parse(ex)
     assert ex.answer == str({"+": a + b, "-": a - b, "*": a * b}[op]), ex
-    assert str(a) == ex.prompt[:len(str(a))]  # no leading zeros
+    assert str(a) == ex.prompt[: len(str(a))]  # no leading zeros
     seen_ops.add(op)
     digit_counts |= {len(str(a)), len(str(b))}
     # The advertised bucket sizes hold: BOS + prompt, answer + EOS.
@@ -167,16 +167,20 @@ def test_score_exact_answers_only_without_partial_credit():
 def test_score_partial_credit_hand_values():
   task = ArithmeticTask(ops="+-", partial_credit=0.5)
   cases = [
-      (EX, "415", 1.0),
-      (EX, "425", 0.5 * 2 / 3),  # 4 and 5 match
-      (EX, "15", 0.5 * 2 / 3),  # right-aligned: " 15" vs "415"
-      (EX, "4150", 0.0),  # "4150" vs " 415": nothing lines up
-      (EX, "999", 0.0),
-      (EX, "", 0.0), (EX, "-", 0.0), (EX, "1-2", 0.0), (EX, "12a", 0.0), (EX, "41-", 0.0),
-      (EX, "--415", 0.0),
-      (NEG, "-5", 1.0),
-      (NEG, "5", 0.5 * 1 / 2),  # " 5" vs "-5"
-      (NEG, "-4", 0.5 * 1 / 2),
+    (EX, "415", 1.0),
+    (EX, "425", 0.5 * 2 / 3),  # 4 and 5 match
+    (EX, "15", 0.5 * 2 / 3),  # right-aligned: " 15" vs "415"
+    (EX, "4150", 0.0),  # "4150" vs " 415": nothing lines up
+    (EX, "999", 0.0),
+    (EX, "", 0.0),
+    (EX, "-", 0.0),
+    (EX, "1-2", 0.0),
+    (EX, "12a", 0.0),
+    (EX, "41-", 0.0),
+    (EX, "--415", 0.0),
+    (NEG, "-5", 1.0),
+    (NEG, "5", 0.5 * 1 / 2),  # " 5" vs "-5"
+    (NEG, "-4", 0.5 * 1 / 2),
   ]
   scores = task.score([c[0] for c in cases], [c[1] for c in cases])
   np.testing.assert_allclose(scores.rewards, [c[2] for c in cases], rtol=1e-6)
@@ -194,9 +198,19 @@ def test_score_of_decoded_sampler_output():
 # --- arithmetic: SFT demonstrations --------------------------------------------------
 
 
-@pytest.mark.parametrize("a, b, expected", [
-    (58, 67, "15"), (999, 1, "990"), (5, 5, "0"), (348, 67, "305"), (5, 99, "94"),
-    (0, 0, "0"), (123, 0, "123"), (50, 50, "0")])
+@pytest.mark.parametrize(
+  "a, b, expected",
+  [
+    (58, 67, "15"),
+    (999, 1, "990"),
+    (5, 5, "0"),
+    (348, 67, "305"),
+    (5, 99, "94"),
+    (0, 0, "0"),
+    (123, 0, "123"),
+    (50, 50, "0"),
+  ],
+)
 def test_carry_free_sum_hand_cases(a, b, expected):
   assert carry_free_sum(a, b) == expected
   assert carry_free_sum(b, a) == expected
@@ -225,7 +239,9 @@ def test_sft_slip_rate_matches_probability():
 # --- construction ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs, field", [
+@pytest.mark.parametrize(
+  "kwargs, field",
+  [
     (dict(max_digits=0), "max_digits"),
     (dict(ops=""), "ops"),
     (dict(ops="+/"), "ops"),
@@ -233,7 +249,8 @@ def test_sft_slip_rate_matches_probability():
     (dict(heldout_fraction=1.0), "heldout_fraction"),
     (dict(sft_slip_prob=-0.1), "sft_slip_prob"),
     (dict(sft_slip_prob=1.5), "sft_slip_prob"),
-])
+  ],
+)
 def test_invalid_arguments_name_the_field(kwargs, field):
   with pytest.raises(ValueError, match=f"task.arithmetic.{field}"):
     ArithmeticTask(**kwargs)

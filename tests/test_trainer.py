@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 
 from rl_jax import algorithms, trainer
 from rl_jax.logprobs import completion_logprobs
@@ -29,10 +28,15 @@ def _batch(N=8, P=5, T=4, seed=0, adv=None):
   if adv is None:
     r = rng.random((N // 4, 4)).astype(np.float32)
     adv = np.asarray(algorithms.grpo().advantages(jnp.asarray(r))).reshape(-1)
-  return TrainBatch(rng.integers(3, V, (N, P)).astype(np.int32), pm,
-                    rng.integers(3, V, (N, T)).astype(np.int32), cm,
-                    np.broadcast_to(np.asarray(adv, np.float32)[:, None], (N, T)).copy(),
-                    np.zeros((N, T), np.float32), np.zeros((N, T), np.float32))
+  return TrainBatch(
+    rng.integers(3, V, (N, P)).astype(np.int32),
+    pm,
+    rng.integers(3, V, (N, T)).astype(np.int32),
+    cm,
+    np.broadcast_to(np.asarray(adv, np.float32)[:, None], (N, T)).copy(),
+    np.zeros((N, T), np.float32),
+    np.zeros((N, T), np.float32),
+  )
 
 
 def test_on_policy_grpo_step_is_the_policy_gradient():
@@ -43,13 +47,22 @@ def test_on_policy_grpo_step_is_the_policy_gradient():
   batch = _batch()
   algo = algorithms.grpo(kl_coef=0.0)
   (loss, m), grads = jax.value_and_grad(
-      lambda p: trainer.rl_loss(graphdef, p, batch, algo, temperature=1.0, on_policy=True,
-                                aggregation_constant=4), has_aux=True)(params)
+    lambda p: trainer.rl_loss(
+      graphdef, p, batch, algo, temperature=1.0, on_policy=True, aggregation_constant=4
+    ),
+    has_aux=True,
+  )(params)
   mask = batch.completion_mask_NxT.astype(np.float32)
 
   def reinforce(p):
-    logp = completion_logprobs(graphdef, p, batch.prompt_NxP, batch.prompt_mask_NxP,
-                               batch.completion_NxT, batch.completion_mask_NxT).logp_NxT
+    logp = completion_logprobs(
+      graphdef,
+      p,
+      batch.prompt_NxP,
+      batch.prompt_mask_NxP,
+      batch.completion_NxT,
+      batch.completion_mask_NxT,
+    ).logp_NxT
     per_seq = (batch.adv_NxT * logp * mask).sum(1) / mask.sum(1)
     return -per_seq.mean()
 
@@ -63,16 +76,24 @@ def test_on_policy_grpo_step_is_the_policy_gradient():
 def test_kl_term_uses_the_reference_logprobs():
   graphdef, params = _setup()
   batch = _batch()
-  logp = completion_logprobs(graphdef, params, batch.prompt_NxP, batch.prompt_mask_NxP,
-                             batch.completion_NxT, batch.completion_mask_NxT).logp_NxT
+  logp = completion_logprobs(
+    graphdef,
+    params,
+    batch.prompt_NxP,
+    batch.prompt_mask_NxP,
+    batch.completion_NxT,
+    batch.completion_mask_NxT,
+  ).logp_NxT
   batch = batch._replace(ref_logp_NxT=np.asarray(logp) - 0.5)  # pi_ref = pi * e^-0.5 per token
   algo = algorithms.grpo(kl_coef=0.1)
-  loss, m = trainer.rl_loss(graphdef, params, batch, algo, temperature=1.0, on_policy=True,
-                            aggregation_constant=4)
+  loss, m = trainer.rl_loss(
+    graphdef, params, batch, algo, temperature=1.0, on_policy=True, aggregation_constant=4
+  )
   k3 = np.exp(-0.5) + 0.5 - 1.0  # exp(x) - x - 1 at x = ref - logp = -0.5
   np.testing.assert_allclose(float(m["kl"]), k3, rtol=1e-5)
-  np.testing.assert_allclose(float(loss), -float(batch.adv_NxT[:, 0].mean()) + 0.1 * k3,
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    float(loss), -float(batch.adv_NxT[:, 0].mean()) + 0.1 * k3, rtol=1e-5, atol=1e-6
+  )
 
 
 def test_non_finite_update_is_skipped_and_counted():
@@ -89,8 +110,9 @@ def test_non_finite_update_is_skipped_and_counted():
     np.testing.assert_array_equal(a, np.asarray(b))
   state, m = update(state, _batch(seed=1), jax.random.key(1))
   assert int(m["skipped_updates"]) == 1 and float(m["finite"]) == 1.0
-  assert any(not np.array_equal(a, np.asarray(b))
-             for a, b in zip(before, jax.tree.leaves(state.params)))
+  assert any(
+    not np.array_equal(a, np.asarray(b)) for a, b in zip(before, jax.tree.leaves(state.params))
+  )
 
 
 def test_minibatches_and_iterations_take_that_many_optimizer_steps():
@@ -98,8 +120,14 @@ def test_minibatches_and_iterations_take_that_many_optimizer_steps():
   tx = trainer.make_optimizer(learning_rate=1e-3)
   algo = algorithms.grpo(kl_coef=0.0)
   batch = _batch(N=8)
-  old = completion_logprobs(graphdef, params, batch.prompt_NxP, batch.prompt_mask_NxP,
-                            batch.completion_NxT, batch.completion_mask_NxT).logp_NxT
+  old = completion_logprobs(
+    graphdef,
+    params,
+    batch.prompt_NxP,
+    batch.prompt_mask_NxP,
+    batch.completion_NxT,
+    batch.completion_mask_NxT,
+  ).logp_NxT
   batch = batch._replace(old_logp_NxT=np.asarray(old))
   update = trainer.make_rl_update(graphdef, algo, tx, num_minibatches=2, num_iterations=3)
   state, m = update(trainer.init_state(params, tx), batch, jax.random.key(0))
@@ -117,8 +145,7 @@ def test_sft_step_reduces_the_loss():
   state = trainer.init_state(params, tx)
   losses = []
   for _ in range(20):
-    state, m = step(state, b.prompt_NxP, b.prompt_mask_NxP, b.completion_NxT,
-                    b.completion_mask_NxT)
+    state, m = step(state, b.prompt_NxP, b.prompt_mask_NxP, b.completion_NxT, b.completion_mask_NxT)
     losses.append(float(m["loss"]))
   assert losses[-1] < 0.5 * losses[0]
 
@@ -140,6 +167,7 @@ def test_a_second_step_with_other_completion_lengths_compiles_nothing():
   at other lengths, with other rewards and a new rng, reuses the compiled reference pass and
   update. Counted with the jit caches and with jax's compile events."""
   from jax._src import monitoring  # pylint: disable=import-outside-toplevel
+
   graphdef, params = _setup()
   algo = algorithms.grpo(kl_coef=0.04)
   tx = optax.adam(1e-3)
@@ -150,10 +178,13 @@ def test_a_second_step_with_other_completion_lengths_compiles_nothing():
 
   def step(state, seed):
     b = _batch(seed=seed)
-    b = b._replace(prompt_NxP=np.repeat(b.prompt_NxP[::4], 4, 0),
-                   prompt_mask_NxP=np.repeat(b.prompt_mask_NxP[::4], 4, 0))
-    ref = logprob_fn(ref_params, b.prompt_NxP, b.prompt_mask_NxP, b.completion_NxT,
-                     b.completion_mask_NxT)
+    b = b._replace(
+      prompt_NxP=np.repeat(b.prompt_NxP[::4], 4, 0),
+      prompt_mask_NxP=np.repeat(b.prompt_mask_NxP[::4], 4, 0),
+    )
+    ref = logprob_fn(
+      ref_params, b.prompt_NxP, b.prompt_mask_NxP, b.completion_NxT, b.completion_mask_NxT
+    )
     state, m = update(state, b._replace(ref_logp_NxT=ref), jax.random.key(seed))
     return state, m, b.completion_mask_NxT.sum(1)
 

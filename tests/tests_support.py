@@ -10,6 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def make_small_config(**overrides):
   """A validated RunConfig from experiments/default.py with the small CI overrides."""
   from rl_jax import config as config_lib
+
   cd = config_lib.load_config_file(os.path.join(ROOT, "experiments", "default.py"))
   merged = dict(SMALL_OVERRIDES)
   merged.update({k: str(v) for k, v in overrides.items()})

@@ -71,7 +71,12 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import (  # noqa: E402
-  LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, PrinterCallback, TrainerCallback)
+  LlamaConfig,
+  LlamaForCausalLM,
+  PreTrainedTokenizerFast,
+  PrinterCallback,
+  TrainerCallback,
+)
 
 SEED = 0
 THREADS = 2
@@ -88,23 +93,45 @@ W2_BATCH, W2_NEW_TOKENS = 64, 128
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
   words = SPECIALS + [f"t{i}" for i in range(FIRST_WORD, VOCAB)]
-  backend = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+  backend = Tokenizer(
+    models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>")
+  )
   backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-  tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<bos>",
-                                eos_token="<eos>", unk_token="<unk>", padding_side="left")
+  tok = PreTrainedTokenizerFast(
+    tokenizer_object=backend,
+    pad_token="<pad>",
+    bos_token="<bos>",
+    eos_token="<eos>",
+    unk_token="<unk>",
+    padding_side="left",
+  )
   assert len(tok) == VOCAB and (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (
-    PAD_ID, BOS_ID, EOS_ID)
+    PAD_ID,
+    BOS_ID,
+    EOS_ID,
+  )
   return tok
 
 
 def build_model() -> LlamaForCausalLM:
   torch.manual_seed(SEED)
   cfg = LlamaConfig(
-    vocab_size=VOCAB, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-    num_key_value_heads=4, head_dim=64, intermediate_size=1024, hidden_act="silu",
-    rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, rms_norm_eps=1e-6,
-    tie_word_embeddings=False, max_position_embeddings=256, pad_token_id=PAD_ID,
-    bos_token_id=BOS_ID, eos_token_id=EOS_ID)
+    vocab_size=VOCAB,
+    hidden_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    head_dim=64,
+    intermediate_size=1024,
+    hidden_act="silu",
+    rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=False,
+    max_position_embeddings=256,
+    pad_token_id=PAD_ID,
+    bos_token_id=BOS_ID,
+    eos_token_id=EOS_ID,
+  )
   model = LlamaForCausalLM(cfg).to(torch.float32)
   check_model(model)
   return model
@@ -135,6 +162,7 @@ def summary(times: list[float]) -> dict[str, float]:
 
 # ---------------------------------------------------------------- W2: model.generate throughput
 
+
 def w2_sampling(repeats: int, warmup: int = 1) -> dict:
   tok = build_tokenizer()
   model = build_model().eval()
@@ -144,14 +172,25 @@ def w2_sampling(repeats: int, warmup: int = 1) -> dict:
   def call():
     with torch.inference_mode():
       return model.generate(
-        input_ids=ids, attention_mask=attention_mask, do_sample=True, temperature=1.0, top_p=1.0,
-        top_k=0, max_new_tokens=W2_NEW_TOKENS, min_new_tokens=W2_NEW_TOKENS, use_cache=True,
-        pad_token_id=PAD_ID, eos_token_id=EOS_ID)
+        input_ids=ids,
+        attention_mask=attention_mask,
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        max_new_tokens=W2_NEW_TOKENS,
+        min_new_tokens=W2_NEW_TOKENS,
+        use_cache=True,
+        pad_token_id=PAD_ID,
+        eos_token_id=EOS_ID,
+      )
 
   torch.manual_seed(SEED)
   for _ in range(warmup):
     out = call()
-  assert out.shape == (W2_BATCH, PROMPT_LEN + W2_NEW_TOKENS), f"generate returned {tuple(out.shape)}"
+  assert out.shape == (W2_BATCH, PROMPT_LEN + W2_NEW_TOKENS), (
+    f"generate returned {tuple(out.shape)}"
+  )
   assert not (out[:, PROMPT_LEN:] == EOS_ID).any(), "EOS was generated"
   times = []
   for _ in range(repeats):
@@ -164,6 +203,7 @@ def w2_sampling(repeats: int, warmup: int = 1) -> dict:
 
 
 # ---------------------------------------------------------------- W1: one GRPO step in TRL
+
 
 def even_token_reward(completion_ids, **kwargs) -> list[float]:
   return [sum(1 for t in ids if t % 2 == 0) / max(len(ids), 1) for ids in completion_ids]
@@ -216,17 +256,37 @@ def w1_grpo_step(steps: int, warmup: int) -> dict:
       max_steps=total,
       max_completion_length=W1_COMPLETION,
       generation_kwargs={"min_new_tokens": W1_COMPLETION},
-      temperature=1.0, top_p=1.0, top_k=0,
-      beta=0.04, epsilon=0.2, loss_type="dapo",
-      learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0,
-      use_cpu=True, bf16=False, fp16=False, activation_checkpointing=False,
+      temperature=1.0,
+      top_p=1.0,
+      top_k=0,
+      beta=0.04,
+      epsilon=0.2,
+      loss_type="dapo",
+      learning_rate=1e-5,
+      lr_scheduler_type="constant",
+      warmup_steps=0,
+      use_cpu=True,
+      bf16=False,
+      fp16=False,
+      activation_checkpointing=False,
       model_init_kwargs={"dtype": "float32"},
-      report_to="none", logging_strategy="no", save_strategy="no", disable_tqdm=True,
-      log_level="error", seed=SEED, data_seed=SEED,
+      report_to="none",
+      logging_strategy="no",
+      save_strategy="no",
+      disable_tqdm=True,
+      log_level="error",
+      seed=SEED,
+      data_seed=SEED,
     )
     timer = StepTimer()
-    trainer = GRPOTrainer(model=model_dir, reward_funcs=even_token_reward, args=config,
-                          train_dataset=dataset, processing_class=tok, callbacks=[timer])
+    trainer = GRPOTrainer(
+      model=model_dir,
+      reward_funcs=even_token_reward,
+      args=config,
+      train_dataset=dataset,
+      processing_class=tok,
+      callbacks=[timer],
+    )
     check_model(trainer.model)
     check_model(trainer.ref_model)
     assert not trainer.model.is_activation_checkpointing
@@ -274,17 +334,27 @@ def w1_grpo_step(steps: int, warmup: int) -> dict:
   timed, gen = timer.steps[warmup:], timer.generation[warmup:]
   s = summary(timed)
   gen_s = statistics.median(gen)
-  return {"seconds": s, "generation_s": gen_s, "generation_share": gen_s / s["median"],
-          "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-          "steps": timed}
+  return {
+    "seconds": s,
+    "generation_s": gen_s,
+    "generation_share": gen_s / s["median"],
+    "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    "steps": timed,
+  }
 
 
 # ---------------------------------------------------------------- driver
 
+
 def versions() -> dict:
   import trl
-  return {"torch": torch.__version__, "transformers": transformers.__version__,
-          "trl": trl.__version__, "python": platform.python_version()}
+
+  return {
+    "torch": torch.__version__,
+    "transformers": transformers.__version__,
+    "trl": trl.__version__,
+    "python": platform.python_version(),
+  }
 
 
 def machine() -> dict:
@@ -298,8 +368,9 @@ def machine() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--workloads", default="w1,w2", help="comma-separated subset of w1,w2")
   parser.add_argument("--steps", type=int, default=10, help="W1 timed optimizer steps")
   parser.add_argument("--warmup", type=int, default=2, help="W1 warm-up optimizer steps")
@@ -316,24 +387,33 @@ def main(argv: list[str] | None = None) -> int:
   transformers.logging.set_verbosity_error()
   transformers.logging.disable_progress_bar()
   # TRL 1.16 reads the model's `is_gradient_checkpointing`, which transformers 5.24 deprecates.
-  warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated",
-                          category=FutureWarning)
+  warnings.filterwarnings(
+    "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning
+  )
   out: dict = {"peer": "trl", "versions": versions(), "machine": machine()}
   v = out["versions"]
-  print(f"TRL peer: trl {v['trl']}, transformers {v['transformers']}, torch {v['torch']} "
-        f"({THREADS} threads) on {out['machine']['cpu']} (nproc {out['machine']['nproc']})",
-        flush=True)
+  print(
+    f"TRL peer: trl {v['trl']}, transformers {v['transformers']}, torch {v['torch']} "
+    f"({THREADS} threads) on {out['machine']['cpu']} (nproc {out['machine']['nproc']})",
+    flush=True,
+  )
   # W1 first, so that its peak RSS is not W2's.
   if "w1" in chosen:
     out["w1"] = w = w1_grpo_step(args.steps, args.warmup)
-    print(f"W1 GRPO step: {w['seconds']['median']:.3f} s median "
-          f"({w['seconds']['min']:.3f}-{w['seconds']['max']:.3f}, {len(w['steps'])} steps after "
-          f"{args.warmup} warm-up); generation {w['generation_s']:.3f} s "
-          f"({w['generation_share']:.0%}); peak RSS {w['peak_rss_gib']:.2f} GiB", flush=True)
+    print(
+      f"W1 GRPO step: {w['seconds']['median']:.3f} s median "
+      f"({w['seconds']['min']:.3f}-{w['seconds']['max']:.3f}, {len(w['steps'])} steps after "
+      f"{args.warmup} warm-up); generation {w['generation_s']:.3f} s "
+      f"({w['generation_share']:.0%}); peak RSS {w['peak_rss_gib']:.2f} GiB",
+      flush=True,
+    )
   if "w2" in chosen:
     out["w2"] = w = w2_sampling(args.repeats)
-    print(f"W2 sampling: {w['tokens_per_s']:,.0f} tokens/s (median {w['seconds']['median']:.3f} s, "
-          f"{w['seconds']['min']:.3f}-{w['seconds']['max']:.3f})", flush=True)
+    print(
+      f"W2 sampling: {w['tokens_per_s']:,.0f} tokens/s (median {w['seconds']['median']:.3f} s, "
+      f"{w['seconds']['min']:.3f}-{w['seconds']['max']:.3f})",
+      flush=True,
+    )
   if args.json:
     with open(args.json, "w") as f:
       json.dump(out, f, indent=2)

@@ -79,10 +79,10 @@ import resource
 import statistics
 import time
 
-from flax import nnx
 import jax
 import numpy as np
 import optax
+from flax import nnx
 from tunix.generate import sampler as sampler_lib
 from tunix.models.llama3 import model as llama_lib
 from tunix.rl import rl_cluster as rl_cluster_lib
@@ -122,8 +122,17 @@ class WordTokenizer:
 
 def build_model() -> llama_lib.Llama3:
   cfg = llama_lib.ModelConfig(
-      num_layers=4, vocab_size=VOCAB, embed_dim=256, hidden_dim=1024, num_heads=4,
-      head_dim=64, num_kv_heads=4, rope_theta=10_000, norm_eps=1e-6, weight_tying=False)
+    num_layers=4,
+    vocab_size=VOCAB,
+    embed_dim=256,
+    hidden_dim=1024,
+    num_heads=4,
+    head_dim=64,
+    num_kv_heads=4,
+    rope_theta=10_000,
+    norm_eps=1e-6,
+    weight_tying=False,
+  )
   model = llama_lib.Llama3(cfg, rngs=nnx.Rngs(SEED))
   # Tunix zero-initialises the MLP kernels; draw them like its other matrices instead.
   init = nnx.initializers.normal()
@@ -161,14 +170,25 @@ def run_w2(repeats: int) -> dict:
   tok = WordTokenizer(VOCAB)
   model = build_model()
   sampler = sampler_lib.Sampler(
-      model, tok, sampler_lib.CacheConfig(cache_size=PROMPT_LEN + W2_NEW, num_layers=4,
-                                          num_kv_heads=4, head_dim=64))
+    model,
+    tok,
+    sampler_lib.CacheConfig(
+      cache_size=PROMPT_LEN + W2_NEW, num_layers=4, num_kv_heads=4, head_dim=64
+    ),
+  )
   prompts = random_prompts(tok, W2_PROMPTS, seed=1)
 
   def call(seed: int):
-    out = sampler(input_strings=prompts, max_generation_steps=W2_NEW,
-                  max_prompt_length=PROMPT_LEN, echo=False, temperature=1.0, top_p=1.0,
-                  top_k=None, seed=seed)
+    out = sampler(
+      input_strings=prompts,
+      max_generation_steps=W2_NEW,
+      max_prompt_length=PROMPT_LEN,
+      echo=False,
+      temperature=1.0,
+      top_p=1.0,
+      top_k=None,
+      seed=seed,
+    )
     check_lengths(out.tokens, W2_NEW, "W2")
     return out
 
@@ -198,28 +218,36 @@ def run_w1(steps: int, warmup: int) -> dict:
   mesh = mesh_lib.create_mesh((1, 1), ("fsdp", "tp"))  # Auto axis types
   roles = rl_cluster_lib.Role
   cluster_config = rl_cluster_lib.ClusterConfig(
-      role_to_mesh={roles.ACTOR: mesh, roles.REFERENCE: mesh, roles.ROLLOUT: mesh},
-      rollout_engine="vanilla",
-      offload_to_cpu=False,
-      training_config=rl_cluster_lib.RLTrainingConfig(
-          actor_optimizer=optax.adamw(1e-5, b1=0.9, b2=0.999, weight_decay=0.0),
-          eval_every_n_steps=10**9,
-          max_steps=warmup + steps,
-          checkpoint_root_directory=None,
-          metrics_logging_options=None,
-      ),
-      rollout_config=base_rollout.RolloutConfig(
-          max_tokens_to_generate=W1_NEW, max_prompt_length=PROMPT_LEN,
-          kv_cache_size=PROMPT_LEN + W1_NEW, temperature=1.0, top_p=1.0, top_k=None,
-          seed=SEED),
+    role_to_mesh={roles.ACTOR: mesh, roles.REFERENCE: mesh, roles.ROLLOUT: mesh},
+    rollout_engine="vanilla",
+    offload_to_cpu=False,
+    training_config=rl_cluster_lib.RLTrainingConfig(
+      actor_optimizer=optax.adamw(1e-5, b1=0.9, b2=0.999, weight_decay=0.0),
+      eval_every_n_steps=10**9,
+      max_steps=warmup + steps,
+      checkpoint_root_directory=None,
+      metrics_logging_options=None,
+    ),
+    rollout_config=base_rollout.RolloutConfig(
+      max_tokens_to_generate=W1_NEW,
+      max_prompt_length=PROMPT_LEN,
+      kv_cache_size=PROMPT_LEN + W1_NEW,
+      temperature=1.0,
+      top_p=1.0,
+      top_k=None,
+      seed=SEED,
+    ),
   )
   cluster = rl_cluster_lib.RLCluster(
-      actor=policy, reference=reference, tokenizer=tok, cluster_config=cluster_config)
+    actor=policy, reference=reference, tokenizer=tok, cluster_config=cluster_config
+  )
   learner = grpo_learner.GRPOLearner(
-      rl_cluster=cluster,
-      algo_config=grpo_learner.GRPOConfig(
-          num_generations=W1_GROUP, num_iterations=1, beta=0.04, epsilon=0.2),
-      reward_fns=even_word_reward)
+    rl_cluster=cluster,
+    algo_config=grpo_learner.GRPOConfig(
+      num_generations=W1_GROUP, num_iterations=1, beta=0.04, epsilon=0.2
+    ),
+    reward_fns=even_word_reward,
+  )
   if learner.should_sync_weights:
     raise RuntimeError("actor and rollout do not share weights: a sync would go untimed")
 
@@ -262,21 +290,30 @@ def run_w1(steps: int, warmup: int) -> dict:
   learner._run_global_step = timed_global_step  # pylint: disable=protected-access
 
   prompts = random_prompts(tok, W1_PROMPTS * (warmup + steps), seed=2)
-  dataset = [{"prompts": np.array(prompts[i * W1_PROMPTS:(i + 1) * W1_PROMPTS])}
-             for i in range(warmup + steps)]
+  dataset = [
+    {"prompts": np.array(prompts[i * W1_PROMPTS : (i + 1) * W1_PROMPTS])}
+    for i in range(warmup + steps)
+  ]
   learner.train(dataset)
   peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
   if len(steps_s) != warmup + steps or cluster.actor_trainer.train_steps != warmup + steps:
-    raise RuntimeError(f"W1: {len(steps_s)} steps timed, "
-                       f"{cluster.actor_trainer.train_steps} optimizer steps; "
-                       f"expected {warmup + steps}")
+    raise RuntimeError(
+      f"W1: {len(steps_s)} steps timed, "
+      f"{cluster.actor_trainer.train_steps} optimizer steps; "
+      f"expected {warmup + steps}"
+    )
   timed, gen, ref = steps_s[warmup:], gens_s[warmup:], refs_s[warmup:]
   s = summary(timed)
-  return dict(seconds=s, generation_s=statistics.median(gen),
-              generation_share=statistics.median(gen) / s["median"],
-              reference_s=statistics.median(ref), peak_rss_gib=peak_rss, steps=timed,
-              warmup_steps=steps_s[:warmup])
+  return dict(
+    seconds=s,
+    generation_s=statistics.median(gen),
+    generation_share=statistics.median(gen) / s["median"],
+    reference_s=statistics.median(ref),
+    peak_rss_gib=peak_rss,
+    steps=timed,
+    warmup_steps=steps_s[:warmup],
+  )
 
 
 def cpu_model() -> str:
@@ -304,36 +341,44 @@ def main() -> None:
     parser.error(f"unknown workloads: {sorted(unknown)}")
 
   n_params = count_params(build_model())
-  print(f"tunix {importlib.metadata.version('google-tunix')}, jax {jax.__version__}, "
-        f"backend {jax.default_backend()}, {os.cpu_count()} CPUs ({cpu_model()})")
-  print(f"model: Tunix Llama3, {n_params:,} parameters"
-        + ("" if n_params == EXPECTED_PARAMS else f" (benchmark model: {EXPECTED_PARAMS:,})"))
+  print(
+    f"tunix {importlib.metadata.version('google-tunix')}, jax {jax.__version__}, "
+    f"backend {jax.default_backend()}, {os.cpu_count()} CPUs ({cpu_model()})"
+  )
+  print(
+    f"model: Tunix Llama3, {n_params:,} parameters"
+    + ("" if n_params == EXPECTED_PARAMS else f" (benchmark model: {EXPECTED_PARAMS:,})")
+  )
 
   result = {
-      "peer": "tunix",
-      "versions": {
-          "google-tunix": importlib.metadata.version("google-tunix"),
-          "jax": jax.__version__,
-          "flax": importlib.metadata.version("flax"),
-          "python": platform.python_version(),
-      },
-      "machine": {"cpu": cpu_model(), "nproc": os.cpu_count()},
-      "params": n_params,
+    "peer": "tunix",
+    "versions": {
+      "google-tunix": importlib.metadata.version("google-tunix"),
+      "jax": jax.__version__,
+      "flax": importlib.metadata.version("flax"),
+      "python": platform.python_version(),
+    },
+    "machine": {"cpu": cpu_model(), "nproc": os.cpu_count()},
+    "params": n_params,
   }
   if "w1" in workloads:
     w1 = run_w1(args.steps, args.warmup)
     result["w1"] = w1
     s = w1["seconds"]
-    print(f"W1 GRPO step (8x8 sequences, 64 new tokens): {s['median']:.2f} s "
-          f"({s['min']:.2f}-{s['max']:.2f}) over {len(w1['steps'])} steps; "
-          f"generation {w1['generation_s']:.2f} s ({w1['generation_share']:.0%}), "
-          f"reference pass {w1['reference_s']:.2f} s; peak RSS {w1['peak_rss_gib']:.2f} GiB")
+    print(
+      f"W1 GRPO step (8x8 sequences, 64 new tokens): {s['median']:.2f} s "
+      f"({s['min']:.2f}-{s['max']:.2f}) over {len(w1['steps'])} steps; "
+      f"generation {w1['generation_s']:.2f} s ({w1['generation_share']:.0%}), "
+      f"reference pass {w1['reference_s']:.2f} s; peak RSS {w1['peak_rss_gib']:.2f} GiB"
+    )
   if "w2" in workloads:
     w2 = run_w2(args.repeats)
     result["w2"] = w2
     s = w2["seconds"]
-    print(f"W2 sampling (64 x 128 new tokens): {w2['tokens_per_s']:,.0f} tokens/s "
-          f"(call {s['median']:.2f} s, {s['min']:.2f}-{s['max']:.2f})")
+    print(
+      f"W2 sampling (64 x 128 new tokens): {w2['tokens_per_s']:,.0f} tokens/s "
+      f"(call {s['median']:.2f} s, {s['min']:.2f}-{s['max']:.2f})"
+    )
   if args.json:
     with open(args.json, "w") as f:
       json.dump(result, f, indent=2)

@@ -56,8 +56,9 @@ class TransformerConfig:
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
-          f"model.num_heads={self.num_heads} must be a multiple of "
-          f"model.num_kv_heads={self.num_kv_heads}")
+        f"model.num_heads={self.num_heads} must be a multiple of "
+        f"model.num_kv_heads={self.num_kv_heads}"
+      )
     if self.head_dim % 2:
       raise ValueError(f"model.head_dim={self.head_dim} must be even for RoPE")
     if self.activation not in ("silu", "gelu"):
@@ -66,8 +67,14 @@ class TransformerConfig:
       raise ValueError(f"model.attention must be 'einsum' or 'fused', got {self.attention!r}")
 
   def num_params(self) -> int:
-    D, H, K, Dh, F, V = (self.d_model, self.num_heads, self.num_kv_heads, self.head_dim,
-                         self.mlp_dim, self.vocab_size)
+    D, H, K, Dh, F, V = (
+      self.d_model,
+      self.num_heads,
+      self.num_kv_heads,
+      self.head_dim,
+      self.mlp_dim,
+      self.vocab_size,
+    )
     attn = D * H * Dh + 2 * D * K * Dh + H * Dh * D
     if self.qkv_bias:
       attn += H * Dh + 2 * K * Dh
@@ -79,19 +86,25 @@ class TransformerConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The embedded default: ~0.8 M parameters at a character vocabulary, trains on a CPU.
-    "tiny": dict(d_model=128, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
-                 mlp_dim=384),
-    # Smaller still, for unit tests.
-    "test": dict(d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
-                 mlp_dim=64),
-    # The benchmark model of shared/benchmarks.md (W1-W3), vocabulary 512.
-    "bench": dict(d_model=256, num_layers=4, num_heads=4, num_kv_heads=4, head_dim=64,
-                  mlp_dim=1024),
-    # Qwen2.5-0.5B's shape (494,032,768 parameters at its 151,936-token vocabulary): the
-    # 0.5 B-parameter model of the benchmarks' accelerator workloads.
-    "0.5b": dict(d_model=896, num_layers=24, num_heads=14, num_kv_heads=2, head_dim=64,
-                 mlp_dim=4864, tie_embeddings=True, qkv_bias=True, rope_theta=1_000_000.0),
+  # The embedded default: ~0.8 M parameters at a character vocabulary, trains on a CPU.
+  "tiny": dict(d_model=128, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32, mlp_dim=384),
+  # Smaller still, for unit tests.
+  "test": dict(d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64),
+  # The benchmark model of shared/benchmarks.md (W1-W3), vocabulary 512.
+  "bench": dict(d_model=256, num_layers=4, num_heads=4, num_kv_heads=4, head_dim=64, mlp_dim=1024),
+  # Qwen2.5-0.5B's shape (494,032,768 parameters at its 151,936-token vocabulary): the
+  # 0.5 B-parameter model of the benchmarks' accelerator workloads.
+  "0.5b": dict(
+    d_model=896,
+    num_layers=24,
+    num_heads=14,
+    num_kv_heads=2,
+    head_dim=64,
+    mlp_dim=4864,
+    tie_embeddings=True,
+    qkv_bias=True,
+    rope_theta=1_000_000.0,
+  ),
 }
 
 
@@ -106,6 +119,7 @@ class LayerCache(NamedTuple):
   """Keys and values of one layer, heads before slots: the attention dots read them with
   (N, K) as batch dimensions in their stored layout, so a decode step never transposes
   (copies) the whole cache."""
+
   k_NxKxSxDh: jax.Array
   v_NxKxSxDh: jax.Array
 
@@ -114,19 +128,22 @@ def init_cache(cfg: TransformerConfig, batch: int, slots: int) -> list[LayerCach
   """Zeroed per-layer KV cache with `slots` positions."""
   shape = (batch, cfg.num_kv_heads, slots, cfg.head_dim)
   dtype = jnp.dtype(cfg.dtype)
-  return [LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
-          for _ in range(cfg.num_layers)]
+  return [
+    LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.num_layers)
+  ]
 
 
 class RopeTables(NamedTuple):
   """cos / sin of the rotary angles, `[N, L, 1, Dh / 2]` float32, shared by the q and k of every
   layer of a forward call."""
+
   cos: jax.Array
   sin: jax.Array
 
 
-def rope_tables(positions_NxL: jax.Array, head_dim: int, theta: float,
-                num_positions: int) -> RopeTables:
+def rope_tables(
+  positions_NxL: jax.Array, head_dim: int, theta: float, num_positions: int
+) -> RopeTables:
   """The rotary tables of `positions_NxL` (each in [0, num_positions)), looked up in a table of
   all `num_positions` angles. XLA:CPU fuses elementwise producers into every consumer (an
   `optimization_barrier` does not survive its pipeline), so tables computed per position had
@@ -137,8 +154,9 @@ def rope_tables(positions_NxL: jax.Array, head_dim: int, theta: float,
   freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
   angle_SxF = jnp.arange(num_positions, dtype=jnp.float32)[:, None] * freq
   idx_NxL = jnp.clip(positions_NxL, 0, num_positions - 1)
-  return RopeTables(jnp.cos(angle_SxF)[idx_NxL][:, :, None, :],
-                    jnp.sin(angle_SxF)[idx_NxL][:, :, None, :])
+  return RopeTables(
+    jnp.cos(angle_SxF)[idx_NxL][:, :, None, :], jnp.sin(angle_SxF)[idx_NxL][:, :, None, :]
+  )
 
 
 def rope(x_NxLxHxDh: jax.Array, tables: RopeTables) -> jax.Array:
@@ -156,13 +174,15 @@ class SharedPrefix(NamedTuple):
   prompt and its G samples): `[B, K, P, Dh]` with B = N / G, and the prefix's key validity
   `[B, P]`. Every row of group b attends to group b's prefix before its own slots, so the
   prefix is stored, read and differentiated once per group instead of once per row."""
+
   k_BxKxPxDh: jax.Array
   v_BxKxPxDh: jax.Array
   mask_BxP: jax.Array
 
 
-def _prefix_attention(q_NxLxHxDh, k_NxKxSxDh, v_NxKxSxDh, allowed_NxLxS, prefix: SharedPrefix,
-                      scale):
+def _prefix_attention(
+  q_NxLxHxDh, k_NxKxSxDh, v_NxKxSxDh, allowed_NxLxS, prefix: SharedPrefix, scale
+):
   """Softmax attention over `[shared prefix ; own slots]` without materialising the per-row
   prefix: the two logit blocks share one max and one normaliser (the same softmax as over the
   concatenated keys, up to float rounding). Returns `[N, L, H * Dh]`."""
@@ -181,8 +201,7 @@ def _prefix_attention(q_NxLxHxDh, k_NxKxSxDh, v_NxKxSxDh, allowed_NxLxS, prefix:
   inv = 1.0 / (ep.sum(-1, keepdims=True) + es.sum(-1, keepdims=True))
   dt = v_NxKxSxDh.dtype
   out_p = jnp.einsum("bjkhlp,bkpd->bjlkhd", (ep * inv).astype(dt), prefix.v_BxKxPxDh)
-  out_s = jnp.einsum("nkhls,nksd->nlkhd", (es * inv).astype(dt).reshape(N, K, g, L, -1),
-                     v_NxKxSxDh)
+  out_s = jnp.einsum("nkhls,nksd->nlkhd", (es * inv).astype(dt).reshape(N, K, g, L, -1), v_NxKxSxDh)
   return out_p.reshape(N, L, H * Dh) + out_s.reshape(N, L, H * Dh)
 
 
@@ -195,23 +214,39 @@ def dense(layer, x_NxLxD):
 
 
 class Attention(nnx.Module):
-
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     D, H, K, Dh = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    kw = dict(use_bias=cfg.qkv_bias, dtype=jnp.dtype(cfg.dtype),
-              param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+    kw = dict(
+      use_bias=cfg.qkv_bias,
+      dtype=jnp.dtype(cfg.dtype),
+      param_dtype=jnp.dtype(cfg.param_dtype),
+      rngs=rngs,
+    )
     self.q_proj = nnx.Linear(D, H * Dh, **kw)
     self.k_proj = nnx.Linear(D, K * Dh, **kw)
     self.v_proj = nnx.Linear(D, K * Dh, **kw)
-    self.o_proj = nnx.Linear(H * Dh, D, use_bias=False, dtype=jnp.dtype(cfg.dtype),
-                             param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+    self.o_proj = nnx.Linear(
+      H * Dh,
+      D,
+      use_bias=False,
+      dtype=jnp.dtype(cfg.dtype),
+      param_dtype=jnp.dtype(cfg.param_dtype),
+      rngs=rngs,
+    )
     if cfg.qk_norm:
       self.q_norm = nnx.RMSNorm(Dh, epsilon=cfg.norm_eps, rngs=rngs)
       self.k_norm = nnx.RMSNorm(Dh, epsilon=cfg.norm_eps, rngs=rngs)
 
-  def __call__(self, x_NxLxD, rope_NxL: RopeTables, kv_mask_NxS, cache: LayerCache | None,
-               write_index, prefix: SharedPrefix | None = None):
+  def __call__(
+    self,
+    x_NxLxD,
+    rope_NxL: RopeTables,
+    kv_mask_NxS,
+    cache: LayerCache | None,
+    write_index,
+    prefix: SharedPrefix | None = None,
+  ):
     cfg = self.cfg
     N, L, _ = x_NxLxD.shape
     H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -219,8 +254,9 @@ class Attention(nnx.Module):
     # concatenation of the weights is loop-invariant and hoisted out of the loop by XLA).
     projs = (self.q_proj, self.k_proj, self.v_proj)
     dt = x_NxLxD.dtype
-    qkv = x_NxLxD.reshape(N * L, -1) @ jnp.concatenate([p.kernel[...] for p in projs],
-                                                      axis=1).astype(dt)
+    qkv = x_NxLxD.reshape(N * L, -1) @ jnp.concatenate(
+      [p.kernel[...] for p in projs], axis=1
+    ).astype(dt)
     if cfg.qkv_bias:
       qkv = qkv + jnp.concatenate([p.bias[...] for p in projs]).astype(dt)
     q, k, v = jnp.split(qkv, [H * Dh, (H + K) * Dh], axis=1)
@@ -234,9 +270,11 @@ class Attention(nnx.Module):
       k_all, v_all = k, v
     else:  # write this call's keys/values into their slots (in place inside a jitted loop)
       k_all = jax.lax.dynamic_update_slice_in_dim(
-          cache.k_NxKxSxDh, k.astype(cache.k_NxKxSxDh.dtype), write_index, axis=2)
+        cache.k_NxKxSxDh, k.astype(cache.k_NxKxSxDh.dtype), write_index, axis=2
+      )
       v_all = jax.lax.dynamic_update_slice_in_dim(
-          cache.v_NxKxSxDh, v.astype(cache.v_NxKxSxDh.dtype), write_index, axis=2)
+        cache.v_NxKxSxDh, v.astype(cache.v_NxKxSxDh.dtype), write_index, axis=2
+      )
     S = k_all.shape[2]
     q_slot_L = write_index + jnp.arange(L)
     allowed_NxLxS = (jnp.arange(S)[None, :] <= q_slot_L[:, None])[None] & kv_mask_NxS[:, None, :]
@@ -245,8 +283,12 @@ class Attention(nnx.Module):
       return dense(self.o_proj, out), LayerCache(k_all, v_all)
     if cfg.attention == "fused" and L > 1:
       out = jax.nn.dot_product_attention(
-          q, k_all.transpose(0, 2, 1, 3), v_all.transpose(0, 2, 1, 3),
-          mask=allowed_NxLxS[:, None], scale=Dh**-0.5).reshape(N, L, H * Dh)
+        q,
+        k_all.transpose(0, 2, 1, 3),
+        v_all.transpose(0, 2, 1, 3),
+        mask=allowed_NxLxS[:, None],
+        scale=Dh**-0.5,
+      ).reshape(N, L, H * Dh)
       return dense(self.o_proj, out), LayerCache(k_all, v_all)
     # Grouped-query attention: H query heads share K kv heads in groups of H // K.
     qg = q.reshape(N, L, K, H // K, Dh)
@@ -259,10 +301,10 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
-    kw = dict(use_bias=False, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-              rngs=rngs)
+    kw = dict(
+      use_bias=False, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs
+    )
     self.gate_proj = nnx.Linear(cfg.d_model, cfg.mlp_dim, **kw)
     self.up_proj = nnx.Linear(cfg.d_model, cfg.mlp_dim, **kw)
     self.down_proj = nnx.Linear(cfg.mlp_dim, cfg.d_model, **kw)
@@ -272,13 +314,13 @@ class MLP(nnx.Module):
     # gate and up as one [D, 2F] matmul (as the q/k/v projections above).
     F, dt = self.gate_proj.kernel.shape[1], x.dtype
     gate_up = x.reshape(-1, x.shape[-1]) @ jnp.concatenate(
-        [self.gate_proj.kernel[...], self.up_proj.kernel[...]], axis=1).astype(dt)
+      [self.gate_proj.kernel[...], self.up_proj.kernel[...]], axis=1
+    ).astype(dt)
     h = self.act(gate_up[:, :F]) * gate_up[:, F:]
     return (h @ self.down_proj.kernel[...].astype(dt)).reshape(*x.shape[:-1], -1)
 
 
 class Block(nnx.Module):
-
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
     self.attn_norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, rngs=rngs)
     self.attn = Attention(cfg, rngs=rngs)
@@ -310,19 +352,35 @@ class Transformer(nnx.Module):
 
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
-    self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=jnp.dtype(cfg.dtype),
-                           param_dtype=jnp.dtype(cfg.param_dtype),
-                           embedding_init=nnx.initializers.normal(1.0 if cfg.embed_scale else 0.02),
-                           rngs=rngs)
+    self.embed = nnx.Embed(
+      cfg.vocab_size,
+      cfg.d_model,
+      dtype=jnp.dtype(cfg.dtype),
+      param_dtype=jnp.dtype(cfg.param_dtype),
+      embedding_init=nnx.initializers.normal(1.0 if cfg.embed_scale else 0.02),
+      rngs=rngs,
+    )
     self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
     self.final_norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, rngs=rngs)
     if not cfg.tie_embeddings:
-      self.lm_head = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False,
-                                dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-                                rngs=rngs)
+      self.lm_head = nnx.Linear(
+        cfg.d_model,
+        cfg.vocab_size,
+        use_bias=False,
+        dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        rngs=rngs,
+      )
 
-  def hidden(self, tokens_NxL, positions_NxL, kv_mask_NxS, cache=None, write_index=0,
-             prefix: list[SharedPrefix] | None = None):
+  def hidden(
+    self,
+    tokens_NxL,
+    positions_NxL,
+    kv_mask_NxS,
+    cache=None,
+    write_index=0,
+    prefix: list[SharedPrefix] | None = None,
+  ):
     """Final-norm hidden states `[N, L, D]` and the updated cache. `prefix`: per layer, the
     keys and values of a prefix shared by groups of rows, attended before the call's slots
     (`SharedPrefix`); the returned cache then holds the call's own slots only.
@@ -353,8 +411,9 @@ class Transformer(nnx.Module):
       out = dense(self.lm_head, h_NxLxD)
     return out.astype(jnp.float32)
 
-  def __call__(self, tokens_NxL, positions_NxL, kv_mask_NxS, cache=None, write_index=0,
-               prefix=None):
+  def __call__(
+    self, tokens_NxL, positions_NxL, kv_mask_NxS, cache=None, write_index=0, prefix=None
+  ):
     h, cache = self.hidden(tokens_NxL, positions_NxL, kv_mask_NxS, cache, write_index, prefix)
     return self.logits(h), cache
 
@@ -377,8 +436,7 @@ def init_model(cfg: TransformerConfig, seed: int | jax.Array = 0):
 
 def abstract_model(cfg: TransformerConfig):
   """(graphdef, params as ShapeDtypeStructs) without allocating weights."""
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))),
-                              nnx.Param)
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))), nnx.Param)
   return graphdef, nnx.to_pure_dict(state)
 
 

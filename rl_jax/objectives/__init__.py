@@ -38,31 +38,31 @@ from rl_jax.objectives.shaping import token_level_rewards as token_level_rewards
 from rl_jax.objectives.value import clipped_value_loss as clipped_value_loss
 
 __all__ = (
-    # advantages
-    "grpo_advantages",
-    "rloo_advantages",
-    "gae",
-    "discounted_returns",
-    "whiten",
-    # kl
-    "kl_k1",
-    "kl_k2",
-    "kl_k3",
-    "entropy_from_logits",
-    # policy_losses
-    "ppo_clip",
-    "clip_fraction",
-    "gspo",
-    # value
-    "clipped_value_loss",
-    # shaping
-    "soft_overlong_penalty",
-    "token_level_rewards",
-    "sequence_kl_penalized_rewards",
-    # aggregation
-    "AGGREGATION_MODES",
-    "aggregate",
-    "aggregate_parts",
-    "aggregate_with_denominator",
-    "aggregation_denominator",
+  # advantages
+  "grpo_advantages",
+  "rloo_advantages",
+  "gae",
+  "discounted_returns",
+  "whiten",
+  # kl
+  "kl_k1",
+  "kl_k2",
+  "kl_k3",
+  "entropy_from_logits",
+  # policy_losses
+  "ppo_clip",
+  "clip_fraction",
+  "gspo",
+  # value
+  "clipped_value_loss",
+  # shaping
+  "soft_overlong_penalty",
+  "token_level_rewards",
+  "sequence_kl_penalized_rewards",
+  # aggregation
+  "AGGREGATION_MODES",
+  "aggregate",
+  "aggregate_parts",
+  "aggregate_with_denominator",
+  "aggregation_denominator",
 )

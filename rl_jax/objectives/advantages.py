@@ -18,8 +18,7 @@ def _float(x: jax.Array) -> jax.Array:
 
 def _check_rank(x: jax.Array, min_rank: int, name: str) -> None:
   if jnp.ndim(x) < min_rank:
-    raise ValueError(
-        f"{name} must have rank >= {min_rank}, got shape {jnp.shape(x)}.")
+    raise ValueError(f"{name} must have rank >= {min_rank}, got shape {jnp.shape(x)}.")
 
 
 def _check_same_shape(**arrays: jax.Array) -> None:
@@ -29,11 +28,11 @@ def _check_same_shape(**arrays: jax.Array) -> None:
 
 
 def grpo_advantages(
-    rewards_BxG: jax.Array,
-    *,
-    scale_by_std: bool = True,
-    ddof: int = 1,
-    eps: float = 1e-6,
+  rewards_BxG: jax.Array,
+  *,
+  scale_by_std: bool = True,
+  ddof: int = 1,
+  eps: float = 1e-6,
 ) -> jax.Array:
   """Group-relative (GRPO) advantages: rewards standardised within each group.
 
@@ -118,12 +117,12 @@ def rloo_advantages(rewards_BxG: jax.Array) -> jax.Array:
 
 
 def gae(
-    rewards_BxT: jax.Array,
-    values_BxT: jax.Array,
-    mask_BxT: jax.Array,
-    *,
-    gamma: float = 1.0,
-    lam: float = 0.95,
+  rewards_BxT: jax.Array,
+  values_BxT: jax.Array,
+  mask_BxT: jax.Array,
+  *,
+  gamma: float = 1.0,
+  lam: float = 0.95,
 ) -> tuple[jax.Array, jax.Array]:
   """Generalised advantage estimation over the valid tokens of each sequence.
 
@@ -171,8 +170,7 @@ def gae(
     Array([[0.21712, 0.246, 0.3]], dtype=float32)
   """
   _check_rank(rewards_BxT, 1, "rewards_BxT")
-  _check_same_shape(rewards_BxT=rewards_BxT, values_BxT=values_BxT,
-                    mask_BxT=mask_BxT)
+  _check_same_shape(rewards_BxT=rewards_BxT, values_BxT=values_BxT, mask_BxT=mask_BxT)
   rewards = _float(rewards_BxT)
   values = _float(values_BxT).astype(rewards.dtype)
   valid = jnp.asarray(mask_BxT) != 0
@@ -182,26 +180,24 @@ def gae(
     r_t, v_t, valid_t = inputs
     delta = r_t + gamma * next_value - v_t
     adv_t = jnp.where(valid_t, delta + gamma * lam * next_adv, 0.0)
-    carry = (jnp.where(valid_t, v_t, next_value),
-             jnp.where(valid_t, adv_t, next_adv))
+    carry = (jnp.where(valid_t, v_t, next_value), jnp.where(valid_t, adv_t, next_adv))
     return carry, adv_t
 
   time_major = lambda x: jnp.moveaxis(x, -1, 0)
   zeros = jnp.zeros(rewards.shape[:-1], rewards.dtype)
   _, adv_TxB = jax.lax.scan(
-      step, (zeros, zeros),
-      (time_major(rewards), time_major(values), time_major(valid)),
-      reverse=True)
+    step, (zeros, zeros), (time_major(rewards), time_major(values), time_major(valid)), reverse=True
+  )
   adv = jnp.moveaxis(adv_TxB, 0, -1)
   returns = jnp.where(valid, adv + values, 0.0)
   return adv, returns
 
 
 def discounted_returns(
-    rewards_BxT: jax.Array,
-    mask_BxT: jax.Array,
-    *,
-    gamma: float = 1.0,
+  rewards_BxT: jax.Array,
+  mask_BxT: jax.Array,
+  *,
+  gamma: float = 1.0,
 ) -> jax.Array:
   """Discounted return-to-go over the valid tokens (REINFORCE++ advantages).
 
@@ -240,22 +236,23 @@ def discounted_returns(
   def step(next_return, inputs):
     r_t, valid_t = inputs
     return_t = r_t + gamma * next_return
-    return (jnp.where(valid_t, return_t, next_return),
-            jnp.where(valid_t, return_t, 0.0))
+    return (jnp.where(valid_t, return_t, next_return), jnp.where(valid_t, return_t, 0.0))
 
   _, returns_TxB = jax.lax.scan(
-      step, jnp.zeros(rewards.shape[:-1], rewards.dtype),
-      (jnp.moveaxis(rewards, -1, 0), jnp.moveaxis(valid, -1, 0)),
-      reverse=True)
+    step,
+    jnp.zeros(rewards.shape[:-1], rewards.dtype),
+    (jnp.moveaxis(rewards, -1, 0), jnp.moveaxis(valid, -1, 0)),
+    reverse=True,
+  )
   return jnp.moveaxis(returns_TxB, 0, -1)
 
 
 def whiten(
-    x: jax.Array,
-    mask: jax.Array,
-    *,
-    shift_mean: bool = True,
-    eps: float = 1e-8,
+  x: jax.Array,
+  mask: jax.Array,
+  *,
+  shift_mean: bool = True,
+  eps: float = 1e-8,
 ) -> jax.Array:
   """Whitens `x` with the mean and variance of its valid positions.
 

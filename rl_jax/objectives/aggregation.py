@@ -35,30 +35,29 @@ import jax
 import jax.numpy as jnp
 
 AGGREGATION_MODES = (
-    "token_mean",
-    "seq_mean_token_mean",
-    "seq_mean_token_sum",
-    "seq_sum_const",
+  "token_mean",
+  "seq_mean_token_mean",
+  "seq_mean_token_sum",
+  "seq_sum_const",
 )
 
 
 def _check_args(x_shape, mask_shape, mode, constant) -> None:
   if mode not in AGGREGATION_MODES:
     raise ValueError(
-        f"Unknown aggregation mode {mode!r}; valid modes are "
-        f"{', '.join(AGGREGATION_MODES)}.")
+      f"Unknown aggregation mode {mode!r}; valid modes are {', '.join(AGGREGATION_MODES)}."
+    )
   if mode == "seq_sum_const":
     if constant is None:
       raise ValueError(
-          "mode 'seq_sum_const' requires constant= (e.g. the maximum "
-          "completion length), got None.")
+        "mode 'seq_sum_const' requires constant= (e.g. the maximum completion length), got None."
+      )
     if isinstance(constant, numbers.Real) and constant <= 0:
       raise ValueError(f"constant must be positive, got {constant}.")
   if len(x_shape) < 1:
     raise ValueError(f"x must have rank >= 1 ([..., T]), got shape {x_shape}.")
   if tuple(x_shape) != tuple(mask_shape):
-    raise ValueError(
-        f"x and mask must have the same shape, got {x_shape} and {mask_shape}.")
+    raise ValueError(f"x and mask must have the same shape, got {x_shape} and {mask_shape}.")
 
 
 def _masked(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -72,15 +71,14 @@ def _masked(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def _safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
   nonzero = denominator != 0
-  return jnp.where(nonzero, numerator / jnp.where(nonzero, denominator, 1.0),
-                   0.0)
+  return jnp.where(nonzero, numerator / jnp.where(nonzero, denominator, 1.0), 0.0)
 
 
 def aggregation_denominator(
-    mask_BxT: jax.Array,
-    mode: str,
-    *,
-    constant: float | None = None,
+  mask_BxT: jax.Array,
+  mode: str,
+  *,
+  constant: float | None = None,
 ) -> jax.Array:
   """Denominator of `mode` for a batch, from its mask alone.
 
@@ -104,16 +102,15 @@ def aggregation_denominator(
   """
   shape = jnp.shape(mask_BxT)
   _check_args(shape, shape, mode, constant)
-  return aggregate_parts(jnp.zeros(shape, jnp.float32), mask_BxT, mode,
-                         constant=constant)[1]
+  return aggregate_parts(jnp.zeros(shape, jnp.float32), mask_BxT, mode, constant=constant)[1]
 
 
 def aggregate_parts(
-    x_BxT: jax.Array,
-    mask_BxT: jax.Array,
-    mode: str,
-    *,
-    constant: float | None = None,
+  x_BxT: jax.Array,
+  mask_BxT: jax.Array,
+  mode: str,
+  *,
+  constant: float | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Numerator and denominator of an aggregation, both additive over sequences.
 
@@ -166,12 +163,12 @@ def aggregate_parts(
 
 
 def aggregate_with_denominator(
-    x_BxT: jax.Array,
-    mask_BxT: jax.Array,
-    mode: str,
-    denominator: jax.Array,
-    *,
-    constant: float | None = None,
+  x_BxT: jax.Array,
+  mask_BxT: jax.Array,
+  mode: str,
+  denominator: jax.Array,
+  *,
+  constant: float | None = None,
 ) -> jax.Array:
   """This batch's numerator divided by a given (global) denominator.
 
@@ -205,11 +202,11 @@ def aggregate_with_denominator(
 
 
 def aggregate(
-    x_BxT: jax.Array,
-    mask_BxT: jax.Array,
-    mode: str,
-    *,
-    constant: float | None = None,
+  x_BxT: jax.Array,
+  mask_BxT: jax.Array,
+  mode: str,
+  *,
+  constant: float | None = None,
 ) -> jax.Array:
   """Reduces per-token values to a scalar over the valid tokens.
 
@@ -243,6 +240,5 @@ def aggregate(
     >>> aggregate(x, m, "token_mean"), aggregate(x, m, "seq_mean_token_mean")
     (Array(2.3333333, dtype=float32), Array(2.75, dtype=float32))
   """
-  numerator, denominator = aggregate_parts(x_BxT, mask_BxT, mode,
-                                           constant=constant)
+  numerator, denominator = aggregate_parts(x_BxT, mask_BxT, mode, constant=constant)
   return _safe_divide(numerator, denominator)

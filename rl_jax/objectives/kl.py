@@ -23,8 +23,9 @@ def _float(x: jax.Array) -> jax.Array:
 def _check_same_shape(logp: jax.Array, ref_logp: jax.Array) -> None:
   if jnp.shape(logp) != jnp.shape(ref_logp):
     raise ValueError(
-        f"logp and ref_logp must have the same shape, got {jnp.shape(logp)} "
-        f"and {jnp.shape(ref_logp)}.")
+      f"logp and ref_logp must have the same shape, got {jnp.shape(logp)} "
+      f"and {jnp.shape(ref_logp)}."
+    )
 
 
 def kl_k1(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
@@ -109,8 +110,7 @@ def kl_k3(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
     Array([0.19314718], dtype=float32)
   """
   _check_same_shape(logp, ref_logp)
-  x = jnp.clip(_float(ref_logp) - _float(logp),
-               -_K3_LOG_RATIO_CLAMP, _K3_LOG_RATIO_CLAMP)
+  x = jnp.clip(_float(ref_logp) - _float(logp), -_K3_LOG_RATIO_CLAMP, _K3_LOG_RATIO_CLAMP)
   return jnp.expm1(x) - x
 
 
@@ -139,8 +139,7 @@ def entropy_from_logits(logits_xV: jax.Array) -> jax.Array:
     Array([1.3862944], dtype=float32)
   """
   if jnp.ndim(logits_xV) < 1:
-    raise ValueError(
-        f"logits must have rank >= 1, got shape {jnp.shape(logits_xV)}.")
+    raise ValueError(f"logits must have rank >= 1, got shape {jnp.shape(logits_xV)}.")
   z = jnp.asarray(logits_xV).astype(jnp.float32)
   # Entropy is shift invariant; centring on the max avoids cancellation
   # between two huge terms when the logits are large.

@@ -36,8 +36,9 @@ def _check_broadcastable(adv: jax.Array, shape: tuple[int, ...]) -> None:
     out = None
   if out != tuple(shape):
     raise ValueError(
-        f"adv of shape {jnp.shape(adv)} does not broadcast to the log-prob "
-        f"shape {tuple(shape)}; for per-sequence advantages pass adv[..., None].")
+      f"adv of shape {jnp.shape(adv)} does not broadcast to the log-prob "
+      f"shape {tuple(shape)}; for per-sequence advantages pass adv[..., None]."
+    )
 
 
 def _clipped_surrogate(ratio, adv, eps_low, eps_high):
@@ -47,13 +48,13 @@ def _clipped_surrogate(ratio, adv, eps_low, eps_high):
 
 
 def ppo_clip(
-    logp: jax.Array,
-    old_logp: jax.Array,
-    adv: jax.Array,
-    *,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
-    dual_clip: float | None = None,
+  logp: jax.Array,
+  old_logp: jax.Array,
+  adv: jax.Array,
+  *,
+  eps_low: float = 0.2,
+  eps_high: float = 0.2,
+  dual_clip: float | None = None,
 ) -> jax.Array:
   """PPO clipped surrogate loss per token, with clip-higher and dual clip.
 
@@ -106,13 +107,13 @@ def ppo_clip(
 
 
 def clip_fraction(
-    logp: jax.Array,
-    old_logp: jax.Array,
-    adv: jax.Array,
-    mask: jax.Array,
-    *,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
+  logp: jax.Array,
+  old_logp: jax.Array,
+  adv: jax.Array,
+  mask: jax.Array,
+  *,
+  eps_low: float = 0.2,
+  eps_high: float = 0.2,
 ) -> jax.Array:
   """Fraction of valid tokens whose PPO surrogate is clipped (zero gradient).
 
@@ -146,22 +147,21 @@ def clip_fraction(
   logp, old_logp, adv = _float(logp), _float(old_logp), _float(adv)
   log_ratio = jnp.clip(logp - old_logp, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
   ratio = jax.lax.stop_gradient(jnp.exp(log_ratio))
-  clipped = (((adv > 0) & (ratio > 1.0 + eps_high))
-             | ((adv < 0) & (ratio < 1.0 - eps_low)))
+  clipped = ((adv > 0) & (ratio > 1.0 + eps_high)) | ((adv < 0) & (ratio < 1.0 - eps_low))
   valid = jnp.asarray(mask) != 0
   count = jnp.sum(valid)
   return jnp.sum(clipped & valid) / jnp.maximum(count, 1).astype(jnp.float32)
 
 
 def gspo(
-    logp: jax.Array,
-    old_logp: jax.Array,
-    adv_BxG_or_B: jax.Array,
-    mask: jax.Array,
-    *,
-    eps_low: float = 3e-4,
-    eps_high: float = 4e-4,
-    token_level: bool = False,
+  logp: jax.Array,
+  old_logp: jax.Array,
+  adv_BxG_or_B: jax.Array,
+  mask: jax.Array,
+  *,
+  eps_low: float = 3e-4,
+  eps_high: float = 4e-4,
+  token_level: bool = False,
 ) -> jax.Array:
   """GSPO loss per token: PPO clipping of a length-normalised sequence ratio.
 
@@ -214,18 +214,18 @@ def gspo(
   if adv.ndim == jnp.ndim(logp) - 1:
     if adv.shape != jnp.shape(logp)[:-1]:
       raise ValueError(
-          f"Per-sequence advantages must have shape {jnp.shape(logp)[:-1]}, "
-          f"got {adv.shape}.")
+        f"Per-sequence advantages must have shape {jnp.shape(logp)[:-1]}, got {adv.shape}."
+      )
     adv = adv[..., None]
   _check_broadcastable(adv, jnp.shape(logp))
   logp, old_logp = _float(logp), _float(old_logp)
   valid = jnp.asarray(mask) != 0
 
   count = jnp.maximum(jnp.sum(valid, axis=-1, keepdims=True), 1)
-  log_ratio_sum = jnp.sum(jnp.where(valid, logp - old_logp, 0.0), axis=-1,
-                          keepdims=True)
-  log_seq_ratio = jnp.clip(log_ratio_sum / count.astype(logp.dtype),
-                           -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+  log_ratio_sum = jnp.sum(jnp.where(valid, logp - old_logp, 0.0), axis=-1, keepdims=True)
+  log_seq_ratio = jnp.clip(
+    log_ratio_sum / count.astype(logp.dtype), -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP
+  )
   if token_level:
     # Value: s_i; gradient: s_i * grad(logp_t) for each token separately.
     token_offset = jnp.where(valid, logp - jax.lax.stop_gradient(logp), 0.0)

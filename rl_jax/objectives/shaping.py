@@ -34,8 +34,13 @@ def soft_overlong_penalty(lengths_N: jax.Array, *, max_len: int, cache_len: int)
   return jnp.where(length <= start, 0.0, jnp.where(length <= max_len, ramp, -1.0))
 
 
-def token_level_rewards(rewards_N: jax.Array, mask_NxT: jax.Array, *, kl_NxT: jax.Array | None = None,
-                        kl_coef: float = 0.0) -> jax.Array:
+def token_level_rewards(
+  rewards_N: jax.Array,
+  mask_NxT: jax.Array,
+  *,
+  kl_NxT: jax.Array | None = None,
+  kl_coef: float = 0.0,
+) -> jax.Array:
   """Per-token rewards: the sequence reward on its last valid token, minus `kl_coef * KL` on
   every valid token (KL folded into the reward, as in PPO for RLHF and REINFORCE++).
 
@@ -67,9 +72,14 @@ def token_level_rewards(rewards_N: jax.Array, mask_NxT: jax.Array, *, kl_NxT: ja
   return r * mask
 
 
-def sequence_kl_penalized_rewards(rewards_BxG: jax.Array, logp_NxT: jax.Array,
-                                  ref_logp_NxT: jax.Array, mask_NxT: jax.Array, *,
-                                  kl_coef: float) -> jax.Array:
+def sequence_kl_penalized_rewards(
+  rewards_BxG: jax.Array,
+  logp_NxT: jax.Array,
+  ref_logp_NxT: jax.Array,
+  mask_NxT: jax.Array,
+  *,
+  kl_coef: float,
+) -> jax.Array:
   """Sequence rewards with the KL to the reference folded in, for group estimators.
 
   Formula: R_i - kl_coef * sum_t m_t (logp_t - ref_logp_t), i.e. the k1 estimate of

@@ -10,11 +10,11 @@ def _float(x: jax.Array) -> jax.Array:
 
 
 def clipped_value_loss(
-    values: jax.Array,
-    old_values: jax.Array,
-    returns: jax.Array,
-    *,
-    eps: float,
+  values: jax.Array,
+  old_values: jax.Array,
+  returns: jax.Array,
+  *,
+  eps: float,
 ) -> jax.Array:
   """PPO clipped value loss per token.
 
@@ -49,10 +49,9 @@ def clipped_value_loss(
   shapes = {jnp.shape(values), jnp.shape(old_values), jnp.shape(returns)}
   if len(shapes) != 1:
     raise ValueError(
-        "values, old_values and returns must have the same shape, got "
-        f"{jnp.shape(values)}, {jnp.shape(old_values)}, {jnp.shape(returns)}.")
-  values, old_values, returns = (
-      _float(values), _float(old_values), _float(returns))
+      "values, old_values and returns must have the same shape, got "
+      f"{jnp.shape(values)}, {jnp.shape(old_values)}, {jnp.shape(returns)}."
+    )
+  values, old_values, returns = (_float(values), _float(old_values), _float(returns))
   values_clipped = old_values + jnp.clip(values - old_values, -eps, eps)
-  return 0.5 * jnp.maximum(jnp.square(values - returns),
-                           jnp.square(values_clipped - returns))
+  return 0.5 * jnp.maximum(jnp.square(values - returns), jnp.square(values_clipped - returns))

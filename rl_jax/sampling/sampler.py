@@ -34,7 +34,6 @@ import jax.numpy as jnp
 
 from rl_jax.models import transformer
 
-
 MIN_PHASE = 16  # decode tokens per cache phase, at least
 
 
@@ -79,6 +78,7 @@ class SamplingConfig:
 
 class Samples(NamedTuple):
   """Output of `generate` for N = B*G sequences (row b*G + g is sample g of prompt b)."""
+
   tokens_NxT: jax.Array  # int32, pad after EOS
   logp_NxT: jax.Array  # float32 log-prob of each sampled token, 0 where mask is 0
   mask_NxT: jax.Array  # bool, True on generated tokens up to and including EOS
@@ -124,8 +124,9 @@ def _choose(row_keys_N, logits_NxV, cfg: SamplingConfig):
   return tok.astype(jnp.int32), logp
 
 
-def generate(graphdef, params, prompt_BxP, prompt_mask_BxP, rng, *, cfg: SamplingConfig,
-             group_size: int = 1) -> Samples:
+def generate(
+  graphdef, params, prompt_BxP, prompt_mask_BxP, rng, *, cfg: SamplingConfig, group_size: int = 1
+) -> Samples:
   """Samples `group_size` continuations of each left-padded prompt.
 
   Args:
@@ -143,15 +144,31 @@ def generate(graphdef, params, prompt_BxP, prompt_mask_BxP, rng, *, cfg: Samplin
   jit_cfg = dataclasses.replace(cfg, streams=1)  # one compiled program whatever the streams
   streams = resolve_streams(cfg.streams, B, prompt_BxP, params)
   if streams == 1:
-    return _generate(graphdef, params, prompt_BxP, prompt_mask_BxP, rng, 0, cfg=jit_cfg,
-                     group_size=group_size)
+    return _generate(
+      graphdef, params, prompt_BxP, prompt_mask_BxP, rng, 0, cfg=jit_cfg, group_size=group_size
+    )
   b = B // streams
-  call = lambda i: _generate(graphdef, params, prompt_BxP[i * b:(i + 1) * b],
-                             prompt_mask_BxP[i * b:(i + 1) * b], rng, i * b * group_size,
-                             cfg=jit_cfg, group_size=group_size)
+  call = lambda i: _generate(
+    graphdef,
+    params,
+    prompt_BxP[i * b : (i + 1) * b],
+    prompt_mask_BxP[i * b : (i + 1) * b],
+    rng,
+    i * b * group_size,
+    cfg=jit_cfg,
+    group_size=group_size,
+  )
   leaves = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(params))
-  key = (graphdef, jit_cfg, group_size, b, prompt_BxP.shape[1], str(prompt_BxP.dtype),
-         jax.tree.structure(params), leaves)
+  key = (
+    graphdef,
+    jit_cfg,
+    group_size,
+    b,
+    prompt_BxP.shape[1],
+    str(prompt_BxP.dtype),
+    jax.tree.structure(params),
+    leaves,
+  )
   with _COMPILED_LOCK:
     first = key not in _COMPILED
     _COMPILED.add(key)
@@ -187,8 +204,17 @@ def resolve_streams(requested: int, num_prompts: int, prompt_BxP, params) -> int
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "group_size"))
-def _generate(graphdef, params, prompt_BxP, prompt_mask_BxP, rng, row_offset, *,
-              cfg: SamplingConfig, group_size: int) -> Samples:
+def _generate(
+  graphdef,
+  params,
+  prompt_BxP,
+  prompt_mask_BxP,
+  rng,
+  row_offset,
+  *,
+  cfg: SamplingConfig,
+  group_size: int,
+) -> Samples:
   """`generate` for one stream: rows row_offset .. row_offset + B*G - 1 of the whole batch."""
   model = transformer.merge(graphdef, params)
   B, P = prompt_BxP.shape
@@ -201,8 +227,9 @@ def _generate(graphdef, params, prompt_BxP, prompt_mask_BxP, rng, row_offset, *,
     # Prefill once per prompt. The G samples of a prompt attend to its keys and values as a
     # shared prefix, stored and read once per group; the cache holds their own t1 slots.
     logits_BxPxV, prompt_kv = model(prompt_BxP, positions_BxP, prompt_mask_BxP)
-    prefix = [transformer.SharedPrefix(c.k_NxKxSxDh, c.v_NxKxSxDh, prompt_mask_BxP)
-              for c in prompt_kv]
+    prefix = [
+      transformer.SharedPrefix(c.k_NxKxSxDh, c.v_NxKxSxDh, prompt_mask_BxP) for c in prompt_kv
+    ]
     base = 0  # cache slot of generated token 0
     cache = transformer.init_cache(model.cfg, N, bounds[1])
     kv_mask_NxS = jnp.zeros((N, bounds[1]), bool)
@@ -227,21 +254,33 @@ def _generate(graphdef, params, prompt_BxP, prompt_mask_BxP, rng, row_offset, *,
     logps = logps.at[:, t].set(jnp.where(live_N, logp_N, 0.0))
     masks = masks.at[:, t].set(live_N)
     done_N = done_N | (tok_N == cfg.eos_id)
-    kv_mask_NxS = jax.lax.dynamic_update_slice_in_dim(kv_mask_NxS, live_N[:, None], base + t,
-                                                      axis=1)
-    logits_Nx1xV, cache = model(tok_N[:, None], (next_pos_N + t)[:, None], kv_mask_NxS, cache,
-                                base + t, prefix)
+    kv_mask_NxS = jax.lax.dynamic_update_slice_in_dim(
+      kv_mask_NxS, live_N[:, None], base + t, axis=1
+    )
+    logits_Nx1xV, cache = model(
+      tok_N[:, None], (next_pos_N + t)[:, None], kv_mask_NxS, cache, base + t, prefix
+    )
     return (t + 1, rng, logits_Nx1xV[:, 0], cache, kv_mask_NxS, done_N, tokens, logps, masks)
 
-  carry = (jnp.int32(0), rng, logits_NxV, cache, kv_mask_NxS, jnp.zeros((N,), bool),
-           jnp.full((N, T), cfg.pad_id, jnp.int32), jnp.zeros((N, T), jnp.float32),
-           jnp.zeros((N, T), bool))
+  carry = (
+    jnp.int32(0),
+    rng,
+    logits_NxV,
+    cache,
+    kv_mask_NxS,
+    jnp.zeros((N,), bool),
+    jnp.full((N, T), cfg.pad_id, jnp.int32),
+    jnp.zeros((N, T), jnp.float32),
+    jnp.zeros((N, T), bool),
+  )
   for i, (t0, t1) in enumerate(zip(bounds[:-1], bounds[1:])):
     if i:  # grow the cache (and its mask) by the phase's t1 - t0 slots
-      grow = lambda x, axis: jnp.pad(x, [(0, t1 - t0) if a == axis else (0, 0)
-                                         for a in range(x.ndim)])
-      cache = [transformer.LayerCache(grow(c.k_NxKxSxDh, 2), grow(c.v_NxKxSxDh, 2))
-               for c in carry[3]]
+      grow = lambda x, axis: jnp.pad(
+        x, [(0, t1 - t0) if a == axis else (0, 0) for a in range(x.ndim)]
+      )
+      cache = [
+        transformer.LayerCache(grow(c.k_NxKxSxDh, 2), grow(c.v_NxKxSxDh, 2)) for c in carry[3]
+      ]
       carry = carry[:3] + (cache, grow(carry[4], 1)) + carry[5:]
     # Decode until t1, or until every sequence has emitted EOS.
     carry = jax.lax.while_loop(lambda c, t1=t1: (c[0] < t1) & ~jnp.all(c[5]), body, carry)

@@ -15,5 +15,13 @@ def make_task(name: str, **kwargs) -> Task:
   return TASKS[name](**kwargs)
 
 
-__all__ = ["ArithmeticTask", "CharTokenizer", "CountdownTask", "Example", "Scores", "TASKS",
-           "Task", "make_task"]
+__all__ = [
+  "ArithmeticTask",
+  "CharTokenizer",
+  "CountdownTask",
+  "Example",
+  "Scores",
+  "TASKS",
+  "Task",
+  "make_task",
+]

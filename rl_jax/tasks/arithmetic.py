@@ -42,20 +42,30 @@ class ArithmeticTask:
 
   name = "arithmetic"
 
-  def __init__(self, *, max_digits: int = 3, ops: str = "+", heldout_fraction: float = 1 / 16,
-               partial_credit: float = 0.0, sft_slip_prob: float = 0.0):
+  def __init__(
+    self,
+    *,
+    max_digits: int = 3,
+    ops: str = "+",
+    heldout_fraction: float = 1 / 16,
+    partial_credit: float = 0.0,
+    sft_slip_prob: float = 0.0,
+  ):
     if max_digits < 1:
       raise ValueError(f"task.arithmetic.max_digits must be >= 1, got {max_digits}")
     if not ops or set(ops) - set("+-*"):
       raise ValueError(f"task.arithmetic.ops must be a non-empty subset of '+-*', got {ops!r}")
     if not 0 < heldout_fraction < 1:
-      raise ValueError(f"task.arithmetic.heldout_fraction must be in (0, 1), got "
-                       f"{heldout_fraction}")
+      raise ValueError(
+        f"task.arithmetic.heldout_fraction must be in (0, 1), got {heldout_fraction}"
+      )
     self.max_digits, self.ops = max_digits, ops
     if not 0 <= partial_credit < 1:
-      raise ValueError(f"task.arithmetic.partial_credit must be in [0, 1) so that only an "
-                       f"exact answer "
-                       f"earns 1, got {partial_credit}")
+      raise ValueError(
+        f"task.arithmetic.partial_credit must be in [0, 1) so that only an "
+        f"exact answer "
+        f"earns 1, got {partial_credit}"
+      )
     if not 0 <= sft_slip_prob <= 1:
       raise ValueError(f"task.arithmetic.sft_slip_prob must be in [0, 1], got {sft_slip_prob}")
     self.heldout_fraction, self.partial_credit = heldout_fraction, partial_credit
@@ -78,6 +88,7 @@ class ArithmeticTask:
       d = rng.integers(1, self.max_digits + 1, size)
       lo = np.where(d == 1, 0, 10 ** (d - 1))
       return rng.integers(lo, 10**d)
+
     return operand(n), operand(n), rng.integers(0, len(self.ops), n), rng.random(n)
 
   def _example(self, a: int, b: int, op: str, slip: bool = False) -> Example:
@@ -89,8 +100,10 @@ class ArithmeticTask:
     while len(out) < n:
       a, b, o, u = self._draw(rng, 2 * (n - len(out)) + 8)
       keep = ~self._is_heldout(a, b, o)
-      out.extend(self._example(int(x), int(y), self.ops[k], bool(s < self.sft_slip_prob))
-                 for x, y, k, s in zip(a[keep], b[keep], o[keep], u[keep]))
+      out.extend(
+        self._example(int(x), int(y), self.ops[k], bool(s < self.sft_slip_prob))
+        for x, y, k, s in zip(a[keep], b[keep], o[keep], u[keep])
+      )
     return out[:n]
 
   def heldout_examples(self, n: int) -> list[Example]:
@@ -108,9 +121,11 @@ class ArithmeticTask:
           seen.add(key)
           out.append(self._example(int(x), int(y), self.ops[k]))
     if len(out) < n:
-      raise ValueError(f"the held-out split of this task has only about {len(out)} distinct "
-                       f"problems, fewer than eval.num_prompts={n}; raise "
-                       f"task.arithmetic.max_digits or lower eval.num_prompts")
+      raise ValueError(
+        f"the held-out split of this task has only about {len(out)} distinct "
+        f"problems, fewer than eval.num_prompts={n}; raise "
+        f"task.arithmetic.max_digits or lower eval.num_prompts"
+      )
     return out[:n]
 
   def sft_target(self, example: Example) -> str:
@@ -142,6 +157,7 @@ def carry_free_sum(a: int, b: int) -> str:
   """Digit-wise sums mod 10, i.e. addition that forgets every carry: 58 + 67 -> "15"."""
   x, y = str(a)[::-1], str(b)[::-1]
   width = max(len(x), len(y))
-  digits = [(int(x[i]) if i < len(x) else 0) + (int(y[i]) if i < len(y) else 0)
-            for i in range(width)]
+  digits = [
+    (int(x[i]) if i < len(x) else 0) + (int(y[i]) if i < len(y) else 0) for i in range(width)
+  ]
   return str(int("".join(str(d % 10) for d in digits)[::-1]))

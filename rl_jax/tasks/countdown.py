@@ -141,8 +141,9 @@ class _Parser:
       op = self.tokens[self.pos]
       self.pos += 1
       right = self.term()
-      value = None if value is None or right is None else (
-          value + right if op == "+" else value - right)
+      value = (
+        None if value is None or right is None else (value + right if op == "+" else value - right)
+      )
     return value
 
   def term(self) -> Fraction | None:
@@ -179,8 +180,9 @@ class _Parser:
     raise ValueError(f"expected a number or '(', got {tok!r}")
 
 
-def parse_expression(text: str, *, max_len: int = MAX_COMPLETION_CHARS,
-                     max_depth: int = MAX_DEPTH) -> tuple[Fraction | None, tuple[int, ...]]:
+def parse_expression(
+  text: str, *, max_len: int = MAX_COMPLETION_CHARS, max_depth: int = MAX_DEPTH
+) -> tuple[Fraction | None, tuple[int, ...]]:
   """Parses and evaluates an expression exactly: (value, the numbers used, in order).
 
   The value is None when the expression divides by zero. Raises ValueError for malformed
@@ -254,8 +256,15 @@ class CountdownTask:
 
   name = "countdown"
 
-  def __init__(self, *, num_numbers: int = 3, max_number: int = 20, max_target: int = 100,
-               heldout_fraction: float = 1 / 16, format_reward: float = 0.1):
+  def __init__(
+    self,
+    *,
+    num_numbers: int = 3,
+    max_number: int = 20,
+    max_target: int = 100,
+    heldout_fraction: float = 1 / 16,
+    format_reward: float = 0.1,
+  ):
     if not 2 <= num_numbers <= 5:
       raise ValueError(f"task.countdown.num_numbers must be in [2, 5], got {num_numbers}")
     if max_number < 2:
@@ -265,9 +274,11 @@ class CountdownTask:
     if not 0 < heldout_fraction < 1:
       raise ValueError(f"task.countdown.heldout_fraction must be in (0, 1), got {heldout_fraction}")
     if not 0 <= format_reward < 1:
-      raise ValueError(f"task.countdown.format_reward must be in [0, 1) so that only a "
-                       f"correct answer "
-                       f"earns 1, got {format_reward}")
+      raise ValueError(
+        f"task.countdown.format_reward must be in [0, 1) so that only a "
+        f"correct answer "
+        f"earns 1, got {format_reward}"
+      )
     self.num_numbers, self.max_number, self.max_target = num_numbers, max_number, max_target
     self.heldout_fraction, self.format_reward = heldout_fraction, format_reward
     self.tokenizer = CharTokenizer(ALPHABET)
@@ -316,8 +327,11 @@ class CountdownTask:
       built = self._build(nums, u)
       if built is not None:
         target, expr = built
-        out.append(Example(prompt=",".join(map(str, nums)) + f":{target}=", answer=expr,
-                           meta=(tuple(nums), target)))
+        out.append(
+          Example(
+            prompt=",".join(map(str, nums)) + f":{target}=", answer=expr, meta=(tuple(nums), target)
+          )
+        )
     return out
 
   def train_examples(self, rng: np.random.Generator, n: int) -> list[Example]:
@@ -328,8 +342,10 @@ class CountdownTask:
       attempts += m
       out.extend(ex for ex in self._draw(rng, m) if not self._is_heldout(*ex.meta))
       if not out and attempts >= 200_000:
-        raise ValueError(f"no training problem found in {attempts} random trees; raise "
-                         f"task.countdown.max_target or lower task.countdown.heldout_fraction")
+        raise ValueError(
+          f"no training problem found in {attempts} random trees; raise "
+          f"task.countdown.max_target or lower task.countdown.heldout_fraction"
+        )
     return out[:n]
 
   def heldout_examples(self, n: int) -> list[Example]:
@@ -351,10 +367,12 @@ class CountdownTask:
             break
       stale_rounds = stale_rounds + 1 if len(out) == before else 0
     if len(out) < n:
-      raise ValueError(f"found only {len(out)} distinct held-out problems of this task, fewer "
-                       f"than eval.num_prompts={n}; raise task.countdown.max_number, "
-                       f"task.countdown.max_target or task.countdown.heldout_fraction, or lower "
-                       f"eval.num_prompts")
+      raise ValueError(
+        f"found only {len(out)} distinct held-out problems of this task, fewer "
+        f"than eval.num_prompts={n}; raise task.countdown.max_number, "
+        f"task.countdown.max_target or task.countdown.heldout_fraction, or lower "
+        f"eval.num_prompts"
+      )
     return out[:n]
 
   def sft_target(self, example: Example) -> str:

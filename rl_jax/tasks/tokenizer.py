@@ -34,8 +34,9 @@ class CharTokenizer:
     try:
       ids = [self._to_id[c] for c in text]
     except KeyError as e:
-      raise ValueError(f"character {e.args[0]!r} is not in the tokenizer alphabet "
-                       f"{self.alphabet!r}") from None
+      raise ValueError(
+        f"character {e.args[0]!r} is not in the tokenizer alphabet {self.alphabet!r}"
+      ) from None
     return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
 
   def decode(self, ids: Sequence[int], *, stop_at_eos: bool = True) -> str:
@@ -58,6 +59,6 @@ class CharTokenizer:
       ids = self.encode(t, bos=bos)
       if len(ids) > length:
         raise ValueError(f"prompt of {len(ids)} tokens does not fit the bucket of {length}: {t!r}")
-      tokens[n, length - len(ids):] = ids
-      mask[n, length - len(ids):] = True
+      tokens[n, length - len(ids) :] = ids
+      mask[n, length - len(ids) :] = True
     return tokens, mask

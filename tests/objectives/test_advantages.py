@@ -15,37 +15,37 @@ R = np.array([[1.0, 0.0, 0.0, 0.0]], np.float32)
 
 def test_grpo_hand_values_ddof1():
   np.testing.assert_allclose(
-      advantages.grpo_advantages(R, ddof=1), [[1.5, -0.5, -0.5, -0.5]],
-      rtol=1e-5)
+    advantages.grpo_advantages(R, ddof=1), [[1.5, -0.5, -0.5, -0.5]], rtol=1e-5
+  )
 
 
 def test_grpo_hand_values_ddof0():
   np.testing.assert_allclose(
-      advantages.grpo_advantages(R, ddof=0),
-      [[np.sqrt(3.0), -1 / np.sqrt(3.0), -1 / np.sqrt(3.0), -1 / np.sqrt(3.0)]],
-      rtol=1e-5)
+    advantages.grpo_advantages(R, ddof=0),
+    [[np.sqrt(3.0), -1 / np.sqrt(3.0), -1 / np.sqrt(3.0), -1 / np.sqrt(3.0)]],
+    rtol=1e-5,
+  )
   np.testing.assert_allclose(
-      advantages.grpo_advantages(R, ddof=0), [[1.732, -0.577, -0.577, -0.577]],
-      atol=1e-3)
+    advantages.grpo_advantages(R, ddof=0), [[1.732, -0.577, -0.577, -0.577]], atol=1e-3
+  )
 
 
 def test_dr_grpo_hand_values():
   np.testing.assert_allclose(
-      advantages.grpo_advantages(R, scale_by_std=False),
-      [[0.75, -0.25, -0.25, -0.25]], rtol=1e-6)
+    advantages.grpo_advantages(R, scale_by_std=False), [[0.75, -0.25, -0.25, -0.25]], rtol=1e-6
+  )
 
 
 def test_rloo_hand_values():
   np.testing.assert_allclose(
-      advantages.rloo_advantages(R), [[1.0, -1 / 3, -1 / 3, -1 / 3]], rtol=1e-6)
+    advantages.rloo_advantages(R), [[1.0, -1 / 3, -1 / 3, -1 / 3]], rtol=1e-6
+  )
 
 
 def test_rloo_is_reward_minus_mean_of_others():
   r = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
-  expected = np.stack(
-      [r[:, i] - np.delete(r, i, axis=1).mean(axis=1) for i in range(5)], 1)
-  np.testing.assert_allclose(advantages.rloo_advantages(r), expected,
-                             rtol=1e-5, atol=1e-6)
+  expected = np.stack([r[:, i] - np.delete(r, i, axis=1).mean(axis=1) for i in range(5)], 1)
+  np.testing.assert_allclose(advantages.rloo_advantages(r), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_nord_example_std_hides_reward_scale():
@@ -59,12 +59,15 @@ def test_nord_example_std_hides_reward_scale():
   np.testing.assert_allclose(dr[1], [-0.01, 0.01, -0.01, 0.01], atol=1e-6)
 
 
-@pytest.mark.parametrize("fn", [
+@pytest.mark.parametrize(
+  "fn",
+  [
     lambda r: advantages.grpo_advantages(r),
     lambda r: advantages.grpo_advantages(r, ddof=0),
     lambda r: advantages.grpo_advantages(r, scale_by_std=False),
     advantages.rloo_advantages,
-])
+  ],
+)
 def test_group_advantages_sum_to_zero(fn):
   r = np.random.default_rng(1).uniform(size=(3, 4, 7)).astype(np.float32)
   adv = fn(r)
@@ -73,12 +76,15 @@ def test_group_advantages_sum_to_zero(fn):
   assert float(jnp.max(jnp.abs(adv))) > 0.1  # not trivially zero
 
 
-@pytest.mark.parametrize("fn", [
+@pytest.mark.parametrize(
+  "fn",
+  [
     lambda r: advantages.grpo_advantages(r),
     lambda r: advantages.grpo_advantages(r, ddof=0),
     lambda r: advantages.grpo_advantages(r, scale_by_std=False),
     advantages.rloo_advantages,
-])
+  ],
+)
 def test_singleton_groups_get_exactly_zero(fn):
   adv = fn(jnp.array([[3.0], [-1.0]]))
   np.testing.assert_array_equal(adv, np.zeros((2, 1)))
@@ -92,11 +98,9 @@ def test_constant_group_gets_zero_not_nan():
 def test_grpo_vmap_over_single_groups_matches_batched():
   r = np.random.default_rng(2).normal(size=(5, 6)).astype(np.float32)
   per_group = jax.vmap(advantages.grpo_advantages)(r)
-  np.testing.assert_allclose(per_group, advantages.grpo_advantages(r),
-                             rtol=1e-6)
+  np.testing.assert_allclose(per_group, advantages.grpo_advantages(r), rtol=1e-6)
   jitted = jax.jit(advantages.grpo_advantages, static_argnames="ddof")(r, ddof=0)
-  np.testing.assert_allclose(jitted, advantages.grpo_advantages(r, ddof=0),
-                             rtol=1e-6)
+  np.testing.assert_allclose(jitted, advantages.grpo_advantages(r, ddof=0), rtol=1e-6)
 
 
 # --- GAE and returns -------------------------------------------------------------
@@ -111,17 +115,20 @@ HAND_RET = [0.71712, 0.846, 1.0]
 
 def test_gae_hand_example():
   adv, ret = advantages.gae(
-      jnp.array([[0.0, 0.0, 1.0]]), jnp.array([[0.5, 0.6, 0.7]]),
-      jnp.ones((1, 3)), gamma=0.9, lam=0.8)
+    jnp.array([[0.0, 0.0, 1.0]]), jnp.array([[0.5, 0.6, 0.7]]), jnp.ones((1, 3)), gamma=0.9, lam=0.8
+  )
   np.testing.assert_allclose(adv, [HAND_ADV], rtol=1e-5)
   np.testing.assert_allclose(ret, [HAND_RET], rtol=1e-5)
 
 
 def test_gae_trailing_padding_is_ignored():
   adv, ret = advantages.gae(
-      jnp.array([[0.0, 0.0, 1.0, 7.0, 7.0]]),
-      jnp.array([[0.5, 0.6, 0.7, 9.0, 9.0]]),
-      jnp.array([[1.0, 1.0, 1.0, 0.0, 0.0]]), gamma=0.9, lam=0.8)
+    jnp.array([[0.0, 0.0, 1.0, 7.0, 7.0]]),
+    jnp.array([[0.5, 0.6, 0.7, 9.0, 9.0]]),
+    jnp.array([[1.0, 1.0, 1.0, 0.0, 0.0]]),
+    gamma=0.9,
+    lam=0.8,
+  )
   np.testing.assert_allclose(adv, [HAND_ADV + [0.0, 0.0]], rtol=1e-5)
   np.testing.assert_allclose(ret, [HAND_RET + [0.0, 0.0]], rtol=1e-5)
 
@@ -131,29 +138,29 @@ def test_gae_interior_masked_positions_are_skipped():
   # the recursion bootstraps across them, as if they were not there.
   mask = jnp.array([[1.0, 0.0, 0.0, 1.0, 1.0]])
   adv, ret = advantages.gae(
-      jnp.array([[0.0, 5.0, -3.0, 0.0, 1.0]]),
-      jnp.array([[0.5, 9.0, -9.0, 0.6, 0.7]]),
-      mask, gamma=0.9, lam=0.8)
-  np.testing.assert_allclose(
-      adv, [[HAND_ADV[0], 0.0, 0.0, HAND_ADV[1], HAND_ADV[2]]], rtol=1e-5)
-  np.testing.assert_allclose(
-      ret, [[HAND_RET[0], 0.0, 0.0, HAND_RET[1], HAND_RET[2]]], rtol=1e-5)
+    jnp.array([[0.0, 5.0, -3.0, 0.0, 1.0]]),
+    jnp.array([[0.5, 9.0, -9.0, 0.6, 0.7]]),
+    mask,
+    gamma=0.9,
+    lam=0.8,
+  )
+  np.testing.assert_allclose(adv, [[HAND_ADV[0], 0.0, 0.0, HAND_ADV[1], HAND_ADV[2]]], rtol=1e-5)
+  np.testing.assert_allclose(ret, [[HAND_RET[0], 0.0, 0.0, HAND_RET[1], HAND_RET[2]]], rtol=1e-5)
 
 
 def test_gae_lambda1_gamma1_zero_values_equals_discounted_returns():
   rng = np.random.default_rng(3)
   rewards = rng.normal(size=(4, 9)).astype(np.float32)
   mask = (rng.uniform(size=(4, 9)) > 0.3).astype(np.float32)
-  adv, ret = advantages.gae(rewards, np.zeros_like(rewards), mask,
-                            gamma=1.0, lam=1.0)
+  adv, ret = advantages.gae(rewards, np.zeros_like(rewards), mask, gamma=1.0, lam=1.0)
   expected = advantages.discounted_returns(rewards, mask, gamma=1.0)
   np.testing.assert_allclose(adv, expected, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(ret, expected, rtol=1e-5, atol=1e-6)
   # Undiscounted return-to-go: reverse cumulative sum of valid rewards.
   masked = rewards * mask
   np.testing.assert_allclose(
-      expected, np.cumsum(masked[:, ::-1], axis=1)[:, ::-1] * mask,
-      rtol=1e-5, atol=1e-5)
+    expected, np.cumsum(masked[:, ::-1], axis=1)[:, ::-1] * mask, rtol=1e-5, atol=1e-5
+  )
 
 
 def test_gae_lambda1_is_monte_carlo_return_minus_value():
@@ -172,8 +179,8 @@ def test_gae_lambda0_is_td_error():
   values = jnp.array([[0.5, 1.0, 2.0]])
   adv, _ = advantages.gae(rewards, values, jnp.ones((1, 3)), gamma=0.5, lam=0.0)
   np.testing.assert_allclose(
-      adv, [[1.0 + 0.5 * 1.0 - 0.5, 2.0 + 0.5 * 2.0 - 1.0, 3.0 - 2.0]],
-      rtol=1e-6)
+    adv, [[1.0 + 0.5 * 1.0 - 0.5, 2.0 + 0.5 * 2.0 - 1.0, 3.0 - 2.0]], rtol=1e-6
+  )
 
 
 def test_gae_jit_and_vmap_over_single_streams():
@@ -183,8 +190,7 @@ def test_gae_jit_and_vmap_over_single_streams():
   mask = (rng.uniform(size=(3, 7)) > 0.2).astype(np.float32)
   batched = advantages.gae(rewards, values, mask, gamma=0.99, lam=0.9)
   fn = lambda r, v, m: advantages.gae(r, v, m, gamma=0.99, lam=0.9)
-  for got in (jax.jit(fn)(rewards, values, mask),
-              jax.vmap(fn)(rewards, values, mask)):
+  for got in (jax.jit(fn)(rewards, values, mask), jax.vmap(fn)(rewards, values, mask)):
     for a, b in zip(got, batched):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
@@ -195,15 +201,14 @@ def test_gae_on_group_shaped_batches():
   rewards, values = rng.normal(size=(2,) + shape).astype(np.float32)
   mask = np.ones(shape, np.float32)
   adv, _ = advantages.gae(rewards, values, mask)
-  flat, _ = advantages.gae(rewards.reshape(6, 5), values.reshape(6, 5),
-                           mask.reshape(6, 5))
+  flat, _ = advantages.gae(rewards.reshape(6, 5), values.reshape(6, 5), mask.reshape(6, 5))
   np.testing.assert_allclose(adv.reshape(6, 5), flat, rtol=1e-6)
 
 
 def test_discounted_returns_hand_example_with_interior_mask():
   returns = advantages.discounted_returns(
-      jnp.array([[0.0, 4.0, 0.0, 1.0, 2.0]]),
-      jnp.array([[1.0, 0.0, 1.0, 1.0, 0.0]]), gamma=0.9)
+    jnp.array([[0.0, 4.0, 0.0, 1.0, 2.0]]), jnp.array([[1.0, 0.0, 1.0, 1.0, 0.0]]), gamma=0.9
+  )
   # Valid rewards [0, 0, 1] -> [0.81, 0.9, 1]; masked rewards are ignored.
   np.testing.assert_allclose(returns, [[0.81, 0.0, 0.9, 1.0, 0.0]], rtol=1e-6)
 
@@ -230,12 +235,12 @@ def test_whiten_without_mean_shift_only_rescales():
   mask = jnp.array([[1.0, 1.0, 0.0]])
   # mean 2, population std 1: (x - 2) / 1 + 2 = x on valid positions.
   np.testing.assert_allclose(
-      advantages.whiten(x, mask, shift_mean=False), [[1.0, 3.0, 0.0]],
-      rtol=1e-6)
+    advantages.whiten(x, mask, shift_mean=False), [[1.0, 3.0, 0.0]], rtol=1e-6
+  )
   x = jnp.array([[2.0, 6.0]])  # mean 4, std 2 -> (x - 4)/2 + 4
   np.testing.assert_allclose(
-      advantages.whiten(x, jnp.ones((1, 2)), shift_mean=False), [[3.0, 5.0]],
-      rtol=1e-6)
+    advantages.whiten(x, jnp.ones((1, 2)), shift_mean=False), [[3.0, 5.0]], rtol=1e-6
+  )
 
 
 def test_whiten_all_masked_gives_zeros():

@@ -9,8 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rl_jax.objectives import aggregation
-from rl_jax.objectives import policy_losses
+from rl_jax.objectives import aggregation, policy_losses
 
 X = jnp.array([[1.0, 2.0, 9.0], [4.0, 9.0, 9.0], [5.0, 6.0, 7.0]])
 MASK = jnp.array([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
@@ -20,22 +19,24 @@ MASK = jnp.array([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
 
 
 def test_token_mean_hand_value():
-  np.testing.assert_allclose(aggregation.aggregate(X, MASK, "token_mean"),
-                             (1 + 2 + 4) / 3, rtol=1e-6)
+  np.testing.assert_allclose(
+    aggregation.aggregate(X, MASK, "token_mean"), (1 + 2 + 4) / 3, rtol=1e-6
+  )
 
 
 def test_seq_mean_token_mean_counts_empty_sequences():
   # Sequence means 1.5, 4, and 0 for the empty row, which still counts.
   np.testing.assert_allclose(
-      aggregation.aggregate(X, MASK, "seq_mean_token_mean"), (1.5 + 4.0) / 3,
-      rtol=1e-6)
+    aggregation.aggregate(X, MASK, "seq_mean_token_mean"), (1.5 + 4.0) / 3, rtol=1e-6
+  )
   num, den = aggregation.aggregate_parts(X, MASK, "seq_mean_token_mean")
   np.testing.assert_allclose([num, den], [5.5, 3.0], rtol=1e-6)
 
 
 def test_seq_mean_token_sum_hand_value():
   np.testing.assert_allclose(
-      aggregation.aggregate(X, MASK, "seq_mean_token_sum"), 7.0 / 3, rtol=1e-6)
+    aggregation.aggregate(X, MASK, "seq_mean_token_sum"), 7.0 / 3, rtol=1e-6
+  )
 
 
 def test_seq_sum_const_with_constant_t_is_token_sum_over_sequences_times_t():
@@ -43,11 +44,13 @@ def test_seq_sum_const_with_constant_t_is_token_sum_over_sequences_times_t():
   x = rng.normal(size=(4, 7)).astype(np.float32)
   mask = (rng.uniform(size=(4, 7)) > 0.3).astype(np.float32)
   np.testing.assert_allclose(
-      aggregation.aggregate(x, mask, "seq_sum_const", constant=7),
-      np.sum(x * mask) / (4 * 7), rtol=1e-5)
+    aggregation.aggregate(x, mask, "seq_sum_const", constant=7),
+    np.sum(x * mask) / (4 * 7),
+    rtol=1e-5,
+  )
   np.testing.assert_allclose(
-      aggregation.aggregate(X, MASK, "seq_sum_const", constant=4.0),
-      7.0 / 12.0, rtol=1e-6)
+    aggregation.aggregate(X, MASK, "seq_sum_const", constant=4.0), 7.0 / 12.0, rtol=1e-6
+  )
 
 
 def test_group_shaped_inputs_treat_all_leading_dims_as_sequences():
@@ -56,25 +59,24 @@ def test_group_shaped_inputs_treat_all_leading_dims_as_sequences():
   mask = (rng.uniform(size=(2, 3, 5)) > 0.4).astype(np.float32)
   for mode in aggregation.AGGREGATION_MODES:
     np.testing.assert_allclose(
-        aggregation.aggregate(x, mask, mode, constant=5),
-        aggregation.aggregate(x.reshape(6, 5), mask.reshape(6, 5), mode,
-                              constant=5), rtol=1e-6)
+      aggregation.aggregate(x, mask, mode, constant=5),
+      aggregation.aggregate(x.reshape(6, 5), mask.reshape(6, 5), mode, constant=5),
+      rtol=1e-6,
+    )
 
 
 def test_masked_nan_does_not_leak_into_value_or_gradient():
   x = jnp.array([[1.0, jnp.nan], [jnp.inf, 3.0]])
   mask = jnp.array([[1.0, 0.0], [0.0, 1.0]])
   for mode in aggregation.AGGREGATION_MODES:
-    value, grad = jax.value_and_grad(
-        lambda v: aggregation.aggregate(v, mask, mode, constant=2))(x)
+    value, grad = jax.value_and_grad(lambda v: aggregation.aggregate(v, mask, mode, constant=2))(x)
     assert np.isfinite(value), mode
     np.testing.assert_array_equal(np.asarray(grad)[np.asarray(mask) == 0], 0.0)
 
 
 def test_empty_batch_gives_zero():
   for mode in aggregation.AGGREGATION_MODES:
-    value = aggregation.aggregate(jnp.ones((2, 3)), jnp.zeros((2, 3)), mode,
-                                  constant=3)
+    value = aggregation.aggregate(jnp.ones((2, 3)), jnp.zeros((2, 3)), mode, constant=3)
     np.testing.assert_array_equal(value, 0.0)
 
 
@@ -93,12 +95,14 @@ def test_aggregate_jit_and_vmap():
   fn = jax.jit(aggregation.aggregate, static_argnames=("mode", "constant"))
   for mode in aggregation.AGGREGATION_MODES:
     np.testing.assert_allclose(
-        fn(X, MASK, mode=mode, constant=3),
-        aggregation.aggregate(X, MASK, mode, constant=3), rtol=1e-6)
+      fn(X, MASK, mode=mode, constant=3),
+      aggregation.aggregate(X, MASK, mode, constant=3),
+      rtol=1e-6,
+    )
   # vmap over independent batches (e.g. per-prompt losses).
-  per_prompt = jax.vmap(
-      lambda x, m: aggregation.aggregate(x, m, "token_mean"))(X[:, None],
-                                                              MASK[:, None])
+  per_prompt = jax.vmap(lambda x, m: aggregation.aggregate(x, m, "token_mean"))(
+    X[:, None], MASK[:, None]
+  )
   np.testing.assert_allclose(per_prompt, [1.5, 4.0, 0.0], rtol=1e-6)
 
 
@@ -127,8 +131,7 @@ def test_micro_batches_with_global_denominator_match_whole_batch(mode):
   logp, old, adv, mask = _split_problem()
 
   def whole(lp):
-    return aggregation.aggregate(_per_token_loss(lp, old, adv), mask, mode,
-                                 constant=LEN)
+    return aggregation.aggregate(_per_token_loss(lp, old, adv), mask, mode, constant=LEN)
 
   global_den = aggregation.aggregation_denominator(mask, mode, constant=LEN)
 
@@ -136,8 +139,8 @@ def test_micro_batches_with_global_denominator_match_whole_batch(mode):
     total = 0.0
     for idx in np.split(np.arange(NUM_SEQ), NUM_MICRO):
       total += aggregation.aggregate_with_denominator(
-          _per_token_loss(lp[idx], old[idx], adv[idx]), mask[idx], mode,
-          global_den, constant=LEN)
+        _per_token_loss(lp[idx], old[idx], adv[idx]), mask[idx], mode, global_den, constant=LEN
+      )
     return total
 
   value, grad = jax.value_and_grad(whole)(logp)
@@ -147,11 +150,13 @@ def test_micro_batches_with_global_denominator_match_whole_batch(mode):
   assert float(jnp.max(jnp.abs(grad))) > 1e-3
 
   # The same global value from summed (numerator, denominator) parts.
-  parts = [aggregation.aggregate_parts(
-      _per_token_loss(logp[idx], old[idx], adv[idx]), mask[idx], mode,
-      constant=LEN) for idx in np.split(np.arange(NUM_SEQ), NUM_MICRO)]
-  np.testing.assert_allclose(
-      sum(p[0] for p in parts) / sum(p[1] for p in parts), value, rtol=1e-5)
+  parts = [
+    aggregation.aggregate_parts(
+      _per_token_loss(logp[idx], old[idx], adv[idx]), mask[idx], mode, constant=LEN
+    )
+    for idx in np.split(np.arange(NUM_SEQ), NUM_MICRO)
+  ]
+  np.testing.assert_allclose(sum(p[0] for p in parts) / sum(p[1] for p in parts), value, rtol=1e-5)
   np.testing.assert_allclose(sum(p[1] for p in parts), global_den, rtol=1e-6)
 
 
@@ -160,8 +165,12 @@ def test_naive_mean_of_micro_batch_token_means_is_not_exact():
   logp, old, adv, mask = _split_problem()
   loss = _per_token_loss(logp, old, adv)
   whole = aggregation.aggregate(loss, mask, "token_mean")
-  naive = np.mean([aggregation.aggregate(loss[idx], mask[idx], "token_mean")
-                   for idx in np.split(np.arange(NUM_SEQ), NUM_MICRO)])
+  naive = np.mean(
+    [
+      aggregation.aggregate(loss[idx], mask[idx], "token_mean")
+      for idx in np.split(np.arange(NUM_SEQ), NUM_MICRO)
+    ]
+  )
   assert abs(float(naive) - float(whole)) > 1e-3
 
 
@@ -180,11 +189,13 @@ class _ApproxChecker(doctest.OutputChecker):
     want_nums = [float(n) for n in _NUMBER.findall(want)]
     got_nums = [float(n) for n in _NUMBER.findall(got)]
     return len(want_nums) == len(got_nums) and np.allclose(
-        got_nums, want_nums, rtol=1e-4, atol=1e-6, equal_nan=True)
+      got_nums, want_nums, rtol=1e-4, atol=1e-6, equal_nan=True
+    )
 
 
-@pytest.mark.parametrize("module", [
-    "advantages", "kl", "policy_losses", "value", "aggregation", "shaping"])
+@pytest.mark.parametrize(
+  "module", ["advantages", "kl", "policy_losses", "value", "aggregation", "shaping"]
+)
 def test_docstring_examples(module):
   mod = importlib.import_module(f"rl_jax.objectives.{module}")
   finder = doctest.DocTestFinder()

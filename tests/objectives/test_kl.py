@@ -13,8 +13,7 @@ ESTIMATORS = [kl.kl_k1, kl.kl_k2, kl.kl_k3]
 def test_hand_values_p_half_ref_quarter():
   logp, ref = jnp.log(jnp.array([0.5])), jnp.log(jnp.array([0.25]))
   np.testing.assert_allclose(kl.kl_k1(logp, ref), [np.log(2.0)], rtol=1e-6)
-  np.testing.assert_allclose(kl.kl_k2(logp, ref), [0.5 * np.log(2.0) ** 2],
-                             rtol=1e-6)
+  np.testing.assert_allclose(kl.kl_k2(logp, ref), [0.5 * np.log(2.0) ** 2], rtol=1e-6)
   # x = log(0.25/0.5) = -log 2: exp(x) - x - 1 = 0.5 + 0.693147 - 1.
   np.testing.assert_allclose(kl.kl_k3(logp, ref), [0.19315], atol=1e-5)
 
@@ -63,8 +62,7 @@ def test_k2_k3_nonnegative_and_k3_clamped():
   assert float(jnp.min(kl.kl_k2(logp, ref))) >= 0.0
   assert float(jnp.min(kl.kl_k3(logp, ref))) >= 0.0
   # ref_logp - logp = 100 is clamped to 20: finite value, zero gradient.
-  value, grad = jax.value_and_grad(lambda lp: kl.kl_k3(lp, jnp.zeros(1))[0])(
-      jnp.array([-100.0]))
+  value, grad = jax.value_and_grad(lambda lp: kl.kl_k3(lp, jnp.zeros(1))[0])(jnp.array([-100.0]))
   np.testing.assert_allclose(value, np.expm1(20.0) - 20.0, rtol=1e-6)
   assert grad[0] == 0.0
 
@@ -89,8 +87,7 @@ def test_entropy_matches_definition():
 
 
 def test_entropy_uniform_and_peaked_and_stable():
-  np.testing.assert_allclose(kl.entropy_from_logits(jnp.zeros(8)), np.log(8.0),
-                             rtol=1e-6)
+  np.testing.assert_allclose(kl.entropy_from_logits(jnp.zeros(8)), np.log(8.0), rtol=1e-6)
   peaked = kl.entropy_from_logits(jnp.array([1e4, 0.0, 0.0]))
   np.testing.assert_allclose(peaked, 0.0, atol=1e-6)
   huge = kl.entropy_from_logits(jnp.array([1e30, 1e30]))
@@ -99,8 +96,7 @@ def test_entropy_uniform_and_peaked_and_stable():
 
 def test_entropy_with_banned_tokens_and_bf16():
   logits = jnp.array([0.0, 0.0, -jnp.inf])
-  np.testing.assert_allclose(kl.entropy_from_logits(logits), np.log(2.0),
-                             rtol=1e-6)
+  np.testing.assert_allclose(kl.entropy_from_logits(logits), np.log(2.0), rtol=1e-6)
   out = kl.entropy_from_logits(jnp.zeros((2, 4), jnp.bfloat16))
   assert out.dtype == jnp.float32
   np.testing.assert_allclose(out, np.log(4.0), rtol=1e-6)
@@ -109,7 +105,5 @@ def test_entropy_with_banned_tokens_and_bf16():
 def test_entropy_jit_and_vmap():
   logits = np.random.default_rng(3).normal(size=(4, 9)).astype(np.float32)
   eager = kl.entropy_from_logits(logits)
-  np.testing.assert_allclose(jax.jit(kl.entropy_from_logits)(logits), eager,
-                             rtol=1e-6)
-  np.testing.assert_allclose(jax.vmap(kl.entropy_from_logits)(logits), eager,
-                             rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(kl.entropy_from_logits)(logits), eager, rtol=1e-6)
+  np.testing.assert_allclose(jax.vmap(kl.entropy_from_logits)(logits), eager, rtol=1e-6)

@@ -20,8 +20,11 @@ def test_clipped_value_loss_hand_values():
 
 def test_clipped_value_loss_gradient():
   values = jnp.array([1.0, 1.0, 0.6])
-  grad = jax.grad(lambda v: jnp.sum(value.clipped_value_loss(
-      v, jnp.full(3, 0.5), jnp.array([2.0, 0.0, 0.0]), eps=0.2)))(values)
+  grad = jax.grad(
+    lambda v: jnp.sum(
+      value.clipped_value_loss(v, jnp.full(3, 0.5), jnp.array([2.0, 0.0, 0.0]), eps=0.2)
+    )
+  )(values)
   # Clipped term active and flat in V -> 0; else d .5 (V-R)^2 = V - R.
   np.testing.assert_allclose(grad, [0.0, 1.0, 0.6], rtol=1e-6)
 
@@ -30,7 +33,6 @@ def test_large_eps_is_plain_squared_error_and_jit():
   rng = np.random.default_rng(0)
   v, v_old, r = rng.normal(size=(3, 4, 6)).astype(np.float32)
   fn = lambda a, b, c: value.clipped_value_loss(a, b, c, eps=1e6)
-  np.testing.assert_allclose(jax.jit(fn)(v, v_old, r), 0.5 * (v - r) ** 2,
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(jax.jit(fn)(v, v_old, r), 0.5 * (v - r) ** 2, rtol=1e-5, atol=1e-6)
   loss = value.clipped_value_loss(v, v_old, r, eps=0.1)
   assert np.all(np.asarray(loss) >= 0.5 * (v - r) ** 2 - 1e-6)
