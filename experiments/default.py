@@ -19,9 +19,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.model.preset = "tiny"
   c.task.name = "arithmetic"
-  c.task.arithmetic.max_digits = 3
-  c.task.arithmetic.ops = "+"
-  c.task.arithmetic.sft_slip_prob = 0.6
+  c.task.max_digits = 3
+  c.task.ops = "+"
+  c.task.sft_slip_prob = 0.6
   c.sft.steps = 1500
   c.sft.batch_size = 64
   c.sft.learning_rate = 1e-3

@@ -1,16 +1,17 @@
 """Named compositions of the pure objectives: what an RL method *is*, as data.
 
 An `Algorithm` says how rewards become advantages, which per-token policy loss is used, how
-per-token terms are reduced, where the KL to the reference goes, and how rewards are shaped or
-groups filtered before that. The trainer and the loop read these fields; they never branch on a
-method's name. A new method is a new preset function here (or `dataclasses.replace` of one in a
-notebook), not a new trainer.
+per-token terms are reduced, where the KL to the reference goes, and what the step must
+compute for it. Every hyperparameter is one field, read when the loss or the advantages are
+computed, so `dataclasses.replace(grpo(), clip_eps_high=0.28)` changes the loss. The trainer and
+the step never branch on a method's name. A new method is a new preset function here, or
+`dataclasses.replace` of one in a notebook, not a new trainer.
 
 | preset | advantages | policy loss | aggregation | KL |
 |---|---|---|---|---|
 | grpo | group z-score (ddof=1) | clip 0.2 | seq_mean_token_mean | k3 in loss, 0.04 |
 | dr_grpo | r - mean_g | clip 0.2 | seq_sum_const (max new tokens) | none |
-| dapo | group z-score | clip 0.2 / 0.28 | token_mean | none; dynamic sampling; overlong (opt-in) |
+| dapo | group z-score | clip 0.2 / 0.28 | token_mean | none; dynamic sampling |
 | gspo | group z-score | GSPO sequence ratio, 3e-4 / 4e-4 | seq_mean_token_mean | none |
 | gspo_token | group z-score | GSPO-token | seq_mean_token_mean | none |
 | rloo | G/(G-1) (r - mean_g) | clip 0.2 | token_mean | none |
@@ -22,9 +23,9 @@ notebook), not a new trainer.
 from __future__ import annotations
 
 import dataclasses
-import functools
-from collections.abc import Callable
-from typing import NamedTuple
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,19 +37,21 @@ from rl_jax.objectives.aggregation import AGGREGATION_MODES
 
 
 class AdvantageInputs(NamedTuple):
-  """What a token-level advantage estimator may read (N = B*G rows, prompt-major)."""
+  """What an advantage function may read; N rows, groups declared by `group_index_BxG`."""
 
-  rewards_BxG: jax.Array  # float32 shaped task rewards
-  mask_NxT: jax.Array  # float32 1 on generated tokens
+  rewards_N: jax.Array  # float32 combined reward of each row (weighted reward components)
+  loss_mask_NxT: jax.Array  # float32 1 on the tokens trained on
   logp_NxT: jax.Array  # behaviour-policy log-probs of the sampled tokens
-  ref_logp_NxT: jax.Array | None  # reference log-probs (None when no KL is needed)
-  values_NxT: jax.Array | None = None  # critic values at sampling time (PPO)
+  ref_logp_NxT: jax.Array | None  # reference log-probs (None unless required)
+  values_NxT: jax.Array | None  # critic values at sampling time (None without a critic)
+  group_index_BxG: jax.Array  # int32 rows of each group, padded with -1 (groups of any size)
+  extras: Mapping[str, jax.Array] = {}  # the rollout's named per-row extras
 
 
-GroupAdvantageFn = Callable[[jax.Array], jax.Array]  # rewards_BxG -> adv_BxG
-# inputs -> adv_NxT, or (adv_NxT, returns_NxT) for estimators that also produce value targets
-TokenAdvantageFn = Callable[[AdvantageInputs], jax.Array | tuple[jax.Array, jax.Array]]
-PolicyLossFn = Callable[..., jax.Array]  # (logp_NxT, old_logp_NxT, adv_NxT, mask_NxT) -> loss_NxT
+# (algorithm, inputs) -> adv_NxT, or (adv_NxT, returns_NxT) for estimators with value targets
+AdvantageFn = Callable[["Algorithm", AdvantageInputs], Any]
+# (algorithm, logp_NxT, old_logp_NxT, adv_NxT, loss_mask_NxT) -> per-token loss [N, T]
+PolicyLossFn = Callable[..., jax.Array]
 KLFn = Callable[[jax.Array, jax.Array], jax.Array]  # (logp, ref_logp) -> per-token
 
 
@@ -58,36 +61,38 @@ class Algorithm:
 
   Attributes:
     name: for logs.
-    advantages: rewards_BxG -> adv_BxG, sequence-level advantages broadcast over tokens.
-    token_advantages: instead of `advantages` (exactly one is set): AdvantageInputs -> adv_NxT
-      (REINFORCE++, PPO: anything that needs per-token rewards or values).
-    policy_loss: (logp, old_logp, adv, mask) -> per-token loss, all [N, T].
+    advantages: (algorithm, AdvantageInputs) -> adv_NxT (or (adv_NxT, returns_NxT) with a
+      critic). Group estimators are `group_advantages(fn)` of a pure `fn(rewards_BxG,
+      mask_BxG, algorithm)`; they read their knobs (`std_ddof`, ...) from the algorithm.
+    policy_loss: (algorithm, logp, old_logp, adv, loss_mask) -> per-token loss, all [N, T].
     aggregation: one of `AGGREGATION_MODES`.
     aggregation_constant: the constant of `seq_sum_const` (None = max new tokens).
-    kl_coef: weight of the KL to the reference policy (0 skips the reference pass).
+    kl_coef: weight of the KL to the reference policy.
     kl_estimator: per-token KL estimator used in the loss (and for the logged `kl`).
     kl_in_reward: False puts `kl_coef * KL` in the loss (GRPO); True folds it into the rewards
       and the loss has no KL term: token-level estimators (REINFORCE++, PPO) put
       -kl_coef * k1 on every token; group estimators see the sequence reward
       R - kl_coef * sum_t k1_t (k1 = logp - ref_logp of the sampled tokens).
     entropy_coef: weight of an entropy bonus (subtracted from the loss).
-    clip_eps_low, clip_eps_high: the ratio clip range (for the clip-fraction metric).
+    clip_eps_low, clip_eps_high: the ratio clip range (loss and clip-fraction metric).
+    dual_clip: PPO's dual-clip constant c for A < 0 (None = off).
+    std_ddof, std_eps: the group standard deviation of z-score estimators.
+    gamma, gae_lambda, whiten: discount, GAE lambda and whitening of token-level estimators.
     overlong_cache_len: if set, DAPO's soft overlong penalty with L_max = max new tokens and
-      this L_cache is added to the task reward.
+      this L_cache is added to the reward (as the reward component `overlong`).
     dynamic_sampling: drop groups whose rewards are all equal (no signal) and sample more
       prompts until the batch is full, at most `dynamic_sampling_max_rounds` extra rounds.
-    critic: train a value model (PPO); `token_advantages` then receives its values and must
-      return (adv, returns).
-    shared_trunk: the value head sits on the policy's own trunk (one network, the value loss
-      also trains the trunk) instead of a separate critic initialised from it.
-    value_clip_eps: the clip range of the clipped value loss.
-    vf_coef: weight of the value loss.
+    critic: train a value model (PPO); the advantages then receive its values.
+    shared_trunk: the value head sits on the policy's own trunk.
+    value_clip_eps, vf_coef: the clipped value loss's range and weight.
+    needs: what the step must compute beyond what the fields above imply: "ref_logp"
+      (reference log-probs even with kl_coef 0), or "extra:<name>" (a named per-row extra
+      the rollout or the rewards must provide).
   """
 
   name: str
+  advantages: AdvantageFn
   policy_loss: PolicyLossFn
-  advantages: GroupAdvantageFn | None = None
-  token_advantages: TokenAdvantageFn | None = None
   aggregation: str = "seq_mean_token_mean"
   aggregation_constant: float | None = None
   kl_coef: float = 0.0
@@ -96,6 +101,12 @@ class Algorithm:
   entropy_coef: float = 0.0
   clip_eps_low: float = 0.2
   clip_eps_high: float = 0.2
+  dual_clip: float | None = None
+  std_ddof: int = 1
+  std_eps: float = 1e-6
+  gamma: float = 1.0
+  gae_lambda: float = 0.95
+  whiten: bool = True
   overlong_cache_len: int | None = None
   dynamic_sampling: bool = False
   dynamic_sampling_max_rounds: int = 3
@@ -103,13 +114,9 @@ class Algorithm:
   shared_trunk: bool = False
   value_clip_eps: float = 0.2
   vf_coef: float = 1.0
+  needs: frozenset[str] = frozenset()
 
   def __post_init__(self):
-    if (self.advantages is None) == (self.token_advantages is None):
-      raise ValueError(
-        f"algorithm {self.name!r} needs exactly one of `advantages` (group "
-        "estimator) and `token_advantages` (token-level estimator)"
-      )
     if self.aggregation not in AGGREGATION_MODES:
       raise ValueError(
         f"algorithm.aggregation={self.aggregation!r} is unknown; choose one of "
@@ -121,127 +128,180 @@ class Algorithm:
       raise ValueError(f"algorithm.overlong_cache_len must be >= 1, got {self.overlong_cache_len}")
     if self.dynamic_sampling_max_rounds < 0:
       raise ValueError("algorithm.dynamic_sampling_max_rounds must be >= 0")
-    if self.critic and self.token_advantages is None:
-      raise ValueError("an algorithm with a critic needs token_advantages that use its values")
+    if self.clip_eps_low < 0 or self.clip_eps_high < 0:
+      raise ValueError("algorithm.clip_eps_low and clip_eps_high must be >= 0")
+    unknown = {n for n in self.needs if n != "ref_logp" and not n.startswith("extra:")}
+    if unknown:
+      raise ValueError(f"algorithm.needs has {sorted(unknown)}; use 'ref_logp' or 'extra:<name>'")
+
+  def requires(self, what: str) -> bool:
+    """Whether the step must compute `what`: "ref_logp", "values" or "extra:<name>"."""
+    if what == "ref_logp":
+      return self.kl_coef > 0 or "ref_logp" in self.needs
+    if what == "values":
+      return self.critic
+    return what in self.needs
 
   @property
-  def needs_reference(self) -> bool:
-    return self.kl_coef > 0
+  def required_extras(self) -> tuple[str, ...]:
+    return tuple(sorted(n.split(":", 1)[1] for n in self.needs if n.startswith("extra:")))
 
 
 def compute_advantages(
   algo: Algorithm, inputs: AdvantageInputs
 ) -> tuple[jax.Array, jax.Array | None]:
-  """(adv_NxT, returns_NxT or None) for a batch: the token-level estimator if the algorithm has
-  one, else the group estimator's sequence advantages broadcast over each row's tokens.
-  Both are 0 on masked tokens; returns (value targets) come only from critic estimators."""
-  mask = jnp.asarray(inputs.mask_NxT, jnp.float32)
-  if algo.token_advantages is not None:
-    out = algo.token_advantages(inputs)
-    adv, returns = out if isinstance(out, tuple) else (out, None)
-    return adv * mask, None if returns is None else returns * mask
-  rewards = inputs.rewards_BxG
-  if algo.kl_in_reward and algo.needs_reference and inputs.ref_logp_NxT is not None:
+  """(adv_NxT, returns_NxT or None) for a batch, both 0 off the loss mask; returns (value
+  targets) come only from critic estimators."""
+  out = algo.advantages(algo, inputs)
+  adv, returns = out if isinstance(out, tuple) else (out, None)
+  mask = jnp.asarray(inputs.loss_mask_NxT, jnp.float32)
+  return adv * mask, None if returns is None else returns * mask
+
+
+def sequence_rewards(algo: Algorithm, inputs: AdvantageInputs) -> jax.Array:
+  """The rewards a group estimator sees: with `kl_in_reward`, R - kl_coef * sum_t k1_t."""
+  rewards = jnp.asarray(inputs.rewards_N, jnp.float32)
+  if algo.kl_in_reward and algo.kl_coef > 0 and inputs.ref_logp_NxT is not None:
     rewards = shaping.sequence_kl_penalized_rewards(
-      rewards, inputs.logp_NxT, inputs.ref_logp_NxT, mask, kl_coef=algo.kl_coef
+      rewards, inputs.logp_NxT, inputs.ref_logp_NxT, inputs.loss_mask_NxT, kl_coef=algo.kl_coef
     )
-  adv_N = algo.advantages(rewards).reshape(-1)
-  return adv_N[:, None] * mask, None
+  return rewards
 
 
-def shape_rewards(
-  algo: Algorithm, rewards_N: jax.Array, lengths_N: jax.Array, max_new_tokens: int
-) -> jax.Array:
-  """Task rewards plus the algorithm's reward shaping (DAPO's overlong penalty)."""
-  if algo.overlong_cache_len is None:
-    return rewards_N
-  return rewards_N + shaping.soft_overlong_penalty(
-    lengths_N, max_len=max_new_tokens, cache_len=min(algo.overlong_cache_len, max_new_tokens)
+def per_group(fn: Callable[..., jax.Array], algo: Algorithm, rewards_N, group_index_BxG):
+  """Runs a group estimator `fn(rewards_BxG, mask_BxG, algo) -> adv_BxG` on the declared groups
+  (`group_index_BxG`: rows of each group, padded to the largest group with -1) and returns each
+  row's advantage [N] (0 for rows in no group)."""
+  mask_BxG = group_index_BxG >= 0
+  rewards_BxG = jnp.where(mask_BxG, rewards_N[jnp.maximum(group_index_BxG, 0)], 0.0)
+  adv_BxG = fn(rewards_BxG, mask_BxG.astype(jnp.float32), algo)
+  N = rewards_N.shape[0]
+  scatter = jnp.where(mask_BxG, group_index_BxG, N)  # padding goes out of bounds: dropped
+  return jnp.zeros((N,), jnp.float32).at[scatter].set(adv_BxG, mode="drop")
+
+
+def group_advantages(fn: Callable[..., jax.Array]) -> AdvantageFn:
+  """An advantage function from a group estimator `fn(rewards_BxG, mask_BxG, algo) -> adv_BxG`
+  (`per_group`): each row's sequence advantage, broadcast over its trained tokens."""
+
+  def advantages(algo: Algorithm, inputs: AdvantageInputs) -> jax.Array:
+    adv_N = per_group(fn, algo, sequence_rewards(algo, inputs), inputs.group_index_BxG)
+    return adv_N[:, None] * inputs.loss_mask_NxT
+
+  advantages.__name__ = getattr(fn, "__name__", "group_advantages")
+  advantages.__doc__ = fn.__doc__
+  advantages.group_fn = fn
+  return advantages
+
+
+@group_advantages
+def group_zscore(rewards_BxG, mask_BxG, algo):
+  """GRPO: (r - mean_g) / (std_g + eps), std with `algo.std_ddof`."""
+  return adv_lib.grpo_advantages(
+    rewards_BxG, ddof=algo.std_ddof, eps=algo.std_eps, mask_BxG=mask_BxG
   )
 
 
-# ---------------------------------------------------------------------------------------------
-# Building blocks.
+@group_advantages
+def group_centred(rewards_BxG, mask_BxG, algo):
+  """Dr. GRPO: r - mean_g."""
+  del algo
+  return adv_lib.grpo_advantages(rewards_BxG, scale_by_std=False, mask_BxG=mask_BxG)
 
 
-def _clipped(eps_low: float, eps_high: float, dual_clip: float | None = None) -> PolicyLossFn:
-  def loss(logp, old_logp, adv, mask):
-    del mask  # token-level loss; masking happens in the aggregation
-    return policy_losses.ppo_clip(
-      logp, old_logp, adv, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip
-    )
-
-  return loss
+@group_advantages
+def leave_one_out(rewards_BxG, mask_BxG, algo):
+  """RLOO: G/(G-1) (r - mean_g)."""
+  del algo
+  return adv_lib.rloo_advantages(rewards_BxG, mask_BxG=mask_BxG)
 
 
-def _gspo_loss(eps_low: float, eps_high: float, token_level: bool) -> PolicyLossFn:
-  def loss(logp, old_logp, adv, mask):
-    return policy_losses.gspo(
-      logp, old_logp, adv, mask, eps_low=eps_low, eps_high=eps_high, token_level=token_level
-    )
+def _token_rewards(algo: Algorithm, inputs: AdvantageInputs, rewards_N) -> jax.Array:
+  """r_t = R * 1[t = last] - kl_coef * k1_t (the KL only with `kl_in_reward`)."""
+  kl = None
+  if algo.kl_in_reward and algo.kl_coef > 0 and inputs.ref_logp_NxT is not None:
+    kl = kl_lib.kl_k1(inputs.logp_NxT, inputs.ref_logp_NxT)
+  return shaping.token_level_rewards(
+    rewards_N, inputs.loss_mask_NxT, kl_NxT=kl, kl_coef=algo.kl_coef
+  )
 
-  return loss
 
-
-def reinforce_pp_advantages(
-  inputs: AdvantageInputs, *, kl_coef: float, gamma: float = 1.0, group_baseline: bool = False
-) -> jax.Array:
+def reinforce_pp_returns(algo: Algorithm, inputs: AdvantageInputs) -> jax.Array:
   """REINFORCE++ (arXiv:2501.03262): whitened return-to-go of per-token rewards.
 
   r_t = R * 1[t = last] - kl_coef * (logp_t - ref_logp_t)   (k1, the behaviour policy's tokens)
-  G_t = sum_{t' >= t} gamma^(t'-t) r_t';   A = whiten(G) over every valid token of the batch.
-  With `group_baseline` ("REINFORCE++-baseline") R is replaced by R - mean_g(R) first.
+  G_t = sum_{t' >= t} gamma^(t'-t) r_t';   A = whiten(G) over every trained token of the batch.
   """
-  rewards = inputs.rewards_BxG
-  if group_baseline:
-    rewards = rewards - jnp.mean(rewards, axis=-1, keepdims=True)
-  kl = None
-  if kl_coef and inputs.ref_logp_NxT is not None:
-    kl = kl_lib.kl_k1(inputs.logp_NxT, inputs.ref_logp_NxT)
-  token_rewards = shaping.token_level_rewards(
-    rewards.reshape(-1), inputs.mask_NxT, kl_NxT=kl, kl_coef=kl_coef
-  )
-  returns = adv_lib.discounted_returns(token_rewards, inputs.mask_NxT, gamma=gamma)
-  return adv_lib.whiten(returns, inputs.mask_NxT)
+  rewards = jnp.asarray(inputs.rewards_N, jnp.float32)
+  token_rewards = _token_rewards(algo, inputs, rewards)
+  returns = adv_lib.discounted_returns(token_rewards, inputs.loss_mask_NxT, gamma=algo.gamma)
+  return adv_lib.whiten(returns, inputs.loss_mask_NxT)
 
 
-def ppo_advantages(
-  inputs: AdvantageInputs,
-  *,
-  kl_coef: float,
-  gamma: float = 1.0,
-  lam: float = 0.95,
-  whiten_advantages: bool = True,
-) -> tuple[jax.Array, jax.Array]:
+def reinforce_pp_baseline_returns(algo: Algorithm, inputs: AdvantageInputs) -> jax.Array:
+  """REINFORCE++-baseline: `reinforce_pp_returns` of R - mean_g(R) (over declared groups)."""
+  rewards_N = jnp.asarray(inputs.rewards_N, jnp.float32)
+  centred = per_group(group_centred.group_fn, algo, rewards_N, inputs.group_index_BxG)
+  return reinforce_pp_returns(algo, inputs._replace(rewards_N=centred))
+
+
+def gae_advantages(algo: Algorithm, inputs: AdvantageInputs) -> tuple[jax.Array, jax.Array]:
   """PPO for language models (InstructGPT, arXiv:2203.02155): GAE over per-token rewards.
 
   r_t = R * 1[t = last] - kl_coef * (logp_t - ref_logp_t);  (A, G) = GAE(r, V, gamma, lam);
-  returns G = A + V are the value targets; A is whitened over the batch's valid tokens.
+  returns G = A + V are the value targets; A is whitened over the batch's trained tokens.
   """
   if inputs.values_NxT is None:
     raise ValueError("PPO advantages need the critic's values")
-  kl = None
-  if kl_coef and inputs.ref_logp_NxT is not None:
-    kl = kl_lib.kl_k1(inputs.logp_NxT, inputs.ref_logp_NxT)
-  token_rewards = shaping.token_level_rewards(
-    inputs.rewards_BxG.reshape(-1), inputs.mask_NxT, kl_NxT=kl, kl_coef=kl_coef
-  )
+  token_rewards = _token_rewards(algo, inputs, jnp.asarray(inputs.rewards_N, jnp.float32))
   adv, returns = adv_lib.gae(
-    token_rewards, inputs.values_NxT, inputs.mask_NxT, gamma=gamma, lam=lam
+    token_rewards, inputs.values_NxT, inputs.loss_mask_NxT, gamma=algo.gamma, lam=algo.gae_lambda
   )
-  if whiten_advantages:
-    adv = adv_lib.whiten(adv, inputs.mask_NxT)
+  if algo.whiten:
+    adv = adv_lib.whiten(adv, inputs.loss_mask_NxT)
   return adv, returns
 
 
-def _no_extras(name: str, unused: dict) -> None:
-  extra = {k: v for k, v in unused.items() if v is not None}
-  if extra:
-    raise ValueError(f"algorithm {name!r} does not take {sorted('algorithm.' + k for k in extra)}")
+# ---------------------------------------------------------------------------------------------
+# Policy losses: per-token terms reading their clip ranges from the algorithm.
+
+
+def clipped_loss(algo: Algorithm, logp, old_logp, adv, mask) -> jax.Array:
+  """PPO's clipped surrogate with `clip_eps_low` / `clip_eps_high` and `dual_clip`."""
+  del mask  # token-level loss; masking happens in the aggregation
+  return policy_losses.ppo_clip(
+    logp,
+    old_logp,
+    adv,
+    eps_low=algo.clip_eps_low,
+    eps_high=algo.clip_eps_high,
+    dual_clip=algo.dual_clip,
+  )
+
+
+def gspo_loss(algo: Algorithm, logp, old_logp, adv, mask) -> jax.Array:
+  """GSPO's clipped length-normalised sequence ratio."""
+  return policy_losses.gspo(
+    logp, old_logp, adv, mask, eps_low=algo.clip_eps_low, eps_high=algo.clip_eps_high
+  )
+
+
+def gspo_token_loss(algo: Algorithm, logp, old_logp, adv, mask) -> jax.Array:
+  """GSPO-token: the sequence ratio's value with a per-token gradient path."""
+  return policy_losses.gspo(
+    logp,
+    old_logp,
+    adv,
+    mask,
+    eps_low=algo.clip_eps_low,
+    eps_high=algo.clip_eps_high,
+    token_level=True,
+  )
 
 
 # ---------------------------------------------------------------------------------------------
-# Presets. Keyword arguments are the config's `algorithm.*` fields; None keeps the default.
+# Presets. Keyword arguments are the config's `algorithm.*` keys (checked against these
+# signatures); each maps to the field of the same name.
 
 
 def grpo(
@@ -251,28 +311,12 @@ def grpo(
   clip_eps_high: float = 0.2,
   aggregation: str = "seq_mean_token_mean",
   std_ddof: int = 1,
-  eps: float = 1e-6,
   entropy_coef: float = 0.0,
   kl_in_reward: bool = False,
-  **unused,
 ) -> Algorithm:
   """GRPO (DeepSeekMath, arXiv:2402.03300): group z-score advantages, clipped ratio, k3 KL in
   the loss with beta=0.04, per-sequence mean of token means."""
-  _no_extras("grpo", unused)
-  return Algorithm(
-    name="grpo",
-    advantages=functools.partial(
-      adv_lib.grpo_advantages, scale_by_std=True, ddof=std_ddof, eps=eps
-    ),
-    policy_loss=_clipped(clip_eps_low, clip_eps_high),
-    aggregation=aggregation,
-    kl_coef=kl_coef,
-    kl_estimator=kl_lib.kl_k3,
-    kl_in_reward=kl_in_reward,
-    entropy_coef=entropy_coef,
-    clip_eps_low=clip_eps_low,
-    clip_eps_high=clip_eps_high,
-  )
+  return Algorithm(name="grpo", advantages=group_zscore, policy_loss=clipped_loss, **locals())
 
 
 def dr_grpo(
@@ -283,22 +327,10 @@ def dr_grpo(
   aggregation: str = "seq_sum_const",
   entropy_coef: float = 0.0,
   kl_in_reward: bool = False,
-  **unused,
 ) -> Algorithm:
   """Dr. GRPO (arXiv:2503.20783): r - mean_g without std scaling, token sums divided by a
   constant (the max completion length), no KL by default."""
-  _no_extras("dr_grpo", unused)
-  return Algorithm(
-    name="dr_grpo",
-    advantages=functools.partial(adv_lib.grpo_advantages, scale_by_std=False),
-    policy_loss=_clipped(clip_eps_low, clip_eps_high),
-    aggregation=aggregation,
-    kl_coef=kl_coef,
-    kl_in_reward=kl_in_reward,
-    entropy_coef=entropy_coef,
-    clip_eps_low=clip_eps_low,
-    clip_eps_high=clip_eps_high,
-  )
+  return Algorithm(name="dr_grpo", advantages=group_centred, policy_loss=clipped_loss, **locals())
 
 
 def dapo(
@@ -309,11 +341,10 @@ def dapo(
   aggregation: str = "token_mean",
   std_ddof: int = 1,
   entropy_coef: float = 0.0,
-  overlong_cache_len: int | None = 0,
+  overlong_cache_len: int = 0,
   dynamic_sampling: bool = True,
   dynamic_sampling_max_rounds: int = 3,
   kl_in_reward: bool = False,
-  **unused,
 ) -> Algorithm:
   """DAPO (arXiv:2503.14476): clip-higher (0.2 / 0.28), token-mean over the whole batch, no KL,
   soft overlong penalty, dynamic sampling (a switch: arXiv:2512.07611 found DAPO best without).
@@ -324,21 +355,8 @@ def dapo(
   experiments/dapo.py shows how. On by default it would punish correct answers of the embedded
   tasks, whose max new tokens is exactly their longest answer.
   """
-  _no_extras("dapo", unused)
-  return Algorithm(
-    name="dapo",
-    advantages=functools.partial(adv_lib.grpo_advantages, scale_by_std=True, ddof=std_ddof),
-    policy_loss=_clipped(clip_eps_low, clip_eps_high),
-    aggregation=aggregation,
-    kl_coef=kl_coef,
-    kl_in_reward=kl_in_reward,
-    entropy_coef=entropy_coef,
-    clip_eps_low=clip_eps_low,
-    clip_eps_high=clip_eps_high,
-    overlong_cache_len=overlong_cache_len or None,
-    dynamic_sampling=dynamic_sampling,
-    dynamic_sampling_max_rounds=dynamic_sampling_max_rounds,
-  )
+  kwargs = dict(locals(), overlong_cache_len=overlong_cache_len or None)
+  return Algorithm(name="dapo", advantages=group_zscore, policy_loss=clipped_loss, **kwargs)
 
 
 def gspo(
@@ -349,30 +367,19 @@ def gspo(
   aggregation: str = "seq_mean_token_mean",
   std_ddof: int = 1,
   entropy_coef: float = 0.0,
-  token_level: bool = False,
   kl_in_reward: bool = False,
-  **unused,
 ) -> Algorithm:
   """GSPO (arXiv:2507.18071): the clipped, length-normalised *sequence* likelihood ratio
-  exp(mean_t(logp - old_logp)), eps 3e-4 / 4e-4, group z-score advantages, no KL.
-  `token_level=True` is GSPO-token (same value, per-token gradient path)."""
-  _no_extras("gspo", unused)
-  return Algorithm(
-    name="gspo_token" if token_level else "gspo",
-    advantages=functools.partial(adv_lib.grpo_advantages, scale_by_std=True, ddof=std_ddof),
-    policy_loss=_gspo_loss(clip_eps_low, clip_eps_high, token_level),
-    aggregation=aggregation,
-    kl_coef=kl_coef,
-    kl_in_reward=kl_in_reward,
-    entropy_coef=entropy_coef,
-    clip_eps_low=clip_eps_low,
-    clip_eps_high=clip_eps_high,
-  )
+  exp(mean_t(logp - old_logp)), eps 3e-4 / 4e-4, group z-score advantages, no KL."""
+  return Algorithm(name="gspo", advantages=group_zscore, policy_loss=gspo_loss, **locals())
 
 
 def gspo_token(**kwargs) -> Algorithm:
-  """GSPO-token: `gspo(token_level=True)`."""
-  return gspo(token_level=True, **kwargs)
+  """GSPO-token: GSPO's value with a per-token gradient path (same keyword arguments)."""
+  return dataclasses.replace(gspo(**kwargs), name="gspo_token", policy_loss=gspo_token_loss)
+
+
+gspo_token.__signature__ = inspect.signature(gspo, eval_str=True)
 
 
 def rloo(
@@ -383,22 +390,10 @@ def rloo(
   aggregation: str = "token_mean",
   entropy_coef: float = 0.0,
   kl_in_reward: bool = False,
-  **unused,
 ) -> Algorithm:
   """RLOO (arXiv:2402.14740): leave-one-out baseline G/(G-1) (r - mean_g), clipped ratio,
   token mean."""
-  _no_extras("rloo", unused)
-  return Algorithm(
-    name="rloo",
-    advantages=adv_lib.rloo_advantages,
-    policy_loss=_clipped(clip_eps_low, clip_eps_high),
-    aggregation=aggregation,
-    kl_coef=kl_coef,
-    kl_in_reward=kl_in_reward,
-    entropy_coef=entropy_coef,
-    clip_eps_low=clip_eps_low,
-    clip_eps_high=clip_eps_high,
-  )
+  return Algorithm(name="rloo", advantages=leave_one_out, policy_loss=clipped_loss, **locals())
 
 
 def reinforce_pp(
@@ -409,36 +404,28 @@ def reinforce_pp(
   aggregation: str = "token_mean",
   entropy_coef: float = 0.0,
   gamma: float = 1.0,
-  group_baseline: bool = False,
   kl_in_reward: bool = True,
-  **unused,
 ) -> Algorithm:
   """REINFORCE++ (arXiv:2501.03262): token rewards (task reward at EOS minus kl_coef * k1 per
   token), return-to-go, whitened over the batch; clipped ratio; token mean; KL in the reward
   (`kl_in_reward=False` moves a k3 KL into the loss instead)."""
-  _no_extras("reinforce_pp", unused)
   return Algorithm(
-    name="reinforce_pp_baseline" if group_baseline else "reinforce_pp",
-    token_advantages=functools.partial(
-      reinforce_pp_advantages,
-      kl_coef=kl_coef if kl_in_reward else 0.0,
-      gamma=gamma,
-      group_baseline=group_baseline,
-    ),
-    policy_loss=_clipped(clip_eps_low, clip_eps_high),
-    aggregation=aggregation,
-    kl_coef=kl_coef,
+    name="reinforce_pp",
+    advantages=reinforce_pp_returns,
+    policy_loss=clipped_loss,
     kl_estimator=kl_lib.kl_k1 if kl_in_reward else kl_lib.kl_k3,
-    kl_in_reward=kl_in_reward,
-    entropy_coef=entropy_coef,
-    clip_eps_low=clip_eps_low,
-    clip_eps_high=clip_eps_high,
+    **locals(),
   )
 
 
 def reinforce_pp_baseline(**kwargs) -> Algorithm:
   """REINFORCE++-baseline: the group mean reward is subtracted before the return-to-go."""
-  return reinforce_pp(group_baseline=True, **kwargs)
+  return dataclasses.replace(
+    reinforce_pp(**kwargs), name="reinforce_pp_baseline", advantages=reinforce_pp_baseline_returns
+  )
+
+
+reinforce_pp_baseline.__signature__ = inspect.signature(reinforce_pp, eval_str=True)
 
 
 def ppo(
@@ -455,30 +442,18 @@ def ppo(
   vf_coef: float = 1.0,
   shared_trunk: bool = False,
   kl_in_reward: bool = True,
-  **unused,
 ) -> Algorithm:
   """PPO with a critic (arXiv:1707.06347; InstructGPT arXiv:2203.02155): GAE advantages from a
   value model initialised from the policy trunk, whitened; clipped ratio with dual clip c=3
   for A < 0; clipped value loss; per-token k1 KL folded into the reward; token mean.
   `shared_trunk=True` puts the value head on the policy's trunk instead (one network)."""
-  _no_extras("ppo", unused)
   return Algorithm(
     name="ppo",
-    token_advantages=functools.partial(
-      ppo_advantages, kl_coef=kl_coef if kl_in_reward else 0.0, gamma=gamma, lam=gae_lambda
-    ),
-    policy_loss=_clipped(clip_eps_low, clip_eps_high, dual_clip),
-    aggregation=aggregation,
-    kl_coef=kl_coef,
+    advantages=gae_advantages,
+    policy_loss=clipped_loss,
     kl_estimator=kl_lib.kl_k1 if kl_in_reward else kl_lib.kl_k3,
-    kl_in_reward=kl_in_reward,
-    entropy_coef=entropy_coef,
-    clip_eps_low=clip_eps_low,
-    clip_eps_high=clip_eps_high,
     critic=True,
-    shared_trunk=shared_trunk,
-    value_clip_eps=value_clip_eps,
-    vf_coef=vf_coef,
+    **locals(),
   )
 
 
@@ -495,8 +470,36 @@ PRESETS: dict[str, Callable[..., Algorithm]] = {
 }
 
 
-def make_algorithm(name: str, **overrides) -> Algorithm:
-  """A preset by name; `overrides` set to None keep the preset's default."""
+def make_algorithm(name: str, **kwargs) -> Algorithm:
+  """A preset by name with keyword overrides (checked against the preset's signature)."""
   if name not in PRESETS:
     raise ValueError(f"algorithm.name={name!r} is unknown; choose one of {sorted(PRESETS)}")
-  return PRESETS[name](**{k: v for k, v in overrides.items() if v is not None})
+  return PRESETS[name](**kwargs)
+
+
+def build(component) -> Algorithm:
+  """The algorithm a config section names (`components.Component`): a preset name, or an import
+  path to a preset-like function or to an `Algorithm`; its keys are the function's arguments."""
+  from rl_jax import components  # pylint: disable=import-outside-toplevel
+
+  algo = components.build("algorithm", component, PRESETS)
+  if not isinstance(algo, Algorithm):
+    raise components.ComponentError(
+      f"config field 'algorithm.name'={component.name!r} gave {type(algo).__name__}, not an "
+      "rl_jax.algorithms.Algorithm"
+    )
+  return algo
+
+
+def check(component):
+  """An `algorithm` config section checked (keyword arguments converted to the preset's
+  annotated types); the algorithm is built once to run its own value checks."""
+  from rl_jax import components  # pylint: disable=import-outside-toplevel
+
+  fn = components.resolve("algorithm.name", component.name, PRESETS)
+  if callable(fn):
+    component = components.Component.of(
+      component.name, **components.check_kwargs("algorithm", fn, component.args)
+    )
+  build(component)
+  return component

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import json
 import os
 import platform
@@ -37,9 +38,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rl_jax import algorithms, allocator, trainer
+from rl_jax import algorithms, allocator, rollouts, trainer
+from rl_jax import policy as policy_lib
+from rl_jax import rewards as rewards_lib
 from rl_jax.models import transformer
 from rl_jax.sampling import SamplingConfig, generate
+from rl_jax.step import Step
+from rl_jax.tasks.base import Example
 from rl_jax.types import TrainBatch
 
 VOCAB, PROMPT, SEED = 512, 32, 0
@@ -94,7 +99,7 @@ def matmul_rate(n: int | None = None, repeats: int = 10, dtype: str = "float32")
 def w2_sampling(repeats: int = 5, model: str = "bench", dtype: str = "float32") -> dict:
   cfg, graphdef, params = _model(model, dtype)
   prompts, mask = _prompts(64, vocab=cfg.vocab_size)
-  sampling = SamplingConfig(max_new_tokens=128, temperature=1.0, eos_id=-1)
+  sampling = SamplingConfig(max_new_tokens=128, temperature=1.0, stop_ids=())
   keys = iter(jax.random.split(jax.random.key(0), repeats + 1))
   times = _timed(
     lambda: (
@@ -107,66 +112,76 @@ def w2_sampling(repeats: int = 5, model: str = "bench", dtype: str = "float32") 
   return dict(tokens_per_s=64 * 128 / s["median"], seconds=s)
 
 
-def _grpo_batch(graphdef, params, roll, prompts, mask, rewards_BxG, algo, logprob_fn):
-  G = 8
-  rep = lambda x: jnp.repeat(x, G, axis=0)
-  prompt_N, mask_N = rep(prompts), rep(mask)
-  ref = logprob_fn(params, prompt_N, mask_N, roll.tokens_NxT, roll.mask_NxT)
-  adv, _ = algorithms.compute_advantages(
-    algo,
-    algorithms.AdvantageInputs(
-      jnp.asarray(rewards_BxG), roll.mask_NxT.astype(jnp.float32), roll.logp_NxT, ref
-    ),
+class _IdTokenizer:
+  """Prompts and completions as space-separated token ids: W1's prompts are exactly 32 tokens."""
+
+  vocab_size, pad_id, eos_id, stop_ids = VOCAB, 0, -1, ()
+
+  def encode_prompt(self, text: str) -> list[int]:
+    return [int(t) for t in text.split()]
+
+  encode = lambda self, text, eos=False: self.encode_prompt(text)
+
+  def decode(self, ids) -> str:
+    return " ".join(str(int(i)) for i in ids)
+
+
+def _even_fraction(examples, completions) -> np.ndarray:
+  """W1's cheap Python reward: the fraction of even token ids in the completion."""
+  return np.array([np.mean([int(t) % 2 == 0 for t in c.split()]) for c in completions])
+
+
+def w1_step(async_rollout: bool = False):
+  """W1's `Step` (the same step `rl-jax train` runs) and its initial train state: GRPO with
+  beta 0.04 on the benchmark model, 8 fixed prompts x 8 samples, 64 new tokens (EOS
+  suppressed), AdamW lr 1e-5, the even-token reward."""
+  cfg, graphdef, params = _model()
+  policy = policy_lib.Policy("bench", cfg, graphdef, _IdTokenizer())
+  prompts, _ = _prompts(8)
+  examples = [Example(prompt=" ".join(map(str, row)), answer="") for row in prompts]
+  sampling = SamplingConfig(max_new_tokens=64, temperature=1.0, top_p=1.0, stop_ids=())
+  settings = rollouts.RolloutSettings(sampling, group_size=8, prompt_len=PROMPT)
+  tx = trainer.make_optimizer(learning_rate=1e-5, max_grad_norm=None)
+  step = Step.create(
+    policy,
+    algorithms.grpo(kl_coef=0.04, clip_eps_low=0.2, clip_eps_high=0.2),
+    rollouts.group(settings),
+    rewards_lib.Rewards([rewards_lib.Term("even", _even_fraction, 1.0)]),
+    lambda step, rnd: examples,
+    settings,
+    tx,
+    off_policy=async_rollout,
   )
-  return TrainBatch(
-    prompt_N, mask_N, roll.tokens_NxT, roll.mask_NxT, adv, jnp.zeros_like(roll.logp_NxT), ref
-  )
+  return step, trainer.init_state(params, tx), jax.tree.map(jnp.copy, params)
 
 
 def w1_grpo_step(steps: int = 10, warmup: int = 2, async_rollout: bool = False) -> dict:
-  """W1. With `async_rollout` the one-step-off mode of the loop (`train.async_rollout`): the
-  rollout of step i+1 is generated in a background thread, from a copy of the parameters before
-  update i, while update i runs; the update then uses the sampler's log-probs as old log-probs.
-  `generation_s` is then the time a step waits for its rollout."""
-  cfg, graphdef, params = _model()
-  prompts, mask = _prompts(8)
-  algo = algorithms.grpo(kl_coef=0.04, clip_eps_low=0.2, clip_eps_high=0.2)
-  tx = trainer.make_optimizer(learning_rate=1e-5, max_grad_norm=None)
-  # Rows come in groups of 8 sharing a prompt: each prompt is computed once (exact).
-  update = trainer.make_rl_update(
-    graphdef, algo, tx, aggregation_constant=64, group_size=8, off_policy=async_rollout
-  )
-  logprob_fn = trainer.make_logprob_fn(graphdef, group_size=8)
-  sampling = SamplingConfig(max_new_tokens=64, temperature=1.0, top_p=1.0, eos_id=-1)
-  state = trainer.init_state(params, tx)
-  ref_params = jax.tree.map(jnp.copy, params)
-
-  def rollout(params, i):
-    roll = generate(graphdef, params, prompts, mask, jax.random.key(i), cfg=sampling, group_size=8)
-    tokens = np.asarray(roll.tokens_NxT)
-    rewards = (tokens % 2 == 0).mean(axis=1).reshape(8, 8).astype(np.float32)  # cheap reward
-    return roll, rewards
-
+  """W1 through `step.Step` (collect, then learn). With `async_rollout` the one-step-off mode
+  of the loop (`train.async_rollout`): the rollout of step i+1 is collected in a background
+  thread, from a copy of the parameters before update i, while update i runs. `generation_s`
+  is then the time a step waits for its rollout."""
+  step, state, ref_params = w1_step(async_rollout)
   pool = concurrent.futures.ThreadPoolExecutor(max_workers=1) if async_rollout else None
   pending = None
   totals, gens, refs = [], [], []
   for i in range(steps + warmup):
     t0 = time.perf_counter()
-    roll, rewards = rollout(state.params, i) if pending is None else pending.result()
+    key = jax.random.key(i)
+    if pending is None:
+      behaviour = state.params
+      roll, _ = step.collect(behaviour, i, key)
+    else:
+      (roll, _), behaviour = pending[0].result(), pending[1]
     t_gen = time.perf_counter() - t0
-    if async_rollout:  # sample step i + 1 while update i runs
-      pending = pool.submit(rollout, jax.tree.map(jnp.copy, state.params), i + 1)
-    batch = _grpo_batch(graphdef, ref_params, roll, prompts, mask, rewards, algo, logprob_fn)
-    if async_rollout:
-      batch = batch._replace(old_logp_NxT=roll.logp_NxT)
-    jax.block_until_ready(batch)
-    t_ref = time.perf_counter() - t0 - t_gen  # reference pass and advantages
-    state, m = update(state, batch, jax.random.key(i))
-    jax.block_until_ready(m)
+    if async_rollout:  # collect step i + 1 while update i runs
+      nxt = jax.tree.map(jnp.copy, state.params)
+      pending = (pool.submit(step.collect, nxt, i + 1, jax.random.key(i + 1)), nxt)
+    timings = {}
+    state, _ = step.learn(state, roll, ref_params, behaviour, key, timings=timings)
     if i >= warmup:
       totals.append(time.perf_counter() - t0)
       gens.append(t_gen)
-      refs.append(t_ref)
+      refs.append(timings["reference_s"])
   if pool is not None:
     pool.shutdown(wait=True)
   s = _summary(totals)
@@ -253,15 +268,16 @@ def w3_train(
   N, T = 64, 64
   rng = np.random.default_rng(2)
   prompts, mask = _prompts(N, vocab=cfg.vocab_size)
-  algo = algorithms.grpo(kl_coef=0.04)
+  algo = dataclasses.replace(algorithms.grpo(kl_coef=0.04), aggregation_constant=T)
   tx = trainer.make_optimizer(learning_rate=1e-5, max_grad_norm=None)
   update = trainer.make_rl_update(
-    graphdef, algo, tx, aggregation_constant=T, logits_chunk=16 if cfg.vocab_size > 4096 else 0
+    graphdef, algo, tx, logits_chunk=16 if cfg.vocab_size > 4096 else 0
   )
   batch = TrainBatch(
     prompts,
     mask,
     rng.integers(3, cfg.vocab_size, (N, T)).astype(np.int32),
+    np.ones((N, T), bool),
     np.ones((N, T), bool),
     np.repeat(rng.normal(size=(N, 1)), T, 1).astype(np.float32),
     np.zeros((N, T), np.float32),
@@ -326,7 +342,7 @@ def machine() -> dict:
   )
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="rl-jax bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
@@ -351,6 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     help="activation / matmul dtype of W2 and W3 (parameters stay float32); "
     "W3's fraction is then of this dtype's matmul rate",
   )
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = _parser()
   args = parser.parse_args(argv)
   chosen = set(args.workloads.split(","))
   w1s = {"w1", "w1async", "w1floor"} & chosen
@@ -368,6 +389,15 @@ def main(argv: list[str] | None = None) -> int:
     f"{out['machine']['allocator']}",
     flush=True,
   )
+  _run_w1(chosen, out)
+  _run_w2_w3(chosen, out, args)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(out, f, indent=2)
+  return 0
+
+
+def _run_w1(chosen: set[str], out: dict) -> None:
   # W1 first, so that its peak RSS is its own (W2 and W3 run later in the same process).
   for name, label in (("w1", "W1 GRPO step"), ("w1async", "W1 one-step-off (async) step")):
     if name not in chosen:
@@ -390,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
       f"alone, nothing else",
       flush=True,
     )
+
+
+def _run_w2_w3(chosen: set[str], out: dict, args) -> None:
   if "w3" in chosen:
     out["w3"] = w = w3_train(rate=matmul_rate(dtype=args.dtype), model=args.model, dtype=args.dtype)
     out["matmul_gflops"] = w["matmul_gflops"]
@@ -412,10 +445,6 @@ def main(argv: list[str] | None = None) -> int:
       f" {w['seconds']['min']:.3f}-{w['seconds']['max']:.3f})",
       flush=True,
     )
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(out, f, indent=2)
-  return 0
 
 
 if __name__ == "__main__":

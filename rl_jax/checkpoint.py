@@ -119,6 +119,15 @@ class Checkpointer:
     rng = jax.random.wrap_key_data(tree["rng"], impl=jax.random.key_impl(rng_template))
     return tree["state"], rng, dict(out.meta)
 
+  def read_meta(self, step: int | None = None) -> dict:
+    """The JSON metadata (step, data position, config) saved with checkpoint `step` (latest)."""
+    step = self.latest_step() if step is None else step
+    try:
+      out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    except Exception as e:  # noqa: BLE001 - Orbax raises many types for unreadable checkpoints
+      raise CheckpointError(f"cannot read checkpoint step {step} in {self.directory}: {e}") from e
+    return dict(out.meta)
+
   def save_reference(self, params) -> None:
     """Saves the frozen reference policy once (synchronously)."""
     if os.path.exists(self.reference_dir):

@@ -19,8 +19,10 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from rl_jax.components import Component, ComponentError
 
-class ConfigError(ValueError):
+
+class ConfigError(ComponentError):
   """A config field is unknown or has an invalid value; the message names the field."""
 
 
@@ -35,31 +37,9 @@ class ModelConfig:
   mlp_dim: int | None = None
   remat: bool = False  # rematerialise each block in the backward pass (memory for compute)
   attention: str = "einsum"  # or "fused": jax.nn.dot_product_attention (cuDNN on GPUs)
-
-
-@dataclasses.dataclass(frozen=True)
-class ArithmeticConfig:
-  max_digits: int = 3
-  ops: str = "+"
-  partial_credit: float = 0.0
-  sft_slip_prob: float = 0.0  # probability that a warm-start demonstration forgets the carries
-
-
-@dataclasses.dataclass(frozen=True)
-class CountdownConfig:
-  num_numbers: int = 3
-  max_number: int = 20
-  max_target: int = 100
-  format_reward: float = 0.1
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskConfig:
-  """`name` picks the task; only that task's section is used (each section is validated)."""
-
-  name: str = "arithmetic"
-  arithmetic: ArithmeticConfig = ArithmeticConfig()
-  countdown: CountdownConfig = CountdownConfig()
+  family: str = "embedded"  # model family (rl_jax.policy.FAMILIES)
+  tokenizer: str = "char"  # "char" (from the task's alphabet) or a folder with tokenizer.json
+  chat_template: bool | None = None  # None: use the tokenizer's chat template if it has one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,30 +78,9 @@ class SamplingConfig:
   top_k: int = 0
   top_p: float = 1.0
   max_new_tokens: int | None = None  # None = the task's longest answer
+  max_prompt_tokens: int | None = None  # the prompt bucket; None = the task's longest prompt
   cache_phases: int = 4  # decode in up to this many phases with a growing KV cache (1 = off)
   streams: int = 0  # CPU: concurrent decode streams (threads); 0 = auto (2 on >= 2 cores)
-
-
-@dataclasses.dataclass(frozen=True)
-class AlgorithmConfig:
-  name: str = "grpo"
-  # None keeps the preset's default.
-  kl_coef: float | None = None
-  clip_eps_low: float | None = None
-  clip_eps_high: float | None = None
-  aggregation: str | None = None
-  std_ddof: int | None = None
-  entropy_coef: float | None = None
-  gamma: float | None = None  # discount (REINFORCE++, PPO)
-  gae_lambda: float | None = None  # PPO
-  value_clip_eps: float | None = None  # PPO clipped value loss
-  vf_coef: float | None = None  # PPO value-loss weight
-  dual_clip: float | None = None  # PPO dual clip c for A < 0
-  shared_trunk: bool | None = None  # PPO: value head on the policy trunk
-  kl_in_reward: bool | None = None  # KL placement: folded into the reward, or in the loss
-  overlong_cache_len: int | None = None  # DAPO soft overlong penalty ramp (tokens)
-  dynamic_sampling: bool | None = None  # DAPO: drop all-equal groups, resample
-  dynamic_sampling_max_rounds: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,19 +114,36 @@ class LogConfig:
 class RunConfig:
   seed: int = 0
   model: ModelConfig = ModelConfig()
-  task: TaskConfig = TaskConfig()
+  task: Component = Component.of("arithmetic")
+  rollout: Component = Component.of("group")
+  rewards: tuple[tuple[str, Component], ...] = (("task", Component.of("task", weight=1.0)),)
   sft: SFTConfig = SFTConfig()
   train: TrainConfig = TrainConfig()
   rl: RLConfig = RLConfig()
   sampling: SamplingConfig = SamplingConfig()
-  algorithm: AlgorithmConfig = AlgorithmConfig()
+  algorithm: Component = Component.of("grpo")
   eval: EvalConfig = EvalConfig()
   checkpoint: CheckpointConfig = CheckpointConfig()
   mesh: MeshConfig = MeshConfig()
   log: LogConfig = LogConfig()
 
   def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    return _to_plain(self)
+
+
+# Sections that name a component (`name` plus the component's own keyword arguments).
+COMPONENT_SECTIONS = ("task", "rollout", "algorithm")
+
+
+def _to_plain(value):
+  if isinstance(value, Component):
+    return value.to_dict()
+  if dataclasses.is_dataclass(value):
+    out = {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, RunConfig):
+      out["rewards"] = {k: c.to_dict() for k, c in value.rewards}
+    return out
+  return value
 
 
 def default_configdict() -> ml_collections.ConfigDict:
@@ -180,7 +156,11 @@ def _to_configdict(dc) -> ml_collections.ConfigDict:
   hints = typing.get_type_hints(type(dc))
   for f in dataclasses.fields(dc):
     value = getattr(dc, f.name)
-    if dataclasses.is_dataclass(value):
+    if isinstance(value, Component):
+      out[f.name] = ml_collections.ConfigDict(value.to_dict())
+    elif f.name == "rewards" and isinstance(dc, RunConfig):
+      out[f.name] = ml_collections.ConfigDict({k: c.to_dict() for k, c in value})
+    elif dataclasses.is_dataclass(value):
       out[f.name] = _to_configdict(value)
     elif value is None:
       out[f.name] = config_dict.placeholder(_inner_type(hints[f.name]))
@@ -232,18 +212,77 @@ def _build(cls, data, prefix: str):
         f"{prefix.rstrip('.') or 'the config'}: {', '.join(names)}"
       )
     target = hints[key]
-    if dataclasses.is_dataclass(target):
+    if target is Component:
+      kwargs[key] = _component(value, path)
+    elif cls is RunConfig and key == "rewards":
+      kwargs[key] = _rewards(value)
+    elif dataclasses.is_dataclass(target):
       kwargs[key] = _build(target, value, path + ".")
     else:
       kwargs[key] = _check_value(path, value, target)
   return cls(**kwargs)
 
 
+def _plain(data):
+  return data.to_dict() if isinstance(data, ml_collections.ConfigDict) else data
+
+
+def _component(data, path: str, default_name: str | None = None) -> Component:
+  data = _plain(data)
+  if not isinstance(data, dict):
+    raise ConfigError(f"config field {path!r} must be a section with a 'name', got {data!r}")
+  data = dict(data)
+  name = data.pop("name", default_name)
+  if not isinstance(name, str) or not name:
+    raise ConfigError(f"config field '{path}.name' must name a component, got {name!r}")
+  return Component.of(name, **data)
+
+
+def _rewards(data) -> tuple[tuple[str, Component], ...]:
+  """`rewards.<key>`: a reward named `name` (default: the key) with a `weight` (default 1)."""
+  data = _plain(data)
+  if not isinstance(data, dict) or not data:
+    raise ConfigError(f"config field 'rewards' must be a non-empty section, got {data!r}")
+  out = []
+  for key, value in sorted(data.items()):
+    comp = _component(value, f"rewards.{key}", default_name=key)
+    weight = comp.args.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float | str):
+      raise ConfigError(f"config field 'rewards.{key}.weight' must be a number, got {weight!r}")
+    try:
+      weight = float(weight)
+    except ValueError:
+      raise ConfigError(
+        f"config field 'rewards.{key}.weight' must be a number, got {weight!r}"
+      ) from None
+    out.append((key, Component.of(comp.name, **dict(comp.args, weight=weight))))
+  return tuple(out)
+
+
 def from_configdict(cfg: ml_collections.ConfigDict | dict) -> RunConfig:
   """Converts and validates a config. Raises ConfigError naming the offending field."""
   run = _build(RunConfig, cfg, "")
+  run = _check_components(run)
   validate(run)
   return run
+
+
+def _check_components(c: RunConfig) -> RunConfig:
+  """Components check their own keyword arguments (names and types, converted from strings)
+  against their signatures: the algorithm is built (cheap), tasks, rollouts and rewards only
+  checked (no file is read)."""
+  from rl_jax import algorithms, rewards, rollouts, tasks  # local: config is imported by all
+
+  try:
+    return dataclasses.replace(
+      c,
+      algorithm=algorithms.check(c.algorithm),
+      task=tasks.check(c.task),
+      rollout=rollouts.check(c.rollout),
+      rewards=rewards.check(c.rewards),
+    )
+  except (ValueError, NotImplementedError) as e:
+    raise ConfigError(str(e)) from None
 
 
 def _require(cond: bool, field: str, msg: str):
@@ -298,17 +337,7 @@ def validate(c: RunConfig, num_devices: int | None = None) -> None:
     "sampling.temperature",
     f"must be > 0 for RL sampling, got {c.sampling.temperature}",
   )
-  _require(c.sampling.top_k >= 0, "sampling.top_k", "must be >= 0")
-  _require(0 < c.sampling.top_p <= 1, "sampling.top_p", "must be in (0, 1]")
-  _require(c.sampling.cache_phases >= 1, "sampling.cache_phases", "must be >= 1 (1 = off)")
-  _require(c.sampling.streams >= 0, "sampling.streams", "must be >= 0 (0 = auto)")
-  _require(
-    c.model.attention in ("einsum", "fused"),
-    "model.attention",
-    f"must be 'einsum' or 'fused', got {c.model.attention!r}",
-  )
-  if c.sampling.max_new_tokens is not None:
-    _require(c.sampling.max_new_tokens >= 1, "sampling.max_new_tokens", "must be >= 1")
+  _validate_sampling_and_model(c)
   _require(c.log.progress_every >= 1, "log.progress_every", "must be >= 1")
   for axis in ("data", "fsdp", "tensor"):
     size = getattr(c.mesh, axis)
@@ -318,15 +347,36 @@ def validate(c: RunConfig, num_devices: int | None = None) -> None:
     "mesh",
     "may have at most one axis set to -1",
   )
-  # Model and algorithm construction validate their own fields (names included).
-  from rl_jax import algorithms  # local: config is imported by everything
-
-  try:
-    algorithms.make_algorithm(**dataclasses.asdict(c.algorithm))
-  except (ValueError, NotImplementedError) as e:
-    raise ConfigError(str(e)) from None
+  _check_components(c)
   if num_devices is not None:
     mesh_shape(c.mesh, num_devices)
+
+
+def _validate_sampling_and_model(c: RunConfig) -> None:
+  from rl_jax.models.transformer import ATTENTION_IMPLS  # local: config is imported by all
+  from rl_jax.sampling import SamplingConfig as Sampler
+
+  _require(
+    c.model.attention in ATTENTION_IMPLS,
+    "model.attention",
+    f"must be one of {ATTENTION_IMPLS}, got {c.model.attention!r}",
+  )
+
+  try:  # the sampler checks its own fields
+    s = c.sampling
+    max_new = 1 if s.max_new_tokens is None else s.max_new_tokens
+    Sampler(
+      max_new_tokens=max_new,
+      temperature=s.temperature,
+      top_k=s.top_k,
+      top_p=s.top_p,
+      cache_phases=s.cache_phases,
+      streams=s.streams,
+    )
+  except ValueError as e:
+    raise ConfigError(f"config field {e}") from None
+  if c.sampling.max_prompt_tokens is not None:
+    _require(c.sampling.max_prompt_tokens >= 1, "sampling.max_prompt_tokens", "must be >= 1")
 
 
 def mesh_shape(m: MeshConfig, num_devices: int) -> dict[str, int]:
@@ -394,8 +444,17 @@ def apply_overrides(
 ) -> ml_collections.ConfigDict:
   """Applies `{"train.steps": "6", ...}` (strings from the command line) to `cfg`."""
   cfg = ml_collections.ConfigDict(cfg.to_dict())
+  # A component renamed on the command line starts its section afresh: the other keys an
+  # experiment file set belong to the component it named.
+  for section in COMPONENT_SECTIONS:
+    name = overrides.get(f"{section}.name")
+    if name is not None and name != cfg.get(section, {}).get("name"):
+      cfg[section] = ml_collections.ConfigDict({"name": name})
   for path, raw in overrides.items():
     parts = path.split(".")
+    if parts[0] in COMPONENT_SECTIONS or parts[0] == "rewards":
+      _set_open(cfg, parts, raw)
+      continue
     cls, node = RunConfig, cfg
     for i, part in enumerate(parts):
       names = [f.name for f in dataclasses.fields(cls)]
@@ -422,9 +481,64 @@ def apply_overrides(
   return cfg
 
 
+def _set_open(cfg: ml_collections.ConfigDict, parts: list[str], raw: str) -> None:
+  """Sets `section.key` of a component section (or `rewards.<reward>.key`). A key the section
+  already has keeps its type; a new one stays a string until the component's signature
+  converts it (`components.check_kwargs`)."""
+  depth = 3 if parts[0] == "rewards" else 2
+  path = ".".join(parts)
+  if len(parts) != depth:
+    form = "rewards.<reward>.<key>" if depth == 3 else f"{parts[0]}.<key>"
+    raise ConfigError(f"config field {path!r} does not name a key; use {form}")
+  node = cfg
+  for part in parts[:-1]:
+    if part not in node or node[part] is None:
+      with node.ignore_type():
+        node[part] = ml_collections.ConfigDict()
+    node = node[part]
+  current = node.get(parts[-1])
+  value = raw
+  if isinstance(current, bool | int | float) and raw.lower() not in ("none", "null"):
+    value = _parse_scalar(path, raw, current, type(current))
+  with node.ignore_type():
+    node[parts[-1]] = value
+
+
 def to_json(c: RunConfig) -> str:
   return json.dumps(c.to_dict(), indent=2, sort_keys=True)
 
 
 def from_json(text: str) -> RunConfig:
   return from_configdict(json.loads(text))
+
+
+# Fields a resumed run may change: how long it runs, how often it evaluates, checkpoints and
+# logs. Any other change would make the resumed run a different experiment.
+RESUMABLE_FIELDS = (
+  "train.steps",
+  "eval.every",
+  "checkpoint.every",
+  "checkpoint.keep",
+  "checkpoint.async_save",
+  "log.*",
+)
+
+
+def _flat(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+def changed_fields(saved: dict, current: dict) -> list[str]:
+  """The config fields (dotted) that differ between two `to_dict()` configs, except
+  `RESUMABLE_FIELDS`; a field only one of them has counts as changed."""
+  a, b = _flat(saved), _flat(current)
+  may = lambda k: any(
+    k == f or (f.endswith(".*") and k.startswith(f[:-1])) for f in RESUMABLE_FIELDS
+  )
+  return sorted(k for k in set(a) | set(b) if not may(k) and a.get(k, "?") != b.get(k, "?"))

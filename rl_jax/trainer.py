@@ -7,6 +7,7 @@ gradient is not finite is skipped (parameters and optimizer state kept) and coun
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable
@@ -146,7 +147,6 @@ def rl_loss(
   *,
   temperature: float,
   on_policy: bool,
-  aggregation_constant: float | None,
   denominator=None,
   group_size: int = 1,
   logits_chunk: int = 0,
@@ -162,8 +162,10 @@ def rl_loss(
   (see `objectives.aggregation`); the micro-batch losses then sum to the batch loss exactly.
   None normalises by this batch alone.
 
-  `group_size` and `logits_chunk` are passed to `completion_logprobs` (shared prompt prefix,
-  chunked log-softmax); they change the cost, not the result. `stats`: the log-probs and
+  Only tokens of the batch's loss mask are trained on (a forced prefix or conditioning context
+  is attended to, never trained). `group_size` and `logits_chunk` are passed to
+  `completion_logprobs` (declared shared prompt prefix, chunked log-softmax); they change the
+  cost, not the result. `stats`: the log-probs and
   entropies (`completion_logprobs(..., with_entropy=True)`) when the caller computed them.
   """
   if stats is None:
@@ -180,18 +182,18 @@ def rl_loss(
       logits_chunk=logits_chunk,
     )
   logp = stats.logp_NxT
-  mask = mb.completion_mask_NxT.astype(jnp.float32)
+  mask = mb.loss_mask_NxT.astype(jnp.float32)
   old = jax.lax.stop_gradient(logp) if on_policy else mb.old_logp_NxT
-  per_token = algo.policy_loss(logp, old, mb.adv_NxT, mask)
-  mode, const = algo.aggregation, aggregation_constant
+  per_token = algo.policy_loss(algo, logp, old, mb.adv_NxT, mask)
+  mode, const = algo.aggregation, algo.aggregation_constant
   if denominator is None:
     denominator = aggregation_denominator(mask, mode, constant=const)
   reduce = lambda x: aggregate_with_denominator(x, mask, mode, denominator, constant=const)
   pg_loss = reduce(per_token)
   kl = jnp.zeros_like(logp)
-  if algo.needs_reference:
+  if algo.requires("ref_logp"):
     kl = algo.kl_estimator(logp, mb.ref_logp_NxT)
-    if not algo.kl_in_reward:
+    if algo.kl_coef > 0 and not algo.kl_in_reward:
       per_token = per_token + algo.kl_coef * kl
   if algo.entropy_coef:
     per_token = per_token - algo.entropy_coef * stats.entropy_NxT
@@ -218,7 +220,7 @@ def value_loss(
 ):
   """Clipped value loss (token mean, or the batch's global token count as `denominator`).
   `values`: the critic's values of the batch when the caller computed them."""
-  mask = mb.completion_mask_NxT.astype(jnp.float32)
+  mask = mb.loss_mask_NxT.astype(jnp.float32)
   if values is None:
     values = completion_values(
       graphdef,
@@ -245,6 +247,22 @@ def _split(tree, parts: int):
   return jax.tree.map(lambda x: x.reshape(parts, x.shape[0] // parts, *x.shape[1:]), tree)
 
 
+@dataclasses.dataclass(frozen=True)
+class UpdateSpec:
+  """What `make_rl_update` fixes for every update (hashable: it keys the compiled programs)."""
+
+  graphdef: Any
+  algo: Algorithm
+  tx: optax.GradientTransformation
+  critic_tx: optax.GradientTransformation | None
+  num_minibatches: int
+  num_iterations: int
+  num_microbatches: int
+  temperature: float
+  logits_chunk: int
+  on_policy: bool
+
+
 def make_rl_update(
   graphdef,
   algo: Algorithm,
@@ -254,15 +272,14 @@ def make_rl_update(
   num_iterations: int = 1,
   num_microbatches: int = 1,
   temperature: float = 1.0,
-  aggregation_constant: float | None = None,
   critic_tx: optax.GradientTransformation | None = None,
-  group_size: int = 1,
   logits_chunk: int = 0,
   off_policy: bool = False,
   state_sharding=None,
   batch_sharding=None,
 ) -> Callable:
-  """Returns `update(state, batch, rng) -> (state, metrics)`, jitted with donated state.
+  """Returns `update(state, batch, rng, prompt_group_size=1) -> (state, metrics)`, jitted with
+  donated state.
 
   Each of `num_iterations` epochs shuffles the batch into `num_minibatches` minibatches, one
   optimizer step each. A minibatch is processed as `num_microbatches` micro-batches whose
@@ -273,8 +290,9 @@ def make_rl_update(
   loss (weight `algo.vf_coef`) and its own optimizer `critic_tx`; `params` below are then the
   pair (policy, critic), whose losses are independent.
 
-  `group_size` G > 1 says the batch's rows come in groups of G sharing one prompt (a rollout).
-  Minibatches are then shuffled by whole groups and each group's prompt is computed once
+  `prompt_group_size` G > 1 (static; the rollout declares it, `Rollout.prompt_group_size`) says
+  the batch's rows come in consecutive groups of G sharing one prompt. Minibatches are then
+  shuffled by whole groups and each group's prompt is computed once
   (`completion_logprobs(group_size=G)`) whenever every micro-batch holds whole groups; otherwise
   the prompt is computed per row. `logits_chunk` > 0 computes the log-softmax that many
   completion positions at a time. Neither changes the update beyond float rounding.
@@ -283,120 +301,150 @@ def make_rl_update(
   one-step-off asynchronous mode): the ratio then always uses `batch.old_logp_NxT`.
   """
   on_policy = num_minibatches == 1 and num_iterations == 1 and not off_policy
-
-  def loss_fn(params, mb, denominator, share):
-    policy_params, critic_params = params
-    stats = values = None
-    if algo.critic and shares_policy_trunk(critic_params):
-      # A value head on the policy's trunk: one trunk pass serves both heads.
-      stats, values = completion_logprobs_and_values(
-        graphdef,
-        policy_params,
-        critic_params["value_head"],
-        mb.prompt_NxP,
-        mb.prompt_mask_NxP,
-        mb.completion_NxT,
-        mb.completion_mask_NxT,
-        temperature=temperature,
-        with_entropy=True,
-        group_size=share,
-        logits_chunk=logits_chunk,
-      )
-    loss, metrics = rl_loss(
-      graphdef,
-      policy_params,
-      mb,
-      algo,
-      temperature=temperature,
-      on_policy=on_policy,
-      aggregation_constant=aggregation_constant,
-      denominator=denominator[0],
-      group_size=share,
-      logits_chunk=logits_chunk,
-      stats=stats,
-    )
-    if algo.critic:
-      # With a shared trunk the value loss also reaches the policy parameters.
-      vloss, vmetrics = value_loss(
-        graphdef,
-        critic_view(policy_params, critic_params),
-        mb,
-        algo,
-        denominator=denominator[1],
-        values=values,
-      )
-      loss = loss + algo.vf_coef * vloss
-      metrics.update(vmetrics, loss=loss)
-    return loss, metrics
-
-  loss_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
-
-  def minibatch_grads(params, mb, share):
-    mask = mb.completion_mask_NxT.astype(jnp.float32)
-    den = (
-      aggregation_denominator(mask, algo.aggregation, constant=aggregation_constant),
-      aggregation_denominator(mask, "token_mean"),
-    )
-    if num_microbatches == 1:
-      return loss_and_grad(params, mb, den, share)
-
-    def accumulate(carry, micro):
-      loss_sum, grad_sum = carry
-      (loss, metrics), grads = loss_and_grad(params, micro, den, share)
-      return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), metrics
-
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    (loss, grads), metrics = jax.lax.scan(
-      accumulate, (jnp.zeros(()), zeros), _split(mb, num_microbatches)
-    )
-    # Partial losses (global denominator) add up; per-micro-batch diagnostics are averaged.
-    metrics = {
-      k: jnp.sum(v) if k in ("loss", "pg_loss", "value_loss") else jnp.mean(v)
-      for k, v in metrics.items()
-    }
-    return (loss, metrics), grads
-
-  def minibatch_step(state, mb, share):
-    (loss, metrics), (grads, critic_grads) = minibatch_grads(
-      (state.params, state.critic_params), mb, share
-    )
-    state, ok = apply_gradients(state, grads, loss, tx, critic_grads, critic_tx)
-    metrics = dict(metrics, grad_norm=optax.tree.norm(grads), finite=ok.astype(jnp.float32))
-    return state, metrics
-
-  def update(state: TrainState, batch: TrainBatch, rng):
-    N = batch.completion_NxT.shape[0]
-    if N % (num_minibatches * num_microbatches):
-      raise ValueError(
-        f"batch of {N} sequences does not split into {num_minibatches} "
-        f"minibatches of {num_microbatches} micro-batches"
-      )
-
-    # Prompt sharing needs whole groups in every micro-batch.
-    share = group_size if (N // (num_minibatches * num_microbatches)) % group_size == 0 else 1
-
-    def epoch(state, rng_e):
-      if num_minibatches == 1:
-        mbs = _split(batch, 1)
-      else:  # shuffle whole groups (rows stay with their group, in order)
-        groups = jax.random.permutation(rng_e, N // share)
-        order = (groups[:, None] * share + jnp.arange(share)).reshape(N)
-        mbs = _split(jax.tree.map(lambda x: x[order], batch), num_minibatches)
-      return jax.lax.scan(functools.partial(minibatch_step, share=share), state, mbs)
-
-    state, metrics = jax.lax.scan(epoch, state, jax.random.split(rng, num_iterations))
-    metrics = jax.tree.map(jnp.mean, metrics)
-    metrics["skipped_updates"] = state.skipped
-    return state, metrics
-
+  spec = UpdateSpec(
+    graphdef,
+    algo,
+    tx,
+    critic_tx,
+    num_minibatches,
+    num_iterations,
+    num_microbatches,
+    temperature,
+    logits_chunk,
+    on_policy,
+  )
   shardings = {}
   if state_sharding is not None:
     shardings = dict(
       in_shardings=(state_sharding, batch_sharding, None), out_shardings=(state_sharding, None)
     )
-  return jax.jit(
-    update, donate_argnums=(0,), compiler_options=train_compiler_options(), **shardings
+
+  @functools.cache
+  def compiled(prompt_group_size: int):
+    fn = functools.partial(_update, spec, prompt_group_size=prompt_group_size)
+    return jax.jit(fn, donate_argnums=(0,), compiler_options=train_compiler_options(), **shardings)
+
+  def update(state: TrainState, batch: TrainBatch, rng, prompt_group_size: int = 1):
+    return compiled(prompt_group_size)(state, batch, rng)
+
+  update.on_policy = on_policy  # the ratio is exactly 1: old log-probs are not read
+  update.jitted = compiled  # prompt_group_size -> the jitted program (tests, jaxprs, caches)
+  return update
+
+
+def _update(spec: UpdateSpec, state: TrainState, batch: TrainBatch, rng, prompt_group_size: int):
+  """`num_iterations` epochs of `num_minibatches` optimizer steps, as nested `lax.scan`s."""
+  N = batch.completion_NxT.shape[0]
+  parts = spec.num_minibatches * spec.num_microbatches
+  if N % parts:
+    raise ValueError(
+      f"batch of {N} sequences does not split into {spec.num_minibatches} "
+      f"minibatches of {spec.num_microbatches} micro-batches"
+    )
+  if N % prompt_group_size:
+    raise ValueError(f"{N} rows do not form prompt groups of {prompt_group_size}")
+  # Prompt sharing needs whole groups in every micro-batch.
+  share = prompt_group_size if (N // parts) % prompt_group_size == 0 else 1
+
+  def epoch(state, rng_e):
+    if spec.num_minibatches == 1:
+      mbs = _split(batch, 1)
+    else:  # shuffle whole groups (rows stay with their group, in order)
+      groups = jax.random.permutation(rng_e, N // share)
+      order = (groups[:, None] * share + jnp.arange(share)).reshape(N)
+      mbs = _split(jax.tree.map(lambda x: x[order], batch), spec.num_minibatches)
+    return jax.lax.scan(functools.partial(_minibatch_step, spec, share=share), state, mbs)
+
+  state, metrics = jax.lax.scan(epoch, state, jax.random.split(rng, spec.num_iterations))
+  metrics = jax.tree.map(jnp.mean, metrics)
+  metrics["skipped_updates"] = state.skipped
+  return state, metrics
+
+
+def _loss(spec: UpdateSpec, params, mb: TrainBatch, denominator, share: int):
+  """Policy loss (+ the critic's value loss) of one micro-batch, and its diagnostics."""
+  algo, graphdef = spec.algo, spec.graphdef
+  policy_params, critic_params = params
+  stats = values = None
+  if algo.critic and shares_policy_trunk(critic_params):
+    # A value head on the policy's trunk: one trunk pass serves both heads.
+    stats, values = completion_logprobs_and_values(
+      graphdef,
+      policy_params,
+      critic_params["value_head"],
+      mb.prompt_NxP,
+      mb.prompt_mask_NxP,
+      mb.completion_NxT,
+      mb.completion_mask_NxT,
+      temperature=spec.temperature,
+      with_entropy=True,
+      group_size=share,
+      logits_chunk=spec.logits_chunk,
+    )
+  loss, metrics = rl_loss(
+    graphdef,
+    policy_params,
+    mb,
+    algo,
+    temperature=spec.temperature,
+    on_policy=spec.on_policy,
+    denominator=denominator[0],
+    group_size=share,
+    logits_chunk=spec.logits_chunk,
+    stats=stats,
   )
+  if algo.critic:
+    # With a shared trunk the value loss also reaches the policy parameters.
+    vloss, vmetrics = value_loss(
+      graphdef,
+      critic_view(policy_params, critic_params),
+      mb,
+      algo,
+      denominator=denominator[1],
+      values=values,
+    )
+    loss = loss + algo.vf_coef * vloss
+    metrics.update(vmetrics, loss=loss)
+  return loss, metrics
+
+
+def _minibatch_grads(spec: UpdateSpec, params, mb: TrainBatch, share: int):
+  """Loss, metrics and gradients of a minibatch, accumulated over `num_microbatches` with the
+  minibatch's global aggregation denominators (exact)."""
+  algo = spec.algo
+  mask = mb.loss_mask_NxT.astype(jnp.float32)
+  den = (
+    aggregation_denominator(mask, algo.aggregation, constant=algo.aggregation_constant),
+    aggregation_denominator(mask, "token_mean"),
+  )
+  loss_and_grad = jax.value_and_grad(functools.partial(_loss, spec), has_aux=True)
+  if spec.num_microbatches == 1:
+    return loss_and_grad(params, mb, den, share)
+
+  def accumulate(carry, micro):
+    loss_sum, grad_sum = carry
+    (loss, metrics), grads = loss_and_grad(params, micro, den, share)
+    return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), metrics
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  (loss, grads), metrics = jax.lax.scan(
+    accumulate, (jnp.zeros(()), zeros), _split(mb, spec.num_microbatches)
+  )
+  # Partial losses (global denominator) add up; per-micro-batch diagnostics are averaged.
+  metrics = {
+    k: jnp.sum(v) if k in ("loss", "pg_loss", "value_loss") else jnp.mean(v)
+    for k, v in metrics.items()
+  }
+  return (loss, metrics), grads
+
+
+def _minibatch_step(spec: UpdateSpec, state: TrainState, mb: TrainBatch, share: int):
+  (loss, metrics), (grads, critic_grads) = _minibatch_grads(
+    spec, (state.params, state.critic_params), mb, share
+  )
+  state, ok = apply_gradients(state, grads, loss, spec.tx, critic_grads, spec.critic_tx)
+  metrics = dict(metrics, grad_norm=optax.tree.norm(grads), finite=ok.astype(jnp.float32))
+  return state, metrics
 
 
 def make_value_fn(graphdef) -> Callable:
@@ -409,14 +457,13 @@ def make_value_fn(graphdef) -> Callable:
   return jax.jit(fn)
 
 
-def make_logprob_fn(
-  graphdef, *, temperature: float = 1.0, group_size: int = 1, logits_chunk: int = 0
-) -> Callable:
-  """Jitted `(params, batch) -> logp_NxT` for the reference and old-policy passes.
-  `group_size`, `logits_chunk`: as in `completion_logprobs` (groups must share prompts)."""
+def make_logprob_fn(graphdef, *, temperature: float = 1.0, logits_chunk: int = 0) -> Callable:
+  """Jitted `(params, prompt, prompt_mask, completion, completion_mask, prompt_group_size=1)
+  -> logp_NxT` for the reference and old-policy passes. `prompt_group_size` (static: declared
+  by the rollout) and `logits_chunk`: as `group_size` and `logits_chunk` of
+  `completion_logprobs`."""
 
-  def fn(params, prompt, prompt_mask, completion, completion_mask):
-    G = group_size if prompt.shape[0] % group_size == 0 else 1
+  def fn(params, prompt, prompt_mask, completion, completion_mask, prompt_group_size=1):
     return completion_logprobs(
       graphdef,
       params,
@@ -425,11 +472,13 @@ def make_logprob_fn(
       completion,
       completion_mask,
       temperature=temperature,
-      group_size=G,
+      group_size=prompt_group_size,
       logits_chunk=logits_chunk,
     ).logp_NxT
 
-  return jax.jit(fn, compiler_options=train_compiler_options())
+  return jax.jit(
+    fn, static_argnames=("prompt_group_size",), compiler_options=train_compiler_options()
+  )
 
 
 def sft_loss(graphdef, params, prompt, prompt_mask, target, target_mask):

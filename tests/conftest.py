@@ -17,7 +17,7 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 # took a lucky draw).
 SMALL_OVERRIDES = {
   "model.preset": "test",
-  "task.arithmetic.max_digits": "2",
+  "task.max_digits": "2",
   "sft.steps": "100",
   "sft.batch_size": "32",
   "train.steps": "6",
@@ -40,7 +40,10 @@ def small_config():
   def make(**overrides):
     cd = config_lib.load_config_file(os.path.join(root, "experiments", "default.py"))
     merged = dict(SMALL_OVERRIDES)
-    merged.update({k.replace("__", "."): str(v) for k, v in overrides.items()})
+    overrides = {k.replace("__", "."): str(v) for k, v in overrides.items()}
+    if "task.name" in overrides:  # another task: the arithmetic override does not apply
+      merged.pop("task.max_digits")
+    merged.update(overrides)
     return config_lib.from_configdict(config_lib.apply_overrides(cd, merged))
 
   return make

@@ -22,17 +22,31 @@ def make_batch(N=16, P=8, T=6, V=17, seed=0):
   prompt_mask[::3, :2] = False  # some rows left-padded
   lengths = rng.integers(1, T + 1, N)
   completion_mask = np.arange(T)[None] < lengths[:, None]
-  rewards = rng.random((N // 4, 4)).astype(np.float32)
-  adv = np.asarray(algorithms.grpo().advantages(jnp.asarray(rewards))).reshape(-1)
+  rewards = rng.random(N).astype(np.float32)
+  inputs = algorithms.AdvantageInputs(
+    rewards_N=jnp.asarray(rewards),
+    loss_mask_NxT=jnp.ones((N, 1), jnp.float32),
+    logp_NxT=jnp.zeros((N, 1)),
+    ref_logp_NxT=None,
+    values_NxT=None,
+    group_index_BxG=jnp.arange(N).reshape(N // 4, 4),  # groups of 4 consecutive rows
+  )
+  adv = np.asarray(algorithms.compute_advantages(algorithms.grpo(), inputs)[0])[:, 0]
   return TrainBatch(
     prompt_NxP=rng.integers(3, V, (N, P)).astype(np.int32),
     prompt_mask_NxP=prompt_mask,
     completion_NxT=rng.integers(3, V, (N, T)).astype(np.int32),
     completion_mask_NxT=completion_mask,
+    loss_mask_NxT=completion_mask,
     adv_NxT=np.broadcast_to(adv[:, None], (N, T)).astype(np.float32),
     old_logp_NxT=np.zeros((N, T), np.float32),
     ref_logp_NxT=(-2.0 - rng.random((N, T))).astype(np.float32),
   )
+
+
+def jit_cache_size(update, prompt_group_size=1) -> int:
+  """Entries in the jit cache of `make_rl_update`'s program for `prompt_group_size`."""
+  return update.jitted(prompt_group_size)._cache_size()
 
 
 def two_steps(mesh):
@@ -52,7 +66,7 @@ def two_steps(mesh):
   for i in range(2):
     state, m = update(state, batch, jax.random.key(i))
     losses.append(float(m["loss"]))
-    sizes.append(update._cache_size())
+    sizes.append(jit_cache_size(update))
   specs = {
     parallel.path_str(p): str(x.sharding.spec)
     for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]
@@ -72,11 +86,11 @@ def split_invariance(mesh_one, mesh_eight):
   batch = make_batch(N=16, seed=5)
   out = {}
   for mode in AGGREGATION_MODES:
-    algo = dataclasses.replace(algorithms.grpo(kl_coef=0.04), aggregation=mode)
+    algo = dataclasses.replace(
+      algorithms.grpo(kl_coef=0.04), aggregation=mode, aggregation_constant=6
+    )
     fn = jax.value_and_grad(
-      lambda p, b: trainer.rl_loss(
-        graphdef, p, b, algo, temperature=1.0, on_policy=True, aggregation_constant=6
-      )[0]
+      lambda p, b: trainer.rl_loss(graphdef, p, b, algo, temperature=1.0, on_policy=True)[0]
     )
     results = []
     for mesh in (mesh_one, mesh_eight):

@@ -39,11 +39,11 @@ def test_overrides_are_typed():
       "train.steps": "6",
       "algorithm.kl_coef": "0.1",
       "log.tensorboard": "false",
-      "task.arithmetic.ops": "+-",
+      "task.ops": "+-",
     },
   )
   c = config_lib.from_configdict(cd)
-  assert (c.train.steps, c.algorithm.kl_coef, c.log.tensorboard, c.task.arithmetic.ops) == (
+  assert (c.train.steps, c.algorithm.args["kl_coef"], c.log.tensorboard, c.task.args["ops"]) == (
     6,
     0.1,
     False,

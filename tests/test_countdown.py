@@ -10,6 +10,7 @@ import pytest
 
 from rl_jax.tasks.base import Example
 from rl_jax.tasks.countdown import MAX_DEPTH, CountdownTask, parse_expression, problem_key, solve
+from rl_jax.tokenizers import CharTokenizer
 
 PROMPT = re.compile(r"^(\d+(?:,\d+)*):(\d+)=$")
 
@@ -22,7 +23,7 @@ def _example(numbers, target):
 
 def _score(task, numbers, target, completions):
   scores = task.score([_example(numbers, target)] * len(completions), completions)
-  return scores.rewards.tolist(), scores.correct.tolist()
+  return scores["reward"].tolist(), scores["correct"].tolist()
 
 
 # --- parser ---------------------------------------------------------------------------
@@ -164,15 +165,15 @@ def test_score_hostile_input_is_zero_and_fast():
   start = time.perf_counter()
   scores = task.score([_example((3, 7, 12), 29)] * len(hostile), hostile)
   assert time.perf_counter() - start < 0.5
-  assert scores.rewards.tolist() == [0.0] * len(hostile)
-  assert not scores.correct.any()
+  assert scores["reward"].tolist() == [0.0] * len(hostile)
+  assert not scores["correct"].any()
 
 
 def test_score_types_and_prompt_fallback():
   task = CountdownTask()
   scores = task.score([Example(prompt="3,7,12:29=", answer="12*3-7")], ["3*12-7"])
-  assert scores.rewards.dtype == np.float32 and scores.correct.dtype == bool
-  assert scores.correct.tolist() == [True]  # the problem is read from the prompt without meta
+  assert scores["reward"].dtype == np.float32 and scores["correct"].dtype == bool
+  assert scores["correct"].tolist() == [True]  # the problem is read from the prompt without meta
 
 
 # --- generator and split -----------------------------------------------------------------
@@ -187,16 +188,16 @@ def _check_example(task, ex):
   assert all(1 <= x <= task.max_number for x in numbers)
   assert 1 <= target <= task.max_target
   assert task.sft_target(ex) == ex.answer
-  assert len(task.tokenizer.encode(ex.prompt, bos=True)) <= task.max_prompt_len
-  assert len(task.tokenizer.encode(ex.answer, eos=True)) <= task.max_answer_len
+  assert len(CharTokenizer(task.alphabet()).encode_prompt(ex.prompt)) <= task.max_prompt_len
+  assert len(CharTokenizer(task.alphabet()).encode(ex.answer, eos=True)) <= task.max_answer_len
 
 
 def test_default_lengths():
   task = CountdownTask()
   assert task.name == "countdown"
   # bos + "dd,dd,dd:ddd=" is 14 tokens; "18/(20-17)" + eos is 11.
-  assert (task.max_prompt_len, task.max_answer_len) == (14, 11)
-  assert task.tokenizer.vocab_size == 3 + 20
+  assert task.max_lengths(CharTokenizer(task.alphabet())) == (14, 11)
+  assert CharTokenizer(task.alphabet()).vocab_size == 3 + 20
 
 
 @pytest.mark.parametrize(
@@ -217,14 +218,16 @@ def test_generated_answers_are_correct_and_fit(kwargs):
   for ex in examples:
     _check_example(task, ex)
   scores = task.score(examples, [ex.answer for ex in examples])
-  assert scores.correct.all() and (scores.rewards == 1).all()
+  assert scores["correct"].all() and (scores["reward"] == 1).all()
 
 
 def test_default_length_bounds_are_attained():
   task = CountdownTask()
   examples = task.train_examples(np.random.default_rng(2), 5000)
-  assert max(len(task.tokenizer.encode(ex.prompt, bos=True)) for ex in examples) == 14
-  assert max(len(task.tokenizer.encode(ex.answer, eos=True)) for ex in examples) == 11
+  assert max(len(CharTokenizer(task.alphabet()).encode_prompt(ex.prompt)) for ex in examples) == 14
+  assert (
+    max(len(CharTokenizer(task.alphabet()).encode(ex.answer, eos=True)) for ex in examples) == 11
+  )
 
 
 def test_generator_uses_every_operator_and_parentheses():
@@ -273,7 +276,7 @@ def test_solve_generated_problems():
     numbers, target = ex.meta
     expr = solve(numbers, target)
     assert expr is not None, ex
-    assert task.score([ex], [expr]).correct.tolist() == [True], (ex, expr)
+    assert task.score([ex], [expr])["correct"].tolist() == [True], (ex, expr)
 
 
 def test_solve_defaults_and_impossible():
@@ -294,14 +297,14 @@ def test_solve_defaults_and_impossible():
 @pytest.mark.parametrize(
   "kwargs, field",
   [
-    ({"num_numbers": 1}, "task.countdown.num_numbers"),
-    ({"num_numbers": 6}, "task.countdown.num_numbers"),
-    ({"max_number": 1}, "task.countdown.max_number"),
-    ({"max_target": 0}, "task.countdown.max_target"),
-    ({"heldout_fraction": 0.0}, "task.countdown.heldout_fraction"),
-    ({"heldout_fraction": 1.0}, "task.countdown.heldout_fraction"),
-    ({"format_reward": -0.1}, "task.countdown.format_reward"),
-    ({"format_reward": 1.0}, "task.countdown.format_reward"),
+    ({"num_numbers": 1}, "task.num_numbers"),
+    ({"num_numbers": 6}, "task.num_numbers"),
+    ({"max_number": 1}, "task.max_number"),
+    ({"max_target": 0}, "task.max_target"),
+    ({"heldout_fraction": 0.0}, "task.heldout_fraction"),
+    ({"heldout_fraction": 1.0}, "task.heldout_fraction"),
+    ({"format_reward": -0.1}, "task.format_reward"),
+    ({"format_reward": 1.0}, "task.format_reward"),
   ],
 )
 def test_constructor_validation(kwargs, field):

@@ -2,6 +2,8 @@
 a group's prompt computed once and shared by its G completions, the chunked log-softmax, and
 rematerialised blocks. Values and gradients are compared at float32 rounding."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,6 +95,24 @@ def test_shared_prompt_rejects_rows_that_do_not_form_groups():
     completion_logprobs(graphdef, params, pr, pm, c, cm, group_size=5)
 
 
+def test_logprob_fn_and_update_reject_rows_that_do_not_form_prompt_groups():
+  """A declared prompt group size that does not divide the rows is an error, never a silent
+  fallback to per-row prompts."""
+  cfg = transformer.preset("test", V)
+  graphdef, params = transformer.init_model(cfg, 0)
+  pr, pm, c, cm = _grouped_batch()
+  fn = trainer.make_logprob_fn(graphdef)
+  with pytest.raises(ValueError, match="groups of 5"):
+    fn(params, pr, pm, c, cm, prompt_group_size=5)
+  N = B * G
+  zeros = np.zeros((N, T), np.float32)
+  batch = TrainBatch(pr, pm, c, cm, cm, zeros, zeros, zeros)
+  tx = optax.sgd(1.0)
+  update = trainer.make_rl_update(graphdef, algorithms.grpo(kl_coef=0.0), tx)
+  with pytest.raises(ValueError, match="prompt groups of 5"):
+    update(trainer.init_state(params, tx), batch, jax.random.key(0), prompt_group_size=5)
+
+
 def test_remat_blocks_give_the_same_gradient():
   cfg = transformer.preset("test", V)
   graphdef, params = transformer.init_model(cfg, 0)
@@ -103,7 +123,7 @@ def test_remat_blocks_give_the_same_gradient():
 
 @pytest.mark.parametrize("micro", [1, 3])
 def test_update_with_shared_prompts_equals_the_per_row_update(micro):
-  """`make_rl_update(group_size=G)` computes each prompt once; with whole groups per
+  """`update(..., prompt_group_size=G)` computes each prompt once; with whole groups per
   micro-batch (one micro-batch of 12 rows, or 3 of 4 rows = one group each) the update equals
   the per-row one."""
   cfg = transformer.preset("test", V)
@@ -113,16 +133,17 @@ def test_update_with_shared_prompts_equals_the_per_row_update(micro):
   rng = np.random.default_rng(3)
   adv = np.repeat(rng.normal(size=(N, 1)), T, 1).astype(np.float32)
   ref = np.log(np.full((N, T), 1.0 / V, np.float32))
-  batch = TrainBatch(pr, pm, c, cm, adv, np.zeros((N, T), np.float32), ref)
-  algo = algorithms.grpo(kl_coef=0.05)
+  batch = TrainBatch(pr, pm, c, cm, cm, adv, np.zeros((N, T), np.float32), ref)
+  algo = dataclasses.replace(algorithms.grpo(kl_coef=0.05), aggregation_constant=T)
   tx = optax.sgd(1.0)
   outs = []
+  update = trainer.make_rl_update(graphdef, algo, tx, num_microbatches=micro)
   for group_size in (1, G):
-    update = trainer.make_rl_update(
-      graphdef, algo, tx, num_microbatches=micro, aggregation_constant=T, group_size=group_size
-    )
     state, m = update(
-      trainer.init_state(jax.tree.map(jnp.copy, params), tx), batch, jax.random.key(0)
+      trainer.init_state(jax.tree.map(jnp.copy, params), tx),
+      batch,
+      jax.random.key(0),
+      prompt_group_size=group_size,
     )
     outs.append((state.params, m))
   for x, y in zip(jax.tree.leaves(outs[0][0]), jax.tree.leaves(outs[1][0])):
@@ -138,19 +159,20 @@ def test_update_falls_back_to_per_row_prompts_when_micro_batches_split_groups():
   pr, pm, c, cm = _grouped_batch()
   N = B * G
   adv = np.repeat(np.linspace(-1, 1, N)[:, None], T, 1).astype(np.float32)
-  batch = TrainBatch(pr, pm, c, cm, adv, np.zeros((N, T), np.float32), np.zeros((N, T), np.float32))
-  algo = algorithms.grpo(kl_coef=0.0)
+  zeros = np.zeros((N, T), np.float32)
+  batch = TrainBatch(pr, pm, c, cm, cm, adv, zeros, zeros)
+  algo = dataclasses.replace(algorithms.grpo(kl_coef=0.0), aggregation_constant=T)
   tx = optax.sgd(1.0)
   states = []
+  update = trainer.make_rl_update(graphdef, algo, tx, num_microbatches=6)
   for group_size in (1, G):
-    update = trainer.make_rl_update(
-      graphdef, algo, tx, num_microbatches=6, aggregation_constant=T, group_size=group_size
+    state, _ = update(
+      trainer.init_state(jax.tree.map(jnp.copy, params), tx),
+      batch,
+      jax.random.key(0),
+      prompt_group_size=group_size,
     )
-    states.append(
-      update(trainer.init_state(jax.tree.map(jnp.copy, params), tx), batch, jax.random.key(0))[
-        0
-      ].params
-    )
+    states.append(state.params)
   for x, y in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
     np.testing.assert_allclose(x, y, atol=1e-6)
 
@@ -169,14 +191,14 @@ def test_group_shuffle_keeps_groups_whole():
   cm = np.ones((N, T), bool)
   adv = np.repeat(rng.normal(size=(N, 1)), T, 1).astype(np.float32)
   zeros = np.zeros((N, T), np.float32)
-  batch = TrainBatch(prompt, pm, c, cm, adv, zeros, zeros)
-  algo = algorithms.grpo(kl_coef=0.0)
+  batch = TrainBatch(prompt, pm, c, cm, cm, adv, zeros, zeros)
+  algo = dataclasses.replace(algorithms.grpo(kl_coef=0.0), aggregation_constant=T)
   tx = optax.sgd(0.5)
   key = jax.random.key(7)
-  update = trainer.make_rl_update(
-    graphdef, algo, tx, num_minibatches=2, aggregation_constant=T, group_size=Gs
-  )
-  got = update(trainer.init_state(jax.tree.map(jnp.copy, params), tx), batch, key)[0].params
+  update = trainer.make_rl_update(graphdef, algo, tx, num_minibatches=2)
+  got = update(
+    trainer.init_state(jax.tree.map(jnp.copy, params), tx), batch, key, prompt_group_size=Gs
+  )[0].params
   # By hand: the epoch key, the group permutation, two plain SGD steps.
   (epoch_key,) = jax.random.split(key, 1)
   groups = np.asarray(jax.random.permutation(epoch_key, N // Gs))
@@ -184,9 +206,7 @@ def test_group_shuffle_keeps_groups_whole():
   p = params
   grad = jax.jit(
     jax.grad(
-      lambda q, mb: trainer.rl_loss(
-        graphdef, q, mb, algo, temperature=1.0, on_policy=False, aggregation_constant=T
-      )[0]
+      lambda q, mb: trainer.rl_loss(graphdef, q, mb, algo, temperature=1.0, on_policy=False)[0]
     )
   )
   for half in (order[:6], order[6:]):
@@ -209,7 +229,7 @@ def test_fused_attention_matches_einsum_attention():
     _assert_same(
       _objective(graphdef_f, batch, **kw)(params), _objective(graphdef, batch, **kw)(params)
     )
-  cfg = SamplingConfig(max_new_tokens=5, temperature=0.0, eos_id=-1)
+  cfg = SamplingConfig(max_new_tokens=5, temperature=0.0, stop_ids=())
   prompts, pmask = batch[0][::G], batch[1][::G]
   a = generate(graphdef, params, prompts, pmask, jax.random.key(0), cfg=cfg)
   b = generate(graphdef_f, params, prompts, pmask, jax.random.key(0), cfg=cfg)

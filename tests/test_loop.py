@@ -143,7 +143,7 @@ def test_async_rollout_samples_each_step_from_the_parameters_one_update_behind(t
 
   # Partial credit makes step 1's rewards vary within groups whatever the draws, so update 1
   # moves the policy and the synchronous step 2 must differ.
-  common = {"train.steps": 3, "eval.every": 0, "task.arithmetic.partial_credit": 0.5}
+  common = {"train.steps": 3, "eval.every": 0, "task.partial_credit": 0.5}
   cfg = make_small_config(**common, **{"train.async_rollout": True})
   sync_cfg = make_small_config(**common)
   _run(cfg, tmp_path / "async")
@@ -156,10 +156,12 @@ def test_async_rollout_samples_each_step_from_the_parameters_one_update_behind(t
   assert all(np.isfinite(r["loss"]) and r["skipped_updates"] == 0 for r in rows)
 
   exp = loop.Experiment.build(cfg)
-  warm = Checkpointer(str(tmp_path / "async")).restore_reference(exp.init_params(cfg.seed))
+  warm = Checkpointer(str(tmp_path / "async")).restore_reference(
+    exp.policy.init_params(cfg.seed, exp.mesh)
+  )
   root = jax.random.key(cfg.seed)
   key2 = jax.random.split(jax.random.fold_in(root, 2))[0]
-  roll, metrics = loop.collect_rollout(exp, warm, 2, key2)
+  roll, metrics = exp.step.collect(warm, 2, key2)
   assert metrics["reward_mean"] == rows[1]["reward_mean"]
   assert metrics["response_len_mean"] == rows[1]["response_len_mean"]
   # The synchronous run trains step 2 on a batch sampled from the updated parameters.

@@ -1,4 +1,5 @@
-"""Tests of rl_jax.sampling.sampler: sampler == forward pass, EOS handling, groups, no recompiles.
+"""Tests of rl_jax.sampling.sampler: sampler == forward pass, stop ids, groups, key schedule,
+no recompiles.
 
 Dimensions are pairwise distinct so shape mix-ups fail: V=37, D=41, H=4, K=2, Dh=10, F=53,
 B=3 prompts of P=7 slots (left padded to 7, 4 and 2 real tokens), G=3, T=11.
@@ -21,6 +22,7 @@ CFG = transformer.TransformerConfig(
 )
 B, P, G, T = 3, 7, 3, 11
 LENGTHS = (7, 4, 2)
+STOP = (2,)  # CharTokenizer's EOS id, which the random model emits: rows end at different lengths
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +48,14 @@ def _check_layout(s, cfg: SamplingConfig, n):
   assert tokens.shape == logp.shape == mask.shape == (n, cfg.max_new_tokens)
   assert tokens.dtype == np.int32 and logp.dtype == np.float32 and mask.dtype == bool
   assert lengths.shape == (n,) and lengths.dtype == np.int32
-  # The mask is a prefix of length `lengths`, ending at the first EOS (if any).
+  # The mask is a prefix of length `lengths`, ending at the first stop id (if any).
   np.testing.assert_array_equal(mask, np.arange(cfg.max_new_tokens)[None] < lengths[:, None])
   for row, length in zip(tokens, lengths):
-    eos_at = np.flatnonzero(row[:length] == cfg.eos_id)
+    stop_at = np.flatnonzero(np.isin(row[:length], list(cfg.stop_ids)))
     assert (
-      eos_at.size == 0
+      stop_at.size == 0
       and length == cfg.max_new_tokens
-      or (eos_at.size == 1 and eos_at[0] == length - 1)
+      or (stop_at.size == 1 and stop_at[0] == length - 1)
     ), (row, length)
   assert np.all(tokens[~mask] == cfg.pad_id)
   assert np.all(logp[~mask] == 0.0)
@@ -66,7 +68,7 @@ def _check_layout(s, cfg: SamplingConfig, n):
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_sampler_logp_equals_completion_logprobs(model, temperature):
   graphdef, params = model
-  cfg = SamplingConfig(max_new_tokens=T, temperature=temperature)
+  cfg = SamplingConfig(max_new_tokens=T, temperature=temperature, stop_ids=STOP)
   prompt, prompt_mask = _prompts(0)
   s = generate(graphdef, params, prompt, prompt_mask, jax.random.key(1), cfg=cfg, group_size=G)
   _check_layout(s, cfg, B * G)
@@ -90,7 +92,7 @@ def test_sampler_logp_equals_completion_logprobs(model, temperature):
 
 def test_group_rows_differ_and_rng_is_deterministic(model):
   graphdef, params = model
-  cfg = SamplingConfig(max_new_tokens=T, temperature=1.0)  # same compile as above
+  cfg = SamplingConfig(max_new_tokens=T, temperature=1.0, stop_ids=STOP)  # same compile as above
   prompt, prompt_mask = _prompts(0)
   s = generate(graphdef, params, prompt, prompt_mask, jax.random.key(2), cfg=cfg, group_size=G)
   tokens = np.asarray(s.tokens_NxT).reshape(B, G, T)
@@ -112,7 +114,7 @@ def _full_logits(graphdef, params, tokens_NxL, mask_NxL):
   return transformer.merge(graphdef, params)(tokens_NxL, positions, mask_NxL)[0]
 
 
-def _greedy_reference(graphdef, params, prompt, prompt_mask, steps, eos_id, pad_id):
+def _greedy_reference(graphdef, params, prompt, prompt_mask, steps, stop_ids, pad_id):
   """Argmax decoding by re-running the whole sequence without a cache at every step."""
   n = prompt.shape[0]
   tokens = np.concatenate([prompt, np.full((n, steps), pad_id, np.int32)], axis=1)
@@ -122,20 +124,20 @@ def _greedy_reference(graphdef, params, prompt, prompt_mask, steps, eos_id, pad_
     logits = np.asarray(_full_logits(graphdef, params, tokens, mask))
     tokens[:, P + t] = logits[:, P - 1 + t].argmax(-1)
   out = tokens[:, P:]
-  for row in out:  # everything after the first EOS becomes padding
-    eos_at = np.flatnonzero(row == eos_id)
-    if eos_at.size:
-      row[eos_at[0] + 1 :] = pad_id
+  for row in out:  # everything after the first stop id becomes padding
+    stop_at = np.flatnonzero(np.isin(row, list(stop_ids)))
+    if stop_at.size:
+      row[stop_at[0] + 1 :] = pad_id
   return out
 
 
 def test_greedy_equals_argmax_loop_without_cache(model):
   graphdef, params = model
-  cfg = SamplingConfig(max_new_tokens=T, temperature=0.0)
+  cfg = SamplingConfig(max_new_tokens=T, temperature=0.0, stop_ids=STOP)
   prompt, prompt_mask = _prompts(4)
   s = generate(graphdef, params, prompt, prompt_mask, jax.random.key(5), cfg=cfg, group_size=G)
   _check_layout(s, cfg, B * G)
-  expected = _greedy_reference(graphdef, params, prompt, prompt_mask, T, cfg.eos_id, cfg.pad_id)
+  expected = _greedy_reference(graphdef, params, prompt, prompt_mask, T, cfg.stop_ids, cfg.pad_id)
   # Every sample of a group sees the same prompt: greedy makes them identical.
   np.testing.assert_array_equal(s.tokens_NxT, _rep(expected, G))
   # Greedy log-probs are those of the untempered policy.
@@ -154,7 +156,7 @@ def test_top_k_1_equals_greedy(model):
     prompt,
     prompt_mask,
     jax.random.key(0),
-    cfg=SamplingConfig(max_new_tokens=T, temperature=0.0),
+    cfg=SamplingConfig(max_new_tokens=T, temperature=0.0, stop_ids=STOP),
     group_size=G,
   )
   top1 = generate(
@@ -163,7 +165,7 @@ def test_top_k_1_equals_greedy(model):
     prompt,
     prompt_mask,
     jax.random.key(7),
-    cfg=SamplingConfig(max_new_tokens=T, temperature=1.0, top_k=1),
+    cfg=SamplingConfig(max_new_tokens=T, temperature=1.0, top_k=1, stop_ids=STOP),
     group_size=G,
   )
   np.testing.assert_array_equal(top1.tokens_NxT, greedy.tokens_NxT)
@@ -219,7 +221,7 @@ def bigram(model):
 
 def test_eos_ends_sequences_and_pads_after(bigram):
   graphdef, params = bigram
-  cfg = SamplingConfig(max_new_tokens=7, temperature=1.0, eos_id=EOS_ID, pad_id=PAD_ID)
+  cfg = SamplingConfig(max_new_tokens=7, temperature=1.0, stop_ids=(EOS_ID,), pad_id=PAD_ID)
   prompt, prompt_mask = _prompts(8, lengths=(5, 3, 6))
   prompt[:, -1] = [10, 20, 30]
   s = generate(graphdef, params, prompt, prompt_mask, jax.random.key(9), cfg=cfg, group_size=2)
@@ -239,7 +241,7 @@ def test_eos_ends_sequences_and_pads_after(bigram):
 
 def test_decoding_stops_when_every_row_has_ended(bigram):
   graphdef, params = bigram
-  cfg = SamplingConfig(max_new_tokens=7, temperature=0.0, eos_id=EOS_ID, pad_id=PAD_ID)
+  cfg = SamplingConfig(max_new_tokens=7, temperature=0.0, stop_ids=(EOS_ID,), pad_id=PAD_ID)
   prompt, prompt_mask = _prompts(10, lengths=(2, 7))
   prompt[:, -1] = [20, 10]
   s = generate(graphdef, params, prompt, prompt_mask, jax.random.key(0), cfg=cfg, group_size=1)
@@ -248,6 +250,44 @@ def test_decoding_stops_when_every_row_has_ended(bigram):
     s.tokens_NxT, [[EOS_ID] + [PAD_ID] * 6, [11, 12, EOS_ID] + [PAD_ID] * 4]
   )
   np.testing.assert_array_equal(s.lengths_N, [1, 3])
+
+
+def test_a_row_ends_at_the_first_of_several_stop_ids(model):
+  """Every id of `stop_ids` ends a row, whichever comes first: the model would say EOS then
+  STOP2 after 10, and STOP2 then EOS after 20; with both stop ids each row ends at its first,
+  the tokens after it are pad and out of the mask. With one stop id alone the other is an
+  ordinary token, so it is the second stop id that ended the row."""
+  graphdef, params = model
+  stop2 = 4
+  chain = {
+    10: 11,
+    11: EOS_ID,  # prompt ending in 10: "11 EOS STOP2 EOS ..."
+    20: 21,
+    21: stop2,  # prompt ending in 20: "21 STOP2 EOS STOP2 ..."
+    EOS_ID: stop2,
+    stop2: EOS_ID,
+    30: 31,
+    31: 32,
+    32: 30,  # prompt ending in 30: a cycle without a stop id
+    PAD_ID: 5,
+  }
+  params = _bigram_params(params, chain)
+  prompt, prompt_mask = _prompts(16, lengths=(5, 3, 6))
+  prompt[:, -1] = [10, 20, 30]
+  cycle = [31, 32, 30, 31, 32, 30, 31]
+  pads = lambda n: [PAD_ID] * n
+  for stop_ids, expected_tokens in [
+    ((EOS_ID, stop2), [[11, EOS_ID] + pads(5), [21, stop2] + pads(5), cycle]),
+    ((stop2, EOS_ID), [[11, EOS_ID] + pads(5), [21, stop2] + pads(5), cycle]),
+    ((EOS_ID,), [[11, EOS_ID] + pads(5), [21, stop2, EOS_ID] + pads(4), cycle]),
+  ]:
+    cfg = SamplingConfig(max_new_tokens=7, temperature=1.0, stop_ids=stop_ids, pad_id=PAD_ID)
+    s = generate(graphdef, params, prompt, prompt_mask, jax.random.key(17), cfg=cfg, group_size=2)
+    _check_layout(s, cfg, 6)
+    expected = _rep(expected_tokens, 2)
+    np.testing.assert_array_equal(s.tokens_NxT, expected, err_msg=str(stop_ids))
+    np.testing.assert_array_equal(s.mask_NxT, expected != PAD_ID, err_msg=str(stop_ids))
+    np.testing.assert_array_equal(s.lengths_N, np.sum(expected != PAD_ID, axis=1))
 
 
 # --- filter_logits --------------------------------------------------------------
@@ -298,7 +338,7 @@ def test_top_p_is_per_row_and_composes_with_top_k():
 
 def test_no_recompilation_for_new_prompts_rng_and_params(model):
   graphdef, params = model
-  cfg = SamplingConfig(max_new_tokens=T, temperature=1.0)
+  cfg = SamplingConfig(max_new_tokens=T, temperature=1.0, stop_ids=STOP)
   prompt, prompt_mask = _prompts(11)
   generate(graphdef, params, prompt, prompt_mask, jax.random.key(0), cfg=cfg, group_size=G)
   compiled = sampler._generate._cache_size()
@@ -333,9 +373,9 @@ def test_cache_phases_do_not_change_the_samples(model):
   prompts and an EOS that ends some rows early; and the log-probs still equal the trainer's."""
   graphdef, params = model
   prompt, prompt_mask = _prompts(11)
-  for temperature, eos in ((1.0, 5), (0.0, -1)):
+  for temperature, stops in ((1.0, (5,)), (0.0, ())):
     one, phased = (
-      SamplingConfig(max_new_tokens=40, temperature=temperature, eos_id=eos, cache_phases=k)
+      SamplingConfig(max_new_tokens=40, temperature=temperature, stop_ids=stops, cache_phases=k)
       for k in (1, 4)
     )
     assert phased.phase_bounds() == [0, 16, 32, 40] and one.phase_bounds() == [0, 40]
@@ -362,9 +402,9 @@ def test_streams_do_not_change_the_samples(model):
   and greedy. A second call with new inputs compiles nothing new."""
   graphdef, params = model
   prompt, prompt_mask = _prompts(13, lengths=(7, 4, 2, 5))
-  for temperature, eos in ((1.0, 5), (0.0, -1)):
+  for temperature, stops in ((1.0, (5,)), (0.0, ())):
     cfgs = [
-      SamplingConfig(max_new_tokens=T, temperature=temperature, eos_id=eos, streams=k)
+      SamplingConfig(max_new_tokens=T, temperature=temperature, stop_ids=stops, streams=k)
       for k in (1, 2, 4)
     ]
     one, *split = [
@@ -396,7 +436,7 @@ def test_groups_sharing_their_prompt_sample_as_rows_with_repeated_prompts(model)
   early, over several cache phases."""
   graphdef, params = model
   prompt, prompt_mask = _prompts(15)
-  cfg = SamplingConfig(max_new_tokens=40, eos_id=5, cache_phases=3, streams=1)
+  cfg = SamplingConfig(max_new_tokens=40, stop_ids=(5,), cache_phases=3, streams=1)
   assert len(cfg.phase_bounds()) == 4  # three phases
   shared = generate(graphdef, params, prompt, prompt_mask, jax.random.key(9), cfg=cfg, group_size=G)
   per_row = generate(
@@ -413,6 +453,127 @@ def test_groups_sharing_their_prompt_sample_as_rows_with_repeated_prompts(model)
   np.testing.assert_allclose(shared.logp_NxT, per_row.logp_NxT, atol=1e-5)
   assert 0 < int(np.asarray(shared.lengths_N).min()) < 40  # some rows ended at EOS
   assert int(np.asarray(shared.lengths_N).max()) > 32  # and some reached the last phase
+
+
+# --- key schedule and continuations ------------------------------------------------
+
+
+def test_start_n_shifts_each_rows_key_schedule(model):
+  """Row n's token at completion position t draws from fold_in(fold_in(key, n), t), and
+  `start_N` is each row's first position. With a model whose logits are 0 whatever the input
+  (a uniform policy: the draws depend on the keys alone), T tokens from start s_n are tokens
+  s_n .. s_n + T - 1 of a run from 0, and both are the documented key schedule; also when the
+  batch is decoded as 2 streams, each with its slice of `start_N`."""
+  graphdef, params = model
+  uniform = _bigram_params(params, {})  # lm_head = 0: every logit is 0
+  prompt, prompt_mask = _prompts(18, lengths=(7, 4, 2, 5))
+  N, S, key = 4 * G, 5, jax.random.key(19)
+  start_N = np.asarray([0, 3, 5, 1, 2, 4, 5, 0, 3, 2, 1, 4], np.int32)
+  assert start_N.shape == (N,) and start_N.max() == S
+  ref = generate(
+    graphdef,
+    uniform,
+    prompt,
+    prompt_mask,
+    key,
+    cfg=SamplingConfig(max_new_tokens=T + S, streams=1),
+    group_size=G,
+  )
+  shifted = generate(
+    graphdef,
+    uniform,
+    prompt,
+    prompt_mask,
+    key,
+    cfg=SamplingConfig(max_new_tokens=T, streams=2),
+    group_size=G,
+    start_N=start_N,
+  )
+  ref_tokens = np.asarray(ref.tokens_NxT)
+  window = (start_N[:, None] + np.arange(T)[None]).astype(np.int32)
+  np.testing.assert_array_equal(shifted.tokens_NxT, np.take_along_axis(ref_tokens, window, 1))
+  np.testing.assert_array_equal(shifted.lengths_N, np.full(N, T))  # no stop ids: never ends
+  np.testing.assert_allclose(shifted.logp_NxT, -np.log(CFG.vocab_size), rtol=1e-6)
+  # The schedule itself: the uniform draw of key fold_in(fold_in(key, n), t).
+  row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(N))
+  keys_NxT = jax.vmap(lambda k, ts: jax.vmap(jax.random.fold_in, in_axes=(None, 0))(k, ts))(
+    row_keys, jnp.asarray(window)
+  )
+  zeros = jnp.zeros((N * T, CFG.vocab_size), jnp.float32)
+  tok, _ = sampler._choose(keys_NxT.reshape(N * T), zeros, SamplingConfig(max_new_tokens=1))
+  np.testing.assert_array_equal(shifted.tokens_NxT, np.asarray(tok).reshape(N, T))
+  # Rows of a group and the positions of a row draw different tokens: the keys differ.
+  assert len({tuple(r) for r in ref_tokens}) == N
+  assert all(len(set(r)) > 3 for r in ref_tokens.tolist())
+
+
+def test_start_n_is_reproducible_and_leaves_greedy_unchanged(model):
+  """With the real model: the same key and `start_N` give the same samples, other starts give
+  other samples, and greedy decoding (no draws) does not depend on `start_N`."""
+  graphdef, params = model
+  prompt, prompt_mask = _prompts(0)
+  run = lambda cfg, start_N: generate(
+    graphdef,
+    params,
+    prompt,
+    prompt_mask,
+    jax.random.key(2),
+    cfg=cfg,
+    group_size=G,
+    start_N=start_N,
+  )
+  cfg = SamplingConfig(max_new_tokens=T, temperature=1.0, stop_ids=STOP)  # compiled above
+  start_N = np.full(B * G, 4, np.int32)
+  a, again = run(cfg, start_N), run(cfg, start_N)
+  for x, y in zip(a, again):
+    np.testing.assert_array_equal(x, y)
+  from_zero = run(cfg, None)
+  np.testing.assert_array_equal(
+    run(cfg, np.zeros(B * G, np.int32)).tokens_NxT, from_zero.tokens_NxT
+  )
+  assert np.any(np.asarray(a.tokens_NxT) != np.asarray(from_zero.tokens_NxT))
+  greedy = SamplingConfig(max_new_tokens=T, temperature=0.0, stop_ids=STOP)
+  g0, g4 = run(greedy, None), run(greedy, np.arange(B * G, dtype=np.int32))
+  np.testing.assert_array_equal(g0.tokens_NxT, g4.tokens_NxT)
+  np.testing.assert_array_equal(g0.mask_NxT, g4.mask_NxT)
+
+
+def test_continuations_draw_what_the_row_would_have_drawn(model):
+  """`generate_continuations` after a row's first f_n sampled tokens, forced, continues with
+  exactly the tokens (and log-probs, up to float rounding) the row sampled next: the forced
+  tokens are prefilled at their own positions and the key schedule starts at f_n. Forced
+  tokens come first, out of the loss mask, then the sampled ones, then padding."""
+  graphdef, params = model
+  prompt, prompt_mask = _prompts(20)
+  F, N = 4, B * G
+  cfg = SamplingConfig(max_new_tokens=T, temperature=1.0)  # no stop ids: rows run to T
+  full = generate(graphdef, params, prompt, prompt_mask, jax.random.key(21), cfg=cfg, group_size=G)
+  f_N = np.asarray([0, 1, 2, 3, 4, 4, 2, 1, 3])
+  forced_mask = np.arange(F)[None] < f_N[:, None]
+  forced = np.where(forced_mask, np.asarray(full.tokens_NxT)[:, :F], 5)  # garbage in the pads
+  out = sampler.generate_continuations(
+    graphdef,
+    params,
+    _rep(prompt, G),
+    _rep(prompt_mask, G),
+    forced,
+    forced_mask,
+    jax.random.key(21),
+    cfg=SamplingConfig(max_new_tokens=T - F, temperature=1.0),
+  )
+  assert out.completion_NxT.shape == (N, T)
+  new = np.arange(T)[None]
+  valid = new < f_N[:, None] + T - F
+  sampled = valid & (new >= f_N[:, None])
+  np.testing.assert_array_equal(out.completion_mask_NxT, valid)
+  np.testing.assert_array_equal(out.loss_mask_NxT, sampled)
+  np.testing.assert_array_equal(
+    out.completion_NxT, np.where(valid, np.asarray(full.tokens_NxT), cfg.pad_id)
+  )
+  np.testing.assert_allclose(
+    out.logp_NxT, np.where(sampled, np.asarray(full.logp_NxT), 0.0), atol=1e-5
+  )
+  assert len({tuple(r) for r in np.asarray(full.tokens_NxT)}) == N  # rows differ
 
 
 def test_resolve_streams(model, monkeypatch):

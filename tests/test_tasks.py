@@ -6,56 +6,13 @@ import signal
 import numpy as np
 import pytest
 
-from rl_jax.tasks import ArithmeticTask, CharTokenizer, Example, make_task
+from rl_jax import tasks
+from rl_jax.components import Component
+from rl_jax.tasks import ArithmeticTask, Example
 from rl_jax.tasks.arithmetic import carry_free_sum
+from rl_jax.tokenizers import CharTokenizer
 
 ALPHABET = "0123456789+-*="
-
-
-# --- tokenizer ------------------------------------------------------------------
-
-
-def test_tokenizer_ids_and_roundtrip():
-  tok = CharTokenizer(ALPHABET)
-  assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
-  assert tok.vocab_size == 3 + 14
-  # ids follow the alphabet after the three specials: '0' -> 3, '+' -> 13, '=' -> 16.
-  assert tok.encode("348+67=") == [6, 7, 11, 13, 9, 10, 16]
-  assert tok.encode("7", bos=True, eos=True) == [1, 10, 2]
-  for text in ["348+67=", "-999", "12*0=", ""]:
-    assert tok.decode(tok.encode(text)) == text
-    assert tok.decode(tok.encode(text, bos=True, eos=True)) == text
-
-
-def test_tokenizer_errors():
-  tok = CharTokenizer(ALPHABET)
-  with pytest.raises(ValueError, match="'a'"):
-    tok.encode("12a")
-  with pytest.raises(ValueError, match="repeated"):
-    CharTokenizer("0120")
-
-
-def test_decode_stops_at_eos_and_skips_specials():
-  tok = CharTokenizer(ALPHABET)
-  ids = [1, 4, 5, 2, 6, 0, 0]  # bos "12" eos "3" pad pad
-  assert tok.decode(ids) == "12"
-  assert tok.decode(np.asarray(ids, np.int32)) == "12"
-  assert tok.decode(ids, stop_at_eos=False) == "123"
-
-
-def test_batch_encode_left_padded_layout():
-  tok = CharTokenizer(ALPHABET)
-  tokens, mask = tok.batch_encode_left_padded(["1+2=", "34+5=", "9"], 7)
-  assert tokens.dtype == np.int32 and mask.dtype == bool and tokens.shape == (3, 7)
-  np.testing.assert_array_equal(
-    tokens, [[0, 0, 1, 4, 13, 5, 16], [0, 1, 6, 7, 13, 8, 16], [0, 0, 0, 0, 0, 1, 12]]
-  )
-  np.testing.assert_array_equal(mask, tokens != 0)
-  no_bos, no_bos_mask = tok.batch_encode_left_padded(["34+5="], 5, bos=False)
-  np.testing.assert_array_equal(no_bos, [[6, 7, 13, 8, 16]])
-  assert no_bos_mask.all()
-  with pytest.raises(ValueError, match="does not fit"):
-    tok.batch_encode_left_padded(["34+5="], 5)  # 6 tokens with BOS
 
 
 # --- arithmetic: examples ---------------------------------------------------------
@@ -80,11 +37,11 @@ def test_prompts_parse_and_answers_are_right():
     seen_ops.add(op)
     digit_counts |= {len(str(a)), len(str(b))}
     # The advertised bucket sizes hold: BOS + prompt, answer + EOS.
-    assert len(task.tokenizer.encode(ex.prompt, bos=True)) <= task.max_prompt_len
-    assert len(task.tokenizer.encode(ex.answer, eos=True)) <= task.max_answer_len
+    assert len(CharTokenizer(task.alphabet()).encode_prompt(ex.prompt)) <= task.max_prompt_len
+    assert len(CharTokenizer(task.alphabet()).encode(ex.answer, eos=True)) <= task.max_answer_len
   assert seen_ops == {"+", "-", "*"} and digit_counts == {1, 2, 3}
   # Hand values: BOS + "999*999=" is 9 tokens; sign + 6 digits + EOS is 8.
-  assert (task.max_prompt_len, task.max_answer_len) == (9, 8)
+  assert task.max_lengths(CharTokenizer(task.alphabet())) == (9, 8)
 
 
 def test_train_examples_are_reproducible_per_seed():
@@ -159,9 +116,9 @@ def test_score_exact_answers_only_without_partial_credit():
   task = ArithmeticTask()
   completions = ["415", "425", "", "-", "1-2", "12a", "0415", " 415", "415 "]
   scores = task.score([EX] * len(completions), completions)
-  assert scores.rewards.dtype == np.float32 and scores.correct.dtype == bool
-  np.testing.assert_array_equal(scores.rewards, [1, 0, 0, 0, 0, 0, 0, 0, 0])
-  np.testing.assert_array_equal(scores.correct, [1, 0, 0, 0, 0, 0, 0, 0, 0])
+  assert scores["reward"].dtype == np.float32 and scores["correct"].dtype == bool
+  np.testing.assert_array_equal(scores["reward"], [1, 0, 0, 0, 0, 0, 0, 0, 0])
+  np.testing.assert_array_equal(scores["correct"], [1, 0, 0, 0, 0, 0, 0, 0, 0])
 
 
 def test_score_partial_credit_hand_values():
@@ -183,16 +140,16 @@ def test_score_partial_credit_hand_values():
     (NEG, "-4", 0.5 * 1 / 2),
   ]
   scores = task.score([c[0] for c in cases], [c[1] for c in cases])
-  np.testing.assert_allclose(scores.rewards, [c[2] for c in cases], rtol=1e-6)
-  np.testing.assert_array_equal(scores.correct, [c[2] == 1.0 for c in cases])
+  np.testing.assert_allclose(scores["reward"], [c[2] for c in cases], rtol=1e-6)
+  np.testing.assert_array_equal(scores["correct"], [c[2] == 1.0 for c in cases])
 
 
 def test_score_of_decoded_sampler_output():
   """The verifier sees what the tokenizer decodes: text up to EOS, specials dropped."""
   task = ArithmeticTask()
-  tok = task.tokenizer
+  tok = CharTokenizer(task.alphabet())
   ids = tok.encode("415", eos=True) + [tok.pad_id] * 3
-  assert task.score([EX], [tok.decode(ids)]).correct.tolist() == [True]
+  assert task.score([EX], [tok.decode(ids)])["correct"].tolist() == [True]
 
 
 # --- arithmetic: SFT demonstrations --------------------------------------------------
@@ -252,17 +209,21 @@ def test_sft_slip_rate_matches_probability():
   ],
 )
 def test_invalid_arguments_name_the_field(kwargs, field):
-  with pytest.raises(ValueError, match=f"task.arithmetic.{field}"):
+  with pytest.raises(ValueError, match=f"task.{field}"):
     ArithmeticTask(**kwargs)
 
 
 def test_partial_credit_out_of_range_raises():
-  with pytest.raises(ValueError, match="task.arithmetic.partial_credit"):
+  with pytest.raises(ValueError, match="task.partial_credit"):
     ArithmeticTask(partial_credit=1.5)
 
 
-def test_make_task():
-  task = make_task("arithmetic", max_digits=2, ops="-")
+def test_build_task_by_name_with_checked_arguments():
+  task = tasks.build(Component.of("arithmetic", max_digits="2", ops="-"))  # strings from a CLI
   assert isinstance(task, ArithmeticTask) and task.max_digits == 2 and task.ops == "-"
   with pytest.raises(ValueError, match="task.name"):
-    make_task("chess")
+    tasks.build(Component.of("chess"))
+  with pytest.raises(ValueError, match=r"task\.max_digit'.*did you mean.*max_digits"):
+    tasks.check(Component.of("arithmetic", max_digit=2))
+  with pytest.raises(ValueError, match="task.max_digits' must be int"):
+    tasks.check(Component.of("arithmetic", max_digits="two"))

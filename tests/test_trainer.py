@@ -1,5 +1,7 @@
 """The jitted update: policy-gradient identity at ratio 1, skip-on-non-finite, minibatching."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +21,26 @@ def _setup(seed=0):
   return graphdef, params
 
 
+def _grpo_advantages(rewards_N, group_size):
+  """GRPO's sequence advantages [N] of consecutive groups of `group_size` rows."""
+  N = len(rewards_N)
+  inputs = algorithms.AdvantageInputs(
+    rewards_N=jnp.asarray(rewards_N),
+    loss_mask_NxT=jnp.ones((N, 1), jnp.float32),
+    logp_NxT=jnp.zeros((N, 1)),
+    ref_logp_NxT=None,
+    values_NxT=None,
+    group_index_BxG=jnp.arange(N).reshape(N // group_size, group_size),
+  )
+  adv, _ = algorithms.compute_advantages(algorithms.grpo(), inputs)
+  return np.asarray(adv)[:, 0]
+
+
+def _cache_size(update, prompt_group_size=1) -> int:
+  """Entries in the jit cache of `make_rl_update`'s program for `prompt_group_size`."""
+  return update.jitted(prompt_group_size)._cache_size()
+
+
 def _batch(N=8, P=5, T=4, seed=0, adv=None):
   rng = np.random.default_rng(seed)
   pm = np.ones((N, P), bool)
@@ -26,13 +48,13 @@ def _batch(N=8, P=5, T=4, seed=0, adv=None):
   lengths = rng.integers(1, T + 1, N)
   cm = np.arange(T)[None] < lengths[:, None]
   if adv is None:
-    r = rng.random((N // 4, 4)).astype(np.float32)
-    adv = np.asarray(algorithms.grpo().advantages(jnp.asarray(r))).reshape(-1)
+    adv = _grpo_advantages(rng.random(N).astype(np.float32), group_size=4)
   return TrainBatch(
     rng.integers(3, V, (N, P)).astype(np.int32),
     pm,
     rng.integers(3, V, (N, T)).astype(np.int32),
     cm,
+    cm,  # loss mask: every completion token is trained on
     np.broadcast_to(np.asarray(adv, np.float32)[:, None], (N, T)).copy(),
     np.zeros((N, T), np.float32),
     np.zeros((N, T), np.float32),
@@ -45,14 +67,12 @@ def test_on_policy_grpo_step_is_the_policy_gradient():
   log-probs come from logprobs.completion_logprobs and that old log-probs are held constant."""
   graphdef, params = _setup()
   batch = _batch()
-  algo = algorithms.grpo(kl_coef=0.0)
+  algo = dataclasses.replace(algorithms.grpo(kl_coef=0.0), aggregation_constant=4)
   (loss, m), grads = jax.value_and_grad(
-    lambda p: trainer.rl_loss(
-      graphdef, p, batch, algo, temperature=1.0, on_policy=True, aggregation_constant=4
-    ),
+    lambda p: trainer.rl_loss(graphdef, p, batch, algo, temperature=1.0, on_policy=True),
     has_aux=True,
   )(params)
-  mask = batch.completion_mask_NxT.astype(np.float32)
+  mask = batch.loss_mask_NxT.astype(np.float32)
 
   def reinforce(p):
     logp = completion_logprobs(
@@ -85,10 +105,8 @@ def test_kl_term_uses_the_reference_logprobs():
     batch.completion_mask_NxT,
   ).logp_NxT
   batch = batch._replace(ref_logp_NxT=np.asarray(logp) - 0.5)  # pi_ref = pi * e^-0.5 per token
-  algo = algorithms.grpo(kl_coef=0.1)
-  loss, m = trainer.rl_loss(
-    graphdef, params, batch, algo, temperature=1.0, on_policy=True, aggregation_constant=4
-  )
+  algo = dataclasses.replace(algorithms.grpo(kl_coef=0.1), aggregation_constant=4)
+  loss, m = trainer.rl_loss(graphdef, params, batch, algo, temperature=1.0, on_policy=True)
   k3 = np.exp(-0.5) + 0.5 - 1.0  # exp(x) - x - 1 at x = ref - logp = -0.5
   np.testing.assert_allclose(float(m["kl"]), k3, rtol=1e-5)
   np.testing.assert_allclose(
@@ -169,10 +187,10 @@ def test_a_second_step_with_other_completion_lengths_compiles_nothing():
   from jax._src import monitoring  # pylint: disable=import-outside-toplevel
 
   graphdef, params = _setup()
-  algo = algorithms.grpo(kl_coef=0.04)
+  algo = dataclasses.replace(algorithms.grpo(kl_coef=0.04), aggregation_constant=4)
   tx = optax.adam(1e-3)
-  update = trainer.make_rl_update(graphdef, algo, tx, aggregation_constant=4, group_size=4)
-  logprob_fn = trainer.make_logprob_fn(graphdef, group_size=4)
+  update = trainer.make_rl_update(graphdef, algo, tx)
+  logprob_fn = trainer.make_logprob_fn(graphdef)
   ref_params = jax.tree.map(jnp.copy, params)
   state = trainer.init_state(params, tx)
 
@@ -183,13 +201,20 @@ def test_a_second_step_with_other_completion_lengths_compiles_nothing():
       prompt_mask_NxP=np.repeat(b.prompt_mask_NxP[::4], 4, 0),
     )
     ref = logprob_fn(
-      ref_params, b.prompt_NxP, b.prompt_mask_NxP, b.completion_NxT, b.completion_mask_NxT
+      ref_params,
+      b.prompt_NxP,
+      b.prompt_mask_NxP,
+      b.completion_NxT,
+      b.completion_mask_NxT,
+      prompt_group_size=4,
     )
-    state, m = update(state, b._replace(ref_logp_NxT=ref), jax.random.key(seed))
+    state, m = update(
+      state, b._replace(ref_logp_NxT=ref), jax.random.key(seed), prompt_group_size=4
+    )
     return state, m, b.completion_mask_NxT.sum(1)
 
   state, _, lengths_1 = step(state, 0)
-  sizes = (update._cache_size(), logprob_fn._cache_size())
+  sizes = (_cache_size(update, 4), logprob_fn._cache_size())
   events = []
   listener = lambda name, *a, **k: events.append(name)
   monitoring.register_event_duration_secs_listener(listener)
@@ -199,5 +224,5 @@ def test_a_second_step_with_other_completion_lengths_compiles_nothing():
   finally:
     monitoring.unregister_event_duration_listener(listener)
   assert not np.array_equal(lengths_1, lengths_2)  # the two steps really differ
-  assert (update._cache_size(), logprob_fn._cache_size()) == sizes
+  assert (_cache_size(update, 4), logprob_fn._cache_size()) == sizes
   assert not [e for e in events if "backend_compile" in e], events

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+ATTENTION_IMPLS = ("einsum", "fused")  # see TransformerConfig.attention
+
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
@@ -63,7 +65,7 @@ class TransformerConfig:
       raise ValueError(f"model.head_dim={self.head_dim} must be even for RoPE")
     if self.activation not in ("silu", "gelu"):
       raise ValueError(f"model.activation must be 'silu' or 'gelu', got {self.activation!r}")
-    if self.attention not in ("einsum", "fused"):
+    if self.attention not in ATTENTION_IMPLS:
       raise ValueError(f"model.attention must be 'einsum' or 'fused', got {self.attention!r}")
 
   def num_params(self) -> int:

@@ -9,22 +9,19 @@ safe under `jax.jit` and `jax.vmap`. Group-relative estimators reduce over the
 import jax
 import jax.numpy as jnp
 
-
-def _float(x: jax.Array) -> jax.Array:
-  """Returns `x` as an array of at least float32 precision."""
-  x = jnp.asarray(x)
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+from rl_jax.objectives._checks import as_float, check_rank, check_same_shape
 
 
-def _check_rank(x: jax.Array, min_rank: int, name: str) -> None:
-  if jnp.ndim(x) < min_rank:
-    raise ValueError(f"{name} must have rank >= {min_rank}, got shape {jnp.shape(x)}.")
-
-
-def _check_same_shape(**arrays: jax.Array) -> None:
-  shapes = {name: jnp.shape(a) for name, a in arrays.items()}
-  if len(set(shapes.values())) != 1:
-    raise ValueError(f"Expected equal shapes, got {shapes}.")
+def _group_stats(r, mask):
+  """(count, mean, centred) over the last axis, restricted to `mask` (None = every entry)."""
+  if mask is None:
+    count = jnp.full(r.shape[:-1] + (1,), r.shape[-1], r.dtype)
+    mean = jnp.mean(r, axis=-1, keepdims=True)
+    return count, mean, r - mean
+  m = jnp.asarray(mask, r.dtype)
+  count = jnp.sum(m, axis=-1, keepdims=True)
+  mean = jnp.sum(r * m, axis=-1, keepdims=True) / jnp.maximum(count, 1.0)
+  return count, mean, jnp.where(m > 0, r - mean, 0.0)
 
 
 def grpo_advantages(
@@ -33,6 +30,7 @@ def grpo_advantages(
   scale_by_std: bool = True,
   ddof: int = 1,
   eps: float = 1e-6,
+  mask_BxG: jax.Array | None = None,
 ) -> jax.Array:
   """Group-relative (GRPO) advantages: rewards standardised within each group.
 
@@ -51,12 +49,16 @@ def grpo_advantages(
       with `ddof=1`) gets advantage exactly 0, never NaN. A group of one
       sample always gets 0 (its centred reward is 0).
     * A constant group gets 0 (numerator is exactly 0).
+    * With `mask_BxG`, groups of unequal size padded to a common G: only entries
+      where the mask is 1 count (G above is each group's own count), and padded
+      entries get 0.
 
   Args:
     rewards_BxG: rewards, shape `[..., G]`; the group is the last axis.
     scale_by_std: divide by the group std (GRPO); `False` is Dr. GRPO.
     ddof: delta degrees of freedom of the std.
     eps: added to the std before dividing.
+    mask_BxG: optional 0/1 validity of each entry (same shape as the rewards).
 
   Returns:
     adv_BxG: advantages with the shape and (at least float32) dtype of the
@@ -72,29 +74,33 @@ def grpo_advantages(
     Array([[ 1.5, -0.5, -0.5, -0.5]], dtype=float32)
     >>> grpo_advantages(r, scale_by_std=False)
     Array([[ 0.75, -0.25, -0.25, -0.25]], dtype=float32)
+    >>> grpo_advantages(r, mask_BxG=jnp.array([[1., 1., 0., 0.]]))
+    Array([[ 0.70710576, -0.70710576,  0.        ,  0.        ]], dtype=float32)
   """
-  _check_rank(rewards_BxG, 1, "rewards_BxG")
-  r = _float(rewards_BxG)
-  group_size = r.shape[-1]
-  if group_size == 1 or (scale_by_std and group_size <= ddof):
-    return jnp.zeros_like(r)
-  centred = r - jnp.mean(r, axis=-1, keepdims=True)
+  check_rank(rewards_BxG, 1, "rewards_BxG")
+  r = as_float(rewards_BxG)
+  if mask_BxG is not None:
+    check_same_shape(rewards_BxG=rewards_BxG, mask_BxG=mask_BxG)
+  count, _, centred = _group_stats(r, mask_BxG)
+  defined = count > (max(ddof, 1) if scale_by_std else 1)
   if not scale_by_std:
-    return centred
-  var = jnp.sum(centred**2, axis=-1, keepdims=True) / (group_size - ddof)
-  return centred / (jnp.sqrt(var) + eps)
+    return jnp.where(defined, centred, 0.0)
+  var = jnp.sum(centred**2, axis=-1, keepdims=True) / jnp.maximum(count - ddof, 1.0)
+  return jnp.where(defined, centred / (jnp.sqrt(var) + eps), 0.0)
 
 
-def rloo_advantages(rewards_BxG: jax.Array) -> jax.Array:
+def rloo_advantages(rewards_BxG: jax.Array, *, mask_BxG: jax.Array | None = None) -> jax.Array:
   """Leave-one-out (RLOO) advantages: each reward minus the mean of the others.
 
   Formula: A_i = r_i - (1/(G-1)) sum_{j != i} r_j = G/(G-1) * (r_i - mean_g(r)).
 
   Convention: a group of one sample (`G == 1`) has no other samples to form a
-  baseline and gets advantage exactly 0.
+  baseline and gets advantage exactly 0. With `mask_BxG` (groups of unequal
+  size padded to a common G) G is each group's own count; padded entries get 0.
 
   Args:
     rewards_BxG: rewards, shape `[..., G]`; the group is the last axis.
+    mask_BxG: optional 0/1 validity of each entry.
 
   Returns:
     adv_BxG: advantages, same shape; each group sums to zero.
@@ -107,13 +113,12 @@ def rloo_advantages(rewards_BxG: jax.Array) -> jax.Array:
     >>> rloo_advantages(jnp.array([[1., 0., 0., 0.]]))
     Array([[ 1.        , -0.33333334, -0.33333334, -0.33333334]], dtype=float32)
   """
-  _check_rank(rewards_BxG, 1, "rewards_BxG")
-  r = _float(rewards_BxG)
-  group_size = r.shape[-1]
-  if group_size == 1:
-    return jnp.zeros_like(r)
-  centred = r - jnp.mean(r, axis=-1, keepdims=True)
-  return centred * (group_size / (group_size - 1))
+  check_rank(rewards_BxG, 1, "rewards_BxG")
+  r = as_float(rewards_BxG)
+  if mask_BxG is not None:
+    check_same_shape(rewards_BxG=rewards_BxG, mask_BxG=mask_BxG)
+  count, _, centred = _group_stats(r, mask_BxG)
+  return jnp.where(count > 1, centred * count / jnp.maximum(count - 1.0, 1.0), 0.0)
 
 
 def gae(
@@ -169,10 +174,10 @@ def gae(
     >>> adv
     Array([[0.21712, 0.246, 0.3]], dtype=float32)
   """
-  _check_rank(rewards_BxT, 1, "rewards_BxT")
-  _check_same_shape(rewards_BxT=rewards_BxT, values_BxT=values_BxT, mask_BxT=mask_BxT)
-  rewards = _float(rewards_BxT)
-  values = _float(values_BxT).astype(rewards.dtype)
+  check_rank(rewards_BxT, 1, "rewards_BxT")
+  check_same_shape(rewards_BxT=rewards_BxT, values_BxT=values_BxT, mask_BxT=mask_BxT)
+  rewards = as_float(rewards_BxT)
+  values = as_float(values_BxT).astype(rewards.dtype)
   valid = jnp.asarray(mask_BxT) != 0
 
   def step(carry, inputs):
@@ -228,9 +233,9 @@ def discounted_returns(
     ...                    gamma=0.9)
     Array([[0.81, 0.9 , 1.  ]], dtype=float32)
   """
-  _check_rank(rewards_BxT, 1, "rewards_BxT")
-  _check_same_shape(rewards_BxT=rewards_BxT, mask_BxT=mask_BxT)
-  rewards = _float(rewards_BxT)
+  check_rank(rewards_BxT, 1, "rewards_BxT")
+  check_same_shape(rewards_BxT=rewards_BxT, mask_BxT=mask_BxT)
+  rewards = as_float(rewards_BxT)
   valid = jnp.asarray(mask_BxT) != 0
 
   def step(next_return, inputs):
@@ -283,8 +288,8 @@ def whiten(
     >>> whiten(jnp.array([1., 3., 100.]), jnp.array([1., 1., 0.]))
     Array([-1.,  1.,  0.], dtype=float32)
   """
-  _check_same_shape(x=x, mask=mask)
-  x = _float(x)
+  check_same_shape(x=x, mask=mask)
+  x = as_float(x)
   valid = jnp.asarray(mask) != 0
   count = jnp.maximum(jnp.sum(valid), 1).astype(x.dtype)
   x = jnp.where(valid, x, 0.0)

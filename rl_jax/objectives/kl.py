@@ -10,22 +10,11 @@ KL(pi_theta || pi_ref); k2 is biased but has low variance.
 import jax
 import jax.numpy as jnp
 
+from rl_jax.objectives._checks import as_float, check_same_shape
+
 # Bound on the log-ratio inside k3, so that exp() can neither overflow nor
 # produce infinite gradients when the policy and reference disagree wildly.
 _K3_LOG_RATIO_CLAMP = 20.0
-
-
-def _float(x: jax.Array) -> jax.Array:
-  x = jnp.asarray(x)
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
-def _check_same_shape(logp: jax.Array, ref_logp: jax.Array) -> None:
-  if jnp.shape(logp) != jnp.shape(ref_logp):
-    raise ValueError(
-      f"logp and ref_logp must have the same shape, got {jnp.shape(logp)} "
-      f"and {jnp.shape(ref_logp)}."
-    )
 
 
 def kl_k1(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
@@ -53,8 +42,8 @@ def kl_k1(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
     >>> kl_k1(jnp.log(jnp.array([0.5])), jnp.log(jnp.array([0.25])))
     Array([0.6931472], dtype=float32)
   """
-  _check_same_shape(logp, ref_logp)
-  return _float(logp) - _float(ref_logp)
+  check_same_shape(logp=logp, ref_logp=ref_logp)
+  return as_float(logp) - as_float(ref_logp)
 
 
 def kl_k2(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
@@ -79,8 +68,8 @@ def kl_k2(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
     >>> kl_k2(jnp.log(jnp.array([0.5])), jnp.log(jnp.array([0.25])))
     Array([0.2402265], dtype=float32)
   """
-  _check_same_shape(logp, ref_logp)
-  return 0.5 * jnp.square(_float(logp) - _float(ref_logp))
+  check_same_shape(logp=logp, ref_logp=ref_logp)
+  return 0.5 * jnp.square(as_float(logp) - as_float(ref_logp))
 
 
 def kl_k3(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
@@ -109,8 +98,8 @@ def kl_k3(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
     >>> kl_k3(jnp.log(jnp.array([0.5])), jnp.log(jnp.array([0.25])))
     Array([0.19314718], dtype=float32)
   """
-  _check_same_shape(logp, ref_logp)
-  x = jnp.clip(_float(ref_logp) - _float(logp), -_K3_LOG_RATIO_CLAMP, _K3_LOG_RATIO_CLAMP)
+  check_same_shape(logp=logp, ref_logp=ref_logp)
+  x = jnp.clip(as_float(ref_logp) - as_float(logp), -_K3_LOG_RATIO_CLAMP, _K3_LOG_RATIO_CLAMP)
   return jnp.expm1(x) - x
 
 

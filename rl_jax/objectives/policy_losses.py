@@ -14,19 +14,10 @@ import numbers
 import jax
 import jax.numpy as jnp
 
+from rl_jax.objectives._checks import as_float, check_same_shape
+
 # Bound on log-ratios before exponentiation (ratio in [e^-20, e^20]).
 _LOG_RATIO_CLAMP = 20.0
-
-
-def _float(x: jax.Array) -> jax.Array:
-  x = jnp.asarray(x)
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
-def _check_same_shape(**arrays: jax.Array) -> None:
-  shapes = {name: jnp.shape(a) for name, a in arrays.items()}
-  if len(set(shapes.values())) != 1:
-    raise ValueError(f"Expected equal shapes, got {shapes}.")
 
 
 def _check_broadcastable(adv: jax.Array, shape: tuple[int, ...]) -> None:
@@ -93,12 +84,12 @@ def ppo_clip(
     ...          dual_clip=3.0)
     Array([-1.2,  0.8,  3. ], dtype=float32)
   """
-  _check_same_shape(logp=logp, old_logp=old_logp)
+  check_same_shape(logp=logp, old_logp=old_logp)
   _check_broadcastable(adv, jnp.shape(logp))
   if dual_clip is not None and isinstance(dual_clip, numbers.Real):
     if dual_clip <= 1.0:
       raise ValueError(f"dual_clip must be > 1, got {dual_clip}.")
-  logp, old_logp, adv = _float(logp), _float(old_logp), _float(adv)
+  logp, old_logp, adv = as_float(logp), as_float(old_logp), as_float(adv)
   log_ratio = jnp.clip(logp - old_logp, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
   loss = _clipped_surrogate(jnp.exp(log_ratio), adv, eps_low, eps_high)
   if dual_clip is not None:
@@ -142,9 +133,9 @@ def clip_fraction(
     ...               jnp.array([1., 1., 1., 0.]))
     Array(0.6666667, dtype=float32)
   """
-  _check_same_shape(logp=logp, old_logp=old_logp, mask=mask)
+  check_same_shape(logp=logp, old_logp=old_logp, mask=mask)
   _check_broadcastable(adv, jnp.shape(logp))
-  logp, old_logp, adv = _float(logp), _float(old_logp), _float(adv)
+  logp, old_logp, adv = as_float(logp), as_float(old_logp), as_float(adv)
   log_ratio = jnp.clip(logp - old_logp, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
   ratio = jax.lax.stop_gradient(jnp.exp(log_ratio))
   clipped = ((adv > 0) & (ratio > 1.0 + eps_high)) | ((adv < 0) & (ratio < 1.0 - eps_low))
@@ -207,10 +198,10 @@ def gspo(
     ...      jnp.array([[1., 1., 0.]]))
     Array([[-1.0004, -1.0004,  0.    ]], dtype=float32)
   """
-  _check_same_shape(logp=logp, old_logp=old_logp, mask=mask)
+  check_same_shape(logp=logp, old_logp=old_logp, mask=mask)
   if jnp.ndim(logp) < 1:
     raise ValueError(f"logp must have rank >= 1, got shape {jnp.shape(logp)}.")
-  adv = _float(adv_BxG_or_B)
+  adv = as_float(adv_BxG_or_B)
   if adv.ndim == jnp.ndim(logp) - 1:
     if adv.shape != jnp.shape(logp)[:-1]:
       raise ValueError(
@@ -218,7 +209,7 @@ def gspo(
       )
     adv = adv[..., None]
   _check_broadcastable(adv, jnp.shape(logp))
-  logp, old_logp = _float(logp), _float(old_logp)
+  logp, old_logp = as_float(logp), as_float(old_logp)
   valid = jnp.asarray(mask) != 0
 
   count = jnp.maximum(jnp.sum(valid, axis=-1, keepdims=True), 1)

@@ -3,10 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-
-def _float(x: jax.Array) -> jax.Array:
-  x = jnp.asarray(x)
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+from rl_jax.objectives._checks import as_float
 
 
 def clipped_value_loss(
@@ -52,6 +49,6 @@ def clipped_value_loss(
       "values, old_values and returns must have the same shape, got "
       f"{jnp.shape(values)}, {jnp.shape(old_values)}, {jnp.shape(returns)}."
     )
-  values, old_values, returns = (_float(values), _float(old_values), _float(returns))
+  values, old_values, returns = (as_float(values), as_float(old_values), as_float(returns))
   values_clipped = old_values + jnp.clip(values - old_values, -eps, eps)
   return 0.5 * jnp.maximum(jnp.square(values - returns), jnp.square(values_clipped - returns))

@@ -1,5 +1,19 @@
-"""Sampling: jitted prefill + KV-cache decode loop."""
+"""Sampling: jitted prefill + KV-cache decode loop, and continuation after forced prefixes."""
 
-from rl_jax.sampling.sampler import Samples, SamplingConfig, filter_logits, generate
+from rl_jax.sampling.sampler import (
+  Continuations,
+  Samples,
+  SamplingConfig,
+  filter_logits,
+  generate,
+  generate_continuations,
+)
 
-__all__ = ["Samples", "SamplingConfig", "filter_logits", "generate"]
+__all__ = [
+  "Continuations",
+  "Samples",
+  "SamplingConfig",
+  "filter_logits",
+  "generate",
+  "generate_continuations",
+]

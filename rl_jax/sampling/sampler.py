@@ -3,17 +3,20 @@
 `generate` runs the prompt batch through the model once (prefill); with G > 1 the prompt's keys
 and values are a prefix shared by its G samples (`transformer.SharedPrefix`, stored and read
 once per group, never repeated per row). It decodes all B*G continuations in
-`lax.while_loop`s that write the cache of the generated tokens in place
-and stop as soon as every sequence has emitted EOS (or at `max_new_tokens`). The decode runs
-in a few phases whose cache grows to what the phase needs (`SamplingConfig.cache_phases`), as
-reading the cache bounds a decode step. Nothing returns to the host until the end. Shapes are
+`lax.while_loop`s that write the cache of the generated tokens in place and stop as soon as
+every sequence has emitted a stop token (or at `max_new_tokens`). The decode runs in a few
+phases whose cache grows to what the phase needs (`SamplingConfig.cache_phases`), as reading
+the cache bounds a decode step. Nothing returns to the host until the end. Shapes are
 fixed by (B, P, G, T), so a run compiles once.
 
 On a single-device CPU backend the batch is split into `SamplingConfig.streams` parts of whole
 prompt groups, decoded concurrently from threads (one XLA execution per thread and core): XLA:CPU
 runs a decode step's small ops on one core, so one stream leaves the other cores idle. Every row
 draws its noise from its own key (the step key folded with the row's index in the whole batch),
-so the samples do not depend on the number of streams.
+so the samples do not depend on the number of streams. The key of row n's token at completion
+position t is `fold_in(fold_in(key, n), t)`: a row continued from a forced prefix of F tokens
+(`generate_continuations`) draws exactly what it would have drawn had it sampled those F tokens
+itself.
 
 Log-probs returned are those of the sampled tokens under softmax(logits / temperature) before
 top-k / top-p truncation: at temperature 1 with no truncation they are exactly the policy's
@@ -43,7 +46,7 @@ class SamplingConfig:
   temperature: float = 1.0  # 0 = greedy
   top_k: int = 0  # 0 = off
   top_p: float = 1.0  # 1 = off
-  eos_id: int = 2
+  stop_ids: tuple[int, ...] = ()  # a row ends after emitting any of these (EOS, end of turn)
   pad_id: int = 0
   # The decode loop runs in up to this many phases (of at least MIN_PHASE tokens), each with a
   # KV cache only as long as that phase needs, padded once between phases. A decode step is
@@ -79,10 +82,10 @@ class SamplingConfig:
 class Samples(NamedTuple):
   """Output of `generate` for N = B*G sequences (row b*G + g is sample g of prompt b)."""
 
-  tokens_NxT: jax.Array  # int32, pad after EOS
+  tokens_NxT: jax.Array  # int32, pad after the stop token
   logp_NxT: jax.Array  # float32 log-prob of each sampled token, 0 where mask is 0
-  mask_NxT: jax.Array  # bool, True on generated tokens up to and including EOS
-  lengths_N: jax.Array  # int32 number of generated tokens (EOS included)
+  mask_NxT: jax.Array  # bool, True on generated tokens up to and including the stop token
+  lengths_N: jax.Array  # int32 number of generated tokens (stop token included)
 
 
 def filter_logits(logits_NxV: jax.Array, top_k: int, top_p: float) -> jax.Array:
@@ -125,7 +128,15 @@ def _choose(row_keys_N, logits_NxV, cfg: SamplingConfig):
 
 
 def generate(
-  graphdef, params, prompt_BxP, prompt_mask_BxP, rng, *, cfg: SamplingConfig, group_size: int = 1
+  graphdef,
+  params,
+  prompt_BxP,
+  prompt_mask_BxP,
+  rng,
+  *,
+  cfg: SamplingConfig,
+  group_size: int = 1,
+  start_N=None,
 ) -> Samples:
   """Samples `group_size` continuations of each left-padded prompt.
 
@@ -137,15 +148,28 @@ def generate(
     rng: a PRNG key.
     cfg: sampling settings.
     group_size: G, samples per prompt.
+    start_N: int32 [B * G], the completion position of each row's first new token (its key
+      schedule starts there; `generate_continuations` passes the forced prefix's length).
+      None = 0.
   Returns:
     `Samples` with N = B * G rows, prompt b's samples in rows b*G .. b*G + G - 1.
   """
   B = prompt_BxP.shape[0]
+  if start_N is None:
+    start_N = jnp.zeros((B * group_size,), jnp.int32)
   jit_cfg = dataclasses.replace(cfg, streams=1)  # one compiled program whatever the streams
   streams = resolve_streams(cfg.streams, B, prompt_BxP, params)
   if streams == 1:
     return _generate(
-      graphdef, params, prompt_BxP, prompt_mask_BxP, rng, 0, cfg=jit_cfg, group_size=group_size
+      graphdef,
+      params,
+      prompt_BxP,
+      prompt_mask_BxP,
+      rng,
+      0,
+      start_N,
+      cfg=jit_cfg,
+      group_size=group_size,
     )
   b = B // streams
   call = lambda i: _generate(
@@ -155,6 +179,7 @@ def generate(
     prompt_mask_BxP[i * b : (i + 1) * b],
     rng,
     i * b * group_size,
+    start_N[i * b * group_size : (i + 1) * b * group_size],
     cfg=jit_cfg,
     group_size=group_size,
   )
@@ -203,6 +228,27 @@ def resolve_streams(requested: int, num_prompts: int, prompt_BxP, params) -> int
   return n
 
 
+def _prefill(model, prompt_BxP, prompt_mask_BxP, G: int, slots: int):
+  """Runs the prompts once: (logits, cache of the first `slots` generated tokens, its key mask,
+  the shared prefix or None, the cache slot of generated token 0)."""
+  B, P = prompt_BxP.shape
+  positions_BxP = transformer.positions_from_mask(prompt_mask_BxP)
+  if G > 1:
+    # Prefill once per prompt. The G samples of a prompt attend to its keys and values as a
+    # shared prefix, stored and read once per group; the cache holds their own slots.
+    logits_BxPxV, prompt_kv = model(prompt_BxP, positions_BxP, prompt_mask_BxP)
+    prefix = [
+      transformer.SharedPrefix(c.k_NxKxSxDh, c.v_NxKxSxDh, prompt_mask_BxP) for c in prompt_kv
+    ]
+    cache = transformer.init_cache(model.cfg, B * G, slots)
+    return logits_BxPxV, cache, jnp.zeros((B * G, slots), bool), prefix, 0
+  # One sample per prompt: the prompt's keys open the row's own cache of P + slots slots.
+  kv_mask_NxS = jnp.concatenate([prompt_mask_BxP, jnp.zeros((B, slots), bool)], axis=1)
+  cache = transformer.init_cache(model.cfg, B, P + slots)
+  logits_BxPxV, cache = model(prompt_BxP, positions_BxP, kv_mask_NxS, cache, 0)
+  return logits_BxPxV, cache, kv_mask_NxS, None, P
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "group_size"))
 def _generate(
   graphdef,
@@ -211,6 +257,7 @@ def _generate(
   prompt_mask_BxP,
   rng,
   row_offset,
+  start_N,
   *,
   cfg: SamplingConfig,
   group_size: int,
@@ -221,50 +268,36 @@ def _generate(
   G, T = group_size, cfg.max_new_tokens
   N = B * G
   bounds = cfg.phase_bounds()  # decode phases [t0, t1)
-  positions_BxP = transformer.positions_from_mask(prompt_mask_BxP)
   rep = lambda x: jnp.repeat(x, G, axis=0)
-  if G > 1:
-    # Prefill once per prompt. The G samples of a prompt attend to its keys and values as a
-    # shared prefix, stored and read once per group; the cache holds their own t1 slots.
-    logits_BxPxV, prompt_kv = model(prompt_BxP, positions_BxP, prompt_mask_BxP)
-    prefix = [
-      transformer.SharedPrefix(c.k_NxKxSxDh, c.v_NxKxSxDh, prompt_mask_BxP) for c in prompt_kv
-    ]
-    base = 0  # cache slot of generated token 0
-    cache = transformer.init_cache(model.cfg, N, bounds[1])
-    kv_mask_NxS = jnp.zeros((N, bounds[1]), bool)
-  else:
-    # One sample per prompt: the prompt's keys open the row's own cache of P + t1 slots.
-    prefix, base = None, P
-    kv_mask_NxS = jnp.concatenate([prompt_mask_BxP, jnp.zeros((B, bounds[1]), bool)], axis=1)
-    cache = transformer.init_cache(model.cfg, B, P + bounds[1])
-    logits_BxPxV, cache = model(prompt_BxP, positions_BxP, kv_mask_NxS, cache, 0)
+  logits_BxPxV, cache, kv_mask_NxS, prefix, base = _prefill(
+    model, prompt_BxP, prompt_mask_BxP, G, bounds[1]
+  )
   next_pos_N = rep(jnp.sum(prompt_mask_BxP, axis=1).astype(jnp.int32))
   logits_NxV = rep(logits_BxPxV[:, -1])
   row_ids_N = row_offset + jnp.arange(N, dtype=jnp.int32)
+  # Row n's token at completion position t draws from fold_in(fold_in(rng, n), t).
+  row_keys_N = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, row_ids_N)
 
   def body(carry):
-    t, rng, logits_NxV, cache, kv_mask_NxS, done_N, tokens, logps, masks = carry
-    rng, sub = jax.random.split(rng)
-    row_keys_N = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(sub, row_ids_N)
-    tok_N, logp_N = _choose(row_keys_N, logits_NxV, cfg)
+    t, logits_NxV, cache, kv_mask_NxS, done_N, tokens, logps, masks = carry
+    step_keys_N = jax.vmap(jax.random.fold_in)(row_keys_N, start_N + t)
+    tok_N, logp_N = _choose(step_keys_N, logits_NxV, cfg)
     live_N = ~done_N
     tok_N = jnp.where(live_N, tok_N, cfg.pad_id)
     tokens = tokens.at[:, t].set(tok_N)
     logps = logps.at[:, t].set(jnp.where(live_N, logp_N, 0.0))
     masks = masks.at[:, t].set(live_N)
-    done_N = done_N | (tok_N == cfg.eos_id)
+    done_N = done_N | jnp.isin(tok_N, jnp.asarray(cfg.stop_ids, jnp.int32))
     kv_mask_NxS = jax.lax.dynamic_update_slice_in_dim(
       kv_mask_NxS, live_N[:, None], base + t, axis=1
     )
     logits_Nx1xV, cache = model(
       tok_N[:, None], (next_pos_N + t)[:, None], kv_mask_NxS, cache, base + t, prefix
     )
-    return (t + 1, rng, logits_Nx1xV[:, 0], cache, kv_mask_NxS, done_N, tokens, logps, masks)
+    return (t + 1, logits_Nx1xV[:, 0], cache, kv_mask_NxS, done_N, tokens, logps, masks)
 
   carry = (
     jnp.int32(0),
-    rng,
     logits_NxV,
     cache,
     kv_mask_NxS,
@@ -279,10 +312,58 @@ def _generate(
         x, [(0, t1 - t0) if a == axis else (0, 0) for a in range(x.ndim)]
       )
       cache = [
-        transformer.LayerCache(grow(c.k_NxKxSxDh, 2), grow(c.v_NxKxSxDh, 2)) for c in carry[3]
+        transformer.LayerCache(grow(c.k_NxKxSxDh, 2), grow(c.v_NxKxSxDh, 2)) for c in carry[2]
       ]
-      carry = carry[:3] + (cache, grow(carry[4], 1)) + carry[5:]
-    # Decode until t1, or until every sequence has emitted EOS.
-    carry = jax.lax.while_loop(lambda c, t1=t1: (c[0] < t1) & ~jnp.all(c[5]), body, carry)
-  tokens, logps, masks = carry[6], carry[7], carry[8]
+      carry = carry[:2] + (cache, grow(carry[3], 1)) + carry[4:]
+    # Decode until t1, or until every sequence has emitted a stop token.
+    carry = jax.lax.while_loop(lambda c, t1=t1: (c[0] < t1) & ~jnp.all(c[4]), body, carry)
+  tokens, logps, masks = carry[5], carry[6], carry[7]
   return Samples(tokens, logps, masks, jnp.sum(masks, axis=1).astype(jnp.int32))
+
+
+class Continuations(NamedTuple):
+  """Output of `generate_continuations`: each row's forced prefix followed by its new tokens."""
+
+  completion_NxT: jax.Array  # int32 [N, F + T]: forced tokens, then sampled tokens, then pad
+  completion_mask_NxT: jax.Array  # bool, True on forced and sampled tokens
+  loss_mask_NxT: jax.Array  # bool, True on the sampled tokens only
+  logp_NxT: jax.Array  # float32 sampler log-probs of the sampled tokens, 0 elsewhere
+
+
+def _pack(valid_NxL, *arrays_NxL, first: bool):
+  """Moves each row's valid entries to the front (`first`) or the back, keeping their order."""
+  order = jnp.argsort(~valid_NxL if first else valid_NxL, axis=1, stable=True)
+  take = lambda x: jnp.take_along_axis(x, order, axis=1)
+  return take(valid_NxL), *(take(x) for x in arrays_NxL)
+
+
+def generate_continuations(
+  graphdef, params, prompt_NxP, prompt_mask_NxP, forced_NxF, forced_mask_NxF, rng, *, cfg
+) -> Continuations:
+  """Continues each row after a forced prefix: `[prompt ; forced]` is prefilled as the row's
+  context and `cfg.max_new_tokens` tokens are sampled after it. The forced tokens keep their
+  RoPE positions (valid tokens are counted, as everywhere) and row n's key schedule starts at
+  position F_n, so a row continues exactly as it would have had it sampled its forced tokens
+  itself. Rows do not share prompts here (one row per context).
+
+  Args:
+    prompt_NxP, prompt_mask_NxP: left-padded prompts, one per row.
+    forced_NxF, forced_mask_NxF: each row's forced tokens (valid ones first or anywhere: their
+      order is kept, padding dropped).
+    rng, cfg: as in `generate`.
+  Returns:
+    `Continuations` of width F + T, the forced tokens first and out of the loss mask.
+  """
+  forced_mask_NxF = jnp.asarray(forced_mask_NxF, bool)
+  context = jnp.concatenate([jnp.asarray(prompt_NxP), jnp.asarray(forced_NxF)], axis=1)
+  context_mask = jnp.concatenate([jnp.asarray(prompt_mask_NxP, bool), forced_mask_NxF], axis=1)
+  context_mask, context = _pack(context_mask, context, first=False)  # left-padded again
+  start_N = jnp.sum(forced_mask_NxF, axis=1).astype(jnp.int32)
+  out = generate(graphdef, params, context, context_mask, rng, cfg=cfg, start_N=start_N)
+  _, forced = _pack(forced_mask_NxF, jnp.asarray(forced_NxF), first=True)
+  tokens = jnp.concatenate([forced, out.tokens_NxT], axis=1)
+  valid = jnp.concatenate([jnp.sort(forced_mask_NxF, axis=1)[:, ::-1], out.mask_NxT], axis=1)
+  sampled = jnp.concatenate([jnp.zeros_like(forced_mask_NxF), out.mask_NxT], axis=1)
+  logp = jnp.concatenate([jnp.zeros(forced.shape, jnp.float32), out.logp_NxT], axis=1)
+  valid, tokens, sampled, logp = _pack(valid, tokens, sampled, logp, first=True)
+  return Continuations(jnp.where(valid, tokens, cfg.pad_id), valid, sampled, logp)

@@ -21,8 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rl_jax.tasks.base import Example, Scores
-from rl_jax.tasks.tokenizer import CharTokenizer
+from rl_jax.tasks.base import Example, max_lengths_of
 
 ALPHABET = "0123456789+-*="
 ALL_OPS = "+-*"
@@ -52,25 +51,22 @@ class ArithmeticTask:
     sft_slip_prob: float = 0.0,
   ):
     if max_digits < 1:
-      raise ValueError(f"task.arithmetic.max_digits must be >= 1, got {max_digits}")
+      raise ValueError(f"task.max_digits must be >= 1, got {max_digits}")
     if not ops or set(ops) - set("+-*"):
-      raise ValueError(f"task.arithmetic.ops must be a non-empty subset of '+-*', got {ops!r}")
+      raise ValueError(f"task.ops must be a non-empty subset of '+-*', got {ops!r}")
     if not 0 < heldout_fraction < 1:
-      raise ValueError(
-        f"task.arithmetic.heldout_fraction must be in (0, 1), got {heldout_fraction}"
-      )
+      raise ValueError(f"task.heldout_fraction must be in (0, 1), got {heldout_fraction}")
     self.max_digits, self.ops = max_digits, ops
     if not 0 <= partial_credit < 1:
       raise ValueError(
-        f"task.arithmetic.partial_credit must be in [0, 1) so that only an "
+        f"task.partial_credit must be in [0, 1) so that only an "
         f"exact answer "
         f"earns 1, got {partial_credit}"
       )
     if not 0 <= sft_slip_prob <= 1:
-      raise ValueError(f"task.arithmetic.sft_slip_prob must be in [0, 1], got {sft_slip_prob}")
+      raise ValueError(f"task.sft_slip_prob must be in [0, 1], got {sft_slip_prob}")
     self.heldout_fraction, self.partial_credit = heldout_fraction, partial_credit
     self.sft_slip_prob = sft_slip_prob
-    self.tokenizer = CharTokenizer(ALPHABET)
     self.max_prompt_len = 1 + 2 * max_digits + 2  # bos a op b =
     longest = 2 * max_digits if "*" in ops else max_digits + 1
     self.max_answer_len = longest + ("-" in ops) + 1  # sign, eos
@@ -124,9 +120,21 @@ class ArithmeticTask:
       raise ValueError(
         f"the held-out split of this task has only about {len(out)} distinct "
         f"problems, fewer than eval.num_prompts={n}; raise "
-        f"task.arithmetic.max_digits or lower eval.num_prompts"
+        f"task.max_digits or lower eval.num_prompts"
       )
     return out[:n]
+
+  def alphabet(self) -> str:
+    return ALPHABET
+
+  def max_lengths(self, tokenizer) -> tuple[int, int]:
+    """The longest operands' prompt and answer (exact for the character tokenizer), or longer
+    ones among 512 fixed draws (other tokenizers)."""
+    d, sign = self.max_digits, "-" * ("-" in self.ops)
+    digits = 2 * d if "*" in self.ops else d + 1
+    widest = Example(prompt=f"{'9' * d}{self.ops[0]}{'9' * d}=", answer=sign + "9" * digits)
+    drawn = self.train_examples(np.random.default_rng(0), 512)
+    return max_lengths_of(tokenizer, [widest, *drawn])
 
   def sft_target(self, example: Example) -> str:
     """The demonstration: the answer, or (a slip, additions only) the carry-free sum."""
@@ -135,7 +143,7 @@ class ArithmeticTask:
       return carry_free_sum(a, b)
     return example.answer
 
-  def score(self, examples: Sequence[Example], completions: Sequence[str]) -> Scores:
+  def score(self, examples: Sequence[Example], completions: Sequence[str]) -> dict[str, np.ndarray]:
     rewards = np.zeros(len(examples), np.float32)
     correct = np.zeros(len(examples), bool)
     for i, (ex, c) in enumerate(zip(examples, completions)):
@@ -146,7 +154,7 @@ class ArithmeticTask:
         width = max(len(c), len(target))
         a, b = c.rjust(width), target.rjust(width)  # align least significant digits
         rewards[i] = self.partial_credit * sum(x == y for x, y in zip(a, b)) / width
-    return Scores(rewards, correct)
+    return dict(reward=rewards, correct=correct)
 
 
 def _is_int(s: str) -> bool:

@@ -45,8 +45,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from rl_jax.tasks.base import Example, Scores
-from rl_jax.tasks.tokenizer import CharTokenizer
+from rl_jax.tasks.base import Example, max_lengths_of
 
 ALPHABET = "0123456789+-*/()=,: "
 OPS = "+-*/"
@@ -266,22 +265,21 @@ class CountdownTask:
     format_reward: float = 0.1,
   ):
     if not 2 <= num_numbers <= 5:
-      raise ValueError(f"task.countdown.num_numbers must be in [2, 5], got {num_numbers}")
+      raise ValueError(f"task.num_numbers must be in [2, 5], got {num_numbers}")
     if max_number < 2:
-      raise ValueError(f"task.countdown.max_number must be >= 2, got {max_number}")
+      raise ValueError(f"task.max_number must be >= 2, got {max_number}")
     if max_target < 1:
-      raise ValueError(f"task.countdown.max_target must be >= 1, got {max_target}")
+      raise ValueError(f"task.max_target must be >= 1, got {max_target}")
     if not 0 < heldout_fraction < 1:
-      raise ValueError(f"task.countdown.heldout_fraction must be in (0, 1), got {heldout_fraction}")
+      raise ValueError(f"task.heldout_fraction must be in (0, 1), got {heldout_fraction}")
     if not 0 <= format_reward < 1:
       raise ValueError(
-        f"task.countdown.format_reward must be in [0, 1) so that only a "
+        f"task.format_reward must be in [0, 1) so that only a "
         f"correct answer "
         f"earns 1, got {format_reward}"
       )
     self.num_numbers, self.max_number, self.max_target = num_numbers, max_number, max_target
     self.heldout_fraction, self.format_reward = heldout_fraction, format_reward
-    self.tokenizer = CharTokenizer(ALPHABET)
     n, d = num_numbers, len(str(max_number))
     # bos, n numbers, n-1 commas, ":", target, "="
     self.max_prompt_len = 1 + n * d + (n - 1) + 1 + len(str(max_target)) + 1
@@ -344,7 +342,7 @@ class CountdownTask:
       if not out and attempts >= 200_000:
         raise ValueError(
           f"no training problem found in {attempts} random trees; raise "
-          f"task.countdown.max_target or lower task.countdown.heldout_fraction"
+          f"task.max_target or lower task.heldout_fraction"
         )
     return out[:n]
 
@@ -369,11 +367,23 @@ class CountdownTask:
     if len(out) < n:
       raise ValueError(
         f"found only {len(out)} distinct held-out problems of this task, fewer "
-        f"than eval.num_prompts={n}; raise task.countdown.max_number, "
-        f"task.countdown.max_target or task.countdown.heldout_fraction, or lower "
+        f"than eval.num_prompts={n}; raise task.max_number, "
+        f"task.max_target or task.heldout_fraction, or lower "
         f"eval.num_prompts"
       )
     return out[:n]
+
+  def alphabet(self) -> str:
+    return ALPHABET
+
+  def max_lengths(self, tokenizer) -> tuple[int, int]:
+    """The widest prompt and answer this task can print (exact for the character tokenizer), or
+    longer ones among 512 fixed draws (other tokenizers)."""
+    n, big = self.num_numbers, str(10 ** len(str(self.max_number)) - 1)
+    prompt = ",".join([big] * n) + ":" + "9" * len(str(self.max_target)) + "="
+    answer = "(" * (n - 2) + big + ")".join(["+" + big] * (n - 1))
+    drawn = self.train_examples(np.random.default_rng(0), 512)
+    return max_lengths_of(tokenizer, [Example(prompt=prompt, answer=answer), *drawn])
 
   def sft_target(self, example: Example) -> str:
     """The demonstration: the generator's own expression."""
@@ -389,7 +399,7 @@ class CountdownTask:
     head, _, rest = example.prompt.partition(":")  # "3,7,12:23="
     return tuple(int(x) for x in head.split(",")), int(rest.rstrip("="))
 
-  def score(self, examples: Sequence[Example], completions: Sequence[str]) -> Scores:
+  def score(self, examples: Sequence[Example], completions: Sequence[str]) -> dict[str, np.ndarray]:
     if len(examples) != len(completions):
       raise ValueError(f"{len(examples)} examples but {len(completions)} completions")
     rewards = np.zeros(len(examples), np.float32)
@@ -407,4 +417,4 @@ class CountdownTask:
         rewards[i], correct[i] = 1.0, True
       else:
         rewards[i] = self.format_reward
-    return Scores(rewards, correct)
+    return dict(reward=rewards, correct=correct)
