@@ -287,7 +287,8 @@ def _generate(
     tokens = tokens.at[:, t].set(tok_N)
     logps = logps.at[:, t].set(jnp.where(live_N, logp_N, 0.0))
     masks = masks.at[:, t].set(live_N)
-    done_N = done_N | jnp.isin(tok_N, jnp.asarray(cfg.stop_ids, jnp.int32))
+    for stop in cfg.stop_ids:  # a handful at most (EOS, end of turn)
+      done_N = done_N | (tok_N == stop)
     kv_mask_NxS = jax.lax.dynamic_update_slice_in_dim(
       kv_mask_NxS, live_N[:, None], base + t, axis=1
     )
