@@ -91,6 +91,7 @@ class Experiment:
       draw,
       settings,
       tx,
+      share_prompt=t.share_prompt,
       critic_tx=critic_tx,
       num_minibatches=t.num_minibatches,
       num_iterations=t.num_iterations,

@@ -50,6 +50,8 @@ class Step:
     off_policy: every batch is one update stale (the loop's one-step-off mode).
     on_policy: one epoch of one minibatch, sampled by the current parameters: the ratio is 1.
     sampler_logp_exact: the sampler's log-probs are the policy's (temperature 1, no top-k/p).
+    share_prompt: use the shared-prefix path where the rollout declares shared prompts
+      (`train.share_prompt`; exact either way, off only to compare).
   """
 
   policy: Any
@@ -64,9 +66,22 @@ class Step:
   off_policy: bool
   on_policy: bool
   sampler_logp_exact: bool
+  share_prompt: bool = True
 
   @classmethod
-  def create(cls, policy, algo, rollout_fn, rewards, draw, settings, tx, **update_options) -> Step:
+  def create(
+    cls,
+    policy,
+    algo,
+    rollout_fn,
+    rewards,
+    draw,
+    settings,
+    tx,
+    *,
+    share_prompt=True,
+    **update_options,
+  ) -> Step:
     """Builds the jitted pieces for these components (nothing is compiled until first use).
     `update_options` are `trainer.make_rl_update`'s keyword arguments (minibatches, epochs,
     micro-batches, `logits_chunk`, `off_policy`, `critic_tx`, shardings)."""
@@ -95,6 +110,7 @@ class Step:
       update_options.get("off_policy", False),
       update.on_policy,
       exact,
+      share_prompt,
     )
 
   # --- collect: examples -> rollout -> rewards ----------------------------------------------
@@ -142,7 +158,8 @@ class Step:
     the jitted update. Returns (state, metrics). With a `timings` dict (benchmarks), waits for
     the log-prob passes and records their wall time as `timings["reference_s"]`."""
     t0 = time.perf_counter()
-    algo, shard, G = self.algo, self.settings.shard, roll.prompt_group_size
+    algo, shard = self.algo, self.settings.shard
+    G = roll.prompt_group_size if self.share_prompt else 1
     seqs = shard(
       (roll.prompt_NxP, roll.prompt_mask_NxP, roll.completion_NxT, roll.completion_mask_NxT)
     )

@@ -446,3 +446,26 @@ def test_advantages_of_unequal_groups_are_computed_group_by_group(name, fn):
   if name == "grpo":  # group 0 = rows 1 and 4: z-scores of two rewards are +-1/sqrt(2)
     r1, r4 = rewards[1], rewards[4]
     np.testing.assert_allclose(adv[1, 0], np.sign(r1 - r4) / np.sqrt(2), rtol=1e-4)
+
+
+def test_share_prompt_off_gives_the_same_update(small_config):
+  """`train.share_prompt=false` computes each row's prompt itself; the update is the same."""
+  from rl_jax import loop
+
+  results = []
+  for share in (True, False):
+    exp = loop.Experiment.build(small_config(**{"train.share_prompt": share}))
+    params = exp.policy.init_params(0, exp.mesh)
+    roll, _ = exp.step.collect(params, 1, jax.random.key(0))
+    assert roll.prompt_group_size == 4  # declared by the rollout either way
+    state, _ = exp.init_state(params)
+    state, m = exp.step.learn(state, roll, params, params, jax.random.key(1))
+    results.append((m, state.params))
+    # The update compiled for the declared group size only with sharing on (per row otherwise).
+    used = exp.step.update.jitted(4 if share else 1)._cache_size()
+    unused = exp.step.update.jitted(1 if share else 4)._cache_size()
+    assert (used, unused) == (1, 0)
+  (m_on, p_on), (m_off, p_off) = results
+  np.testing.assert_allclose(m_off["loss"], m_on["loss"], rtol=1e-5, atol=1e-7)
+  for a, b in zip(jax.tree.leaves(p_on), jax.tree.leaves(p_off)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
