@@ -32,8 +32,8 @@ from rl_jax.tasks.base import Example
 
 RewardFn = Callable[[Sequence[Example], Sequence[str]], Any]
 
-# Registered rewards; "task" is bound to the run's task when the rewards are built.
-REWARDS: dict[str, Any] = {"task": None, "math": math_answer.score_math}
+# Registered rewards (besides `task`, the run's task's own verifier).
+REWARDS: dict[str, Any] = {"math": math_answer.score_math}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,25 +84,32 @@ def _split(key: str, out, n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
   return value, more
 
 
-def _target(key: str, component: components.Component, task) -> tuple[Any, str]:
+def _resolve(key: str, component: components.Component, task) -> Any:
+  """The reward a `rewards.<key>` section names: the task's verifier for `task` (a stand-in
+  with its signature when checking a config without a task), else a registered name or an
+  import path."""
   if component.name == "task":
-    if task is None:
-      return _check_task_signature, "task"
-    return task.score, "task"
-  return components.resolve(f"rewards.{key}.name", component.name, REWARDS), component.name
+    return _task_score if task is None else task.score
+  return components.resolve(f"rewards.{key}.name", component.name, REWARDS)
 
 
-def _check_task_signature(examples, completions):  # stands in for `task.score` in checks
+def _task_score(examples, completions):  # the signature of `Task.score`, for config checks
   raise NotImplementedError
 
 
-def _make(key: str, component: components.Component, task) -> RewardFn:
-  fn, _ = _target(key, component, task)
+def _kwargs(key: str, component: components.Component, fn) -> dict[str, Any]:
+  """The section's keyword arguments (all but `weight`) checked against the reward: a class's
+  constructor, or a function's parameters after (examples, completions)."""
   kwargs = {k: v for k, v in component.args.items() if k != "weight"}
-  section = f"rewards.{key}"
+  skip = 0 if inspect.isclass(fn) else 2
+  return components.check_kwargs(f"rewards.{key}", fn, kwargs, skip=skip)
+
+
+def _make(key: str, component: components.Component, task) -> RewardFn:
+  fn = _resolve(key, component, task)
+  kwargs = _kwargs(key, component, fn)
   if inspect.isclass(fn):
-    return fn(**components.check_kwargs(section, fn, kwargs))
-  kwargs = components.check_kwargs(section, fn, kwargs, skip=2)
+    return fn(**kwargs)
   return functools.partial(fn, **kwargs) if kwargs else fn
 
 
@@ -110,13 +117,9 @@ def check(section: Sequence[tuple[str, components.Component]]):
   """The `rewards` config section checked (names, weights, keyword arguments converted)
   without calling any reward."""
   out = []
-  for key, component in section:
-    fn, _ = _target(key, component, None)
-    kwargs = {k: v for k, v in component.args.items() if k != "weight"}
-    skip = 0 if inspect.isclass(fn) else 2
-    kwargs = components.check_kwargs(f"rewards.{key}", fn, kwargs, skip=skip)
-    weight = component.args.get("weight", 1.0)
-    out.append((key, components.Component.of(component.name, weight=weight, **kwargs)))
+  for key, c in section:
+    kwargs = _kwargs(key, c, _resolve(key, c, None))
+    out.append((key, components.Component.of(c.name, weight=c.args.get("weight", 1.0), **kwargs)))
   return tuple(out)
 
 
