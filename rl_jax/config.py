@@ -37,7 +37,8 @@ class ModelConfig:
   mlp_dim: int | None = None
   remat: bool = False  # rematerialise each block in the backward pass (memory for compute)
   attention: str = "einsum"  # or "fused": jax.nn.dot_product_attention (cuDNN on GPUs)
-  family: str = "embedded"  # model family (rl_jax.policy.FAMILIES)
+  family: str = "embedded"  # model family (rl_jax.policy.FAMILIES): embedded, hf
+  path: str | None = None  # family hf: a local Hugging Face checkpoint folder
   tokenizer: str = "char"  # "char" (from the task's alphabet) or a folder with tokenizer.json
   chat_template: bool | None = None  # None: use the tokenizer's chat template if it has one
 

@@ -119,8 +119,7 @@ class Experiment:
         critic = logprobs.init_critic(p, d_model, shared_trunk=algo.shared_trunk)
       return trainer.init_state(p, tx, critic, critic_tx)
 
-    params = jax.eval_shape(lambda: self.policy.init(self.policy.model_cfg, 0))
-    abstract = jax.eval_shape(init, params)
+    abstract = jax.eval_shape(init, self.policy.abstract_params())
     return init, parallel.state_shardings(abstract, self.mesh, self.policy.partition_rules)
 
   def init_state(self, params, tx=None):

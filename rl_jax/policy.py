@@ -35,7 +35,8 @@ class Policy:
     tokenizer: text <-> ids (`tokenizers.Tokenizer`).
     partition_rules: regex on parameter path -> PartitionSpec (`parallel.param_specs`).
     stop_ids: token ids that end a completion.
-    init: `(model_cfg, seed) -> params`, the family's initial parameters (host or device).
+    load: `mesh -> params` for a family with stored weights (a checkpoint), placed at their
+      shardings; None = random initialisation from the seed.
   """
 
   family: str
@@ -44,21 +45,25 @@ class Policy:
   tokenizer: tokenizers.Tokenizer
   partition_rules: tuple = parallel.TRANSFORMER_RULES
   stop_ids: tuple[int, ...] = ()
-  init: Callable[[transformer.TransformerConfig, int], Any] = dataclasses.field(
-    default=lambda cfg, seed: transformer.init_model(cfg, seed)[1], repr=False
-  )
+  load: Callable[[Any], Any] | None = dataclasses.field(default=None, repr=False)
 
   @property
   def pad_id(self) -> int:
     return self.tokenizer.pad_id
 
+  def abstract_params(self):
+    """The parameters' shapes and dtypes, allocating nothing."""
+    return transformer.abstract_model(self.model_cfg)[1]
+
   def init_params(self, seed: int, mesh=None):
-    """Initial parameters, created directly at their shardings on `mesh` (if given)."""
-    fn = lambda: self.init(self.model_cfg, seed)
+    """Initial parameters at their shardings on `mesh` (if given): the family's stored weights,
+    or a random initialisation from `seed` created directly at its shardings."""
+    if self.load is not None:
+      return self.load(mesh)
+    fn = lambda: transformer.init_model(self.model_cfg, seed)[1]
     if mesh is None:
       return jax.jit(fn)()
-    abstract = jax.eval_shape(fn)
-    shardings = parallel.param_shardings(abstract, mesh, self.partition_rules)
+    shardings = parallel.param_shardings(self.abstract_params(), mesh, self.partition_rules)
     return jax.jit(fn, out_shardings=shardings)()
 
 
@@ -80,7 +85,20 @@ def embedded(model, task) -> Policy:
   return Policy("embedded", cfg, graphdef, tok, stop_ids=tuple(tok.stop_ids))
 
 
-FAMILIES: dict[str, Callable[..., Policy]] = {"embedded": embedded}
+def hf(model, task) -> Policy:
+  """The `hf` family: a Hugging Face checkpoint from the local folder `model.path` (its
+  config, its tokenizer, its weights; `models.hf`)."""
+  del task  # the checkpoint's tokenizer serves any task
+  from rl_jax.models import hf as hf_lib  # pylint: disable=import-outside-toplevel
+
+  if not model.path:
+    raise ValueError("config field 'model.path' must name a Hugging Face checkpoint folder")
+  return hf_lib.policy_from_folder(
+    model.path, chat_template=model.chat_template, remat=model.remat, attention=model.attention
+  )
+
+
+FAMILIES: dict[str, Callable[..., Policy]] = {"embedded": embedded, "hf": hf}
 
 
 def build(model, task) -> Policy:
@@ -89,7 +107,7 @@ def build(model, task) -> Policy:
     raise ValueError(
       f"config field 'model.family'={model.family!r} is unknown; choose one of {sorted(FAMILIES)}"
     )
-  if model.preset not in transformer.PRESETS:
+  if model.family == "embedded" and model.preset not in transformer.PRESETS:
     raise ValueError(
       f"config field 'model.preset'={model.preset!r} is unknown; choose one of "
       f"{sorted(transformer.PRESETS)}"

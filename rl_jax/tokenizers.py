@@ -170,7 +170,11 @@ class HFTokenizer:
       raise ImportError(
         f'model.tokenizer={path!r} needs transformers: pip install -e ".[hf]"'
       ) from e
-    tokenizer = transformers.AutoTokenizer.from_pretrained(
+    # The generic fast tokenizer over tokenizer.json (the pipeline it defines, special tokens
+    # and chat template from the folder's other files), not the class a model type names:
+    # transformers 5 rebuilds e.g. Qwen2Tokenizer from the vocabulary when the folder's
+    # config.json says qwen2, which drops a tokenizer.json of another model (tested).
+    tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(
       folder, local_files_only=True, trust_remote_code=False
     )
     extra = _generation_config_eos_ids(os.path.join(folder, "generation_config.json"))

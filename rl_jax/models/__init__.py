@@ -1,5 +1,6 @@
-"""Models: the Flax NNX decoder and its presets."""
+"""Models: the Flax NNX decoder, its presets, and Hugging Face checkpoints (`hf`)."""
 
+from rl_jax.models.hf import from_pretrained
 from rl_jax.models.transformer import (
   PRESETS,
   LayerCache,
@@ -19,6 +20,7 @@ __all__ = [
   "Transformer",
   "TransformerConfig",
   "abstract_model",
+  "from_pretrained",
   "init_cache",
   "init_model",
   "merge",

@@ -393,10 +393,12 @@ class Transformer(nnx.Module):
     x = self.embed(tokens_NxL)
     if cfg.embed_scale:
       x = x * jnp.asarray(cfg.d_model**0.5, x.dtype)
+    # Rematerialisation serves the backward pass, which only cache-free calls have (training and
+    # log-prob passes); a decode step (with a cache, inside the sampler's while_loop) runs plain.
+    call = _remat_block if cfg.remat and cache is None else _block
     if cache is None:
       cache = [None] * cfg.num_layers
     new_cache = []
-    call = _remat_block if cfg.remat else _block
     # A token's position counts the valid keys before it: below the call's slots (and prefix).
     num_positions = kv_mask_NxS.shape[1] + (prefix[0].mask_BxP.shape[1] if prefix else 0)
     tables = rope_tables(positions_NxL, cfg.head_dim, cfg.rope_theta, num_positions)

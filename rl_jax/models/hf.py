@@ -1,0 +1,221 @@
+"""Hugging Face checkpoints from a local folder: config, weights and tokenizer.
+
+`from_pretrained(path)` reads a folder in the Hugging Face layout (`config.json`,
+`model.safetensors` or sharded `model-*.safetensors` with `model.safetensors.index.json`, and
+the tokenizer files) and returns a `Policy`: the one decoder of `models.transformer`
+configured as the checkpoint's family, its parameters, and the folder's tokenizer. Weights are
+read one tensor at a time and placed directly at their target sharding, so no full copy of the
+model is held on the host.
+
+Families (`config.json`'s `model_type`): `llama` (Llama 3.x without rope scaling; Llama 2),
+`qwen2` (Qwen2 / Qwen2.5: q/k/v bias), `qwen3` (Qwen3 dense: q/k norm). Each is a configuration
+of the one decoder, not a copy of it. A feature the decoder does not have yet (rope scaling,
+sliding-window layers, an attention output bias) is refused with an error naming the field,
+never approximated. Nothing is downloaded: `path` is a folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from rl_jax import parallel
+from rl_jax.models import transformer
+
+FAMILIES = ("llama", "qwen2", "qwen3")
+
+
+class CheckpointFormatError(ValueError):
+  """The folder is not a checkpoint rl_jax can load; the message names the file or field."""
+
+
+def _read_config(path: str) -> dict:
+  file = os.path.join(path, "config.json")
+  if not os.path.isdir(path):
+    raise CheckpointFormatError(f"model.path={path!r} is not a folder")
+  if not os.path.exists(file):
+    raise CheckpointFormatError(f"{file} is missing: not a Hugging Face checkpoint folder")
+  with open(file) as f:
+    return json.load(f)
+
+
+def _rope_theta(hf: dict) -> float:
+  """RoPE base, refusing scaled RoPE (`rope_scaling` / `rope_parameters.rope_type`)."""
+  params = hf.get("rope_parameters") or {}
+  scaling = hf.get("rope_scaling") or {}
+  kinds = {params.get("rope_type"), scaling.get("rope_type"), scaling.get("type")}
+  kinds -= {None, "default"}
+  if kinds:
+    raise CheckpointFormatError(
+      f"config.json: rope type {sorted(kinds)[0]!r} (rope scaling) is not supported yet; only "
+      "default RoPE"
+    )
+  return float(params.get("rope_theta", hf.get("rope_theta", 10_000.0)))
+
+
+def config_from_hf(
+  hf: dict, *, dtype: str = "float32", param_dtype: str = "float32", **overrides
+) -> transformer.TransformerConfig:
+  """The decoder configuration of a Hugging Face `config.json` (as a dict)."""
+  family = hf.get("model_type")
+  if family not in FAMILIES:
+    raise CheckpointFormatError(
+      f"config.json: model_type {family!r} is not supported; supported: {', '.join(FAMILIES)}"
+    )
+  if hf.get("use_sliding_window") or (family == "llama" and hf.get("sliding_window")):
+    raise CheckpointFormatError("config.json: sliding-window attention is not supported yet")
+  if family == "llama" and (hf.get("attention_bias") or hf.get("mlp_bias")):
+    raise CheckpointFormatError("config.json: attention_bias / mlp_bias are not supported yet")
+  if hf.get("hidden_act", "silu") != "silu":
+    raise CheckpointFormatError(f"config.json: hidden_act {hf['hidden_act']!r} is not supported")
+  heads = hf["num_attention_heads"]
+  return transformer.TransformerConfig(
+    vocab_size=hf["vocab_size"],
+    d_model=hf["hidden_size"],
+    num_layers=hf["num_hidden_layers"],
+    num_heads=heads,
+    num_kv_heads=hf.get("num_key_value_heads") or heads,
+    head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+    mlp_dim=hf["intermediate_size"],
+    rope_theta=_rope_theta(hf),
+    norm_eps=hf.get("rms_norm_eps", 1e-6),
+    tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    qkv_bias=family == "qwen2" or bool(hf.get("attention_bias", False)) and family != "llama",
+    qk_norm=family == "qwen3",
+    dtype=dtype,
+    param_dtype=param_dtype,
+    **overrides,
+  )
+
+
+def hf_name(path: str) -> tuple[str, bool]:
+  """(Hugging Face tensor name, transposed?) of an rl_jax parameter path: Hugging Face stores
+  linear weights as [out, in], rl_jax kernels as [in, out]."""
+  parts = path.split("/")
+  if parts[0] == "embed":
+    return "model.embed_tokens.weight", False
+  if parts[0] == "final_norm":
+    return "model.norm.weight", False
+  if parts[0] == "lm_head":
+    return "lm_head.weight", True
+  i, rest = parts[1], parts[2:]
+  prefix = f"model.layers.{i}."
+  if rest[0] == "attn_norm":
+    return prefix + "input_layernorm.weight", False
+  if rest[0] == "mlp_norm":
+    return prefix + "post_attention_layernorm.weight", False
+  module = "self_attn" if rest[0] == "attn" else "mlp"
+  leaf = {"kernel": "weight", "bias": "bias", "scale": "weight"}[rest[2]]
+  return f"{prefix}{module}.{rest[1]}.{leaf}", rest[2] == "kernel"
+
+
+def _weight_files(path: str) -> dict[str, str]:
+  """Tensor name -> the safetensors file that holds it."""
+  index = os.path.join(path, "model.safetensors.index.json")
+  if os.path.exists(index):
+    with open(index) as f:
+      weight_map = json.load(f)["weight_map"]
+    return {name: os.path.join(path, file) for name, file in weight_map.items()}
+  single = os.path.join(path, "model.safetensors")
+  if not os.path.exists(single):
+    raise CheckpointFormatError(
+      f"{path} has neither model.safetensors nor model.safetensors.index.json (only "
+      "safetensors weights are read: never pickles)"
+    )
+  from safetensors import safe_open  # pylint: disable=import-outside-toplevel
+
+  with safe_open(single, framework="numpy") as f:
+    return {name: single for name in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+
+
+def load_params(
+  path: str, cfg: transformer.TransformerConfig, mesh=None, rules=parallel.TRANSFORMER_RULES
+) -> Any:
+  """The checkpoint's weights as rl_jax parameters, each read alone and placed at its sharding
+  on `mesh` (or the default device)."""
+  from safetensors import safe_open  # pylint: disable=import-outside-toplevel
+
+  _, abstract = transformer.abstract_model(cfg)
+  shardings = None if mesh is None else parallel.param_shardings(abstract, mesh, rules)
+  files = _weight_files(path)
+  handles: dict[str, Any] = {}
+
+  def load(key_path, leaf, sharding=None):
+    name, transpose = hf_name(parallel.path_str(key_path))
+    if name not in files:
+      raise CheckpointFormatError(f"{path}: the weights lack {name!r} (for {cfg})")
+    file = files[name]
+    if file not in handles:
+      handles[file] = safe_open(file, framework="flax")
+    x = handles[file].get_tensor(name)
+    x = x.T if transpose else x
+    if tuple(x.shape) != tuple(leaf.shape):
+      raise CheckpointFormatError(
+        f"{file}: {name!r} has shape {tuple(x.shape)}, the model expects {tuple(leaf.shape)}"
+      )
+    x = x.astype(leaf.dtype)
+    return jax.device_put(x, sharding) if sharding is not None else x
+
+  if shardings is None:
+    return jax.tree_util.tree_map_with_path(load, abstract)
+  return jax.tree_util.tree_map_with_path(load, abstract, shardings)
+
+
+def policy_from_folder(
+  path: str,
+  *,
+  dtype: str = "float32",
+  param_dtype: str = "float32",
+  chat_template: bool | None = None,
+  **overrides,
+):
+  """The `Policy` of the checkpoint in `path` (config and tokenizer read now; weights when
+  `policy.init_params(seed, mesh)` is called, at their shardings on that mesh)."""
+  from rl_jax import policy as policy_lib  # pylint: disable=import-outside-toplevel
+  from rl_jax import tokenizers  # pylint: disable=import-outside-toplevel
+
+  cfg = config_from_hf(_read_config(path), dtype=dtype, param_dtype=param_dtype, **overrides)
+  tokenizer = tokenizers.HFTokenizer.from_folder(path, chat_template=chat_template)
+  if tokenizer.vocab_size > cfg.vocab_size:
+    raise CheckpointFormatError(
+      f"{path}: the tokenizer has {tokenizer.vocab_size} tokens, the model {cfg.vocab_size}"
+    )
+  graphdef, _ = transformer.abstract_model(cfg)
+  return policy_lib.Policy(
+    "hf",
+    cfg,
+    graphdef,
+    tokenizer,
+    stop_ids=tuple(tokenizer.stop_ids),
+    load=lambda mesh: load_params(path, cfg, mesh),
+  )
+
+
+def from_pretrained(
+  path: str,
+  *,
+  mesh=None,
+  dtype: str = "float32",
+  param_dtype: str = "float32",
+  chat_template: bool | None = None,
+  **overrides,
+):
+  """(Policy, params) of the Hugging Face checkpoint in the local folder `path`: the decoder
+  configured as its family, its tokenizer, and its weights at their shardings on `mesh`."""
+  policy = policy_from_folder(
+    path, dtype=dtype, param_dtype=param_dtype, chat_template=chat_template, **overrides
+  )
+  return policy, policy.init_params(0, mesh)
+
+
+def logits(policy, params, tokens_NxL, mask_NxL) -> jax.Array:
+  """Float32 logits [N, L, V] of left- (or right-) padded tokens: positions count valid
+  tokens, padded keys are masked (what the sampler and the trainer do)."""
+  model = transformer.merge(policy.graphdef, params)
+  mask = jnp.asarray(mask_NxL, bool)
+  out, _ = model(jnp.asarray(tokens_NxL), transformer.positions_from_mask(mask), mask)
+  return out
