@@ -29,6 +29,19 @@ FAMILIES = {
   "llama": lambda: transformers.LlamaConfig(**COMMON, rope_theta=10_000.0),
   "qwen2": lambda: transformers.Qwen2Config(**COMMON, rope_theta=1e6, tie_word_embeddings=True),
   "qwen3": lambda: transformers.Qwen3Config(**COMMON, head_dim=16, rope_theta=1e6),
+  # Llama 3.1's rope scaling, with an original context of 200 so that the 4 frequencies of
+  # a head of 8 fall in all three of its bands (kept, interpolated, divided by the factor).
+  "llama3": lambda: transformers.LlamaConfig(
+    **COMMON,
+    rope_parameters=dict(
+      rope_type="llama3",
+      rope_theta=500_000.0,
+      factor=8.0,
+      low_freq_factor=1.0,
+      high_freq_factor=4.0,
+      original_max_position_embeddings=16,
+    ),
+  ),
 }
 
 
@@ -96,6 +109,7 @@ def test_logits_match_transformers(tmp_path, family):
   cfg = policy.model_cfg
   assert (cfg.qkv_bias, cfg.qk_norm, cfg.tie_embeddings) == {
     "llama": (False, False, False),
+    "llama3": (False, False, False),
     "qwen2": (True, False, True),
     "qwen3": (False, True, False),
   }[family]
@@ -138,9 +152,9 @@ def test_sharded_checkpoint_and_errors(tmp_path):
   (sharded / "config.json").write_text(json.dumps(dict(config, model_type="gpt2")))
   with pytest.raises(hf.CheckpointFormatError, match="model_type 'gpt2'"):
     hf.from_pretrained(str(sharded))
-  scaled = dict(config, rope_scaling={"rope_type": "llama3", "factor": 8.0})
-  (sharded / "config.json").write_text(json.dumps(scaled))
-  with pytest.raises(hf.CheckpointFormatError, match="rope type 'llama3'"):
+  yarn = dict(config, model_type="llama", rope_parameters={"rope_type": "yarn", "factor": 4.0})
+  (sharded / "config.json").write_text(json.dumps(yarn))
+  with pytest.raises(hf.CheckpointFormatError, match="rope type 'yarn'"):
     hf.from_pretrained(str(sharded))
 
 
@@ -208,3 +222,58 @@ def test_grpo_on_a_checkpoint_with_experiments_grpo_hf(tmp_path):
   assert [r["step"] for r in metrics] == [1, 2]
   assert all(np.isfinite(r["loss"]) and r["skipped_updates"] == 0 for r in metrics)
   assert metrics[1]["kl"] > 0  # the policy moved away from the checkpoint it started from
+
+
+@pytest.mark.parametrize("family", ["llama3", "qwen2", "qwen3"])
+def test_export_loads_in_transformers_with_the_same_logits(tmp_path, family):
+  """Trained parameters (here: the checkpoint's, perturbed) written by `save_pretrained` load in
+  transformers and give rl_jax's logits; the tokenizer travels with them."""
+  folder, _ = _checkpoint(tmp_path, family)
+  policy, params = hf.from_pretrained(folder)
+  rng = np.random.default_rng(3)
+  params = jax.tree.map(lambda x: x + 0.05 * rng.normal(size=x.shape).astype(x.dtype), params)
+  out = tmp_path / "export"
+  hf.save_pretrained(policy, params, str(out))
+  model = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
+  tokens, mask = _batch()
+  ours = np.asarray(hf.logits(policy, params, tokens, mask))
+  ref = _reference_logits(model, tokens, mask)
+  assert np.abs(ours[mask] - ref[mask]).max() / np.abs(ref[mask]).max() < 1e-4
+  assert transformers.AutoTokenizer.from_pretrained(str(out)).eos_token == "<eos>"
+  again, _ = hf.from_pretrained(str(out))  # and back: the same configuration
+  assert again.model_cfg == policy.model_cfg
+
+
+def test_export_an_embedded_model(tmp_path):
+  """A model trained from a preset (no checkpoint) exports as a Llama folder transformers runs."""
+  from rl_jax.models import transformer
+
+  cfg = transformer.preset("test", 97)
+  graphdef, params = transformer.init_model(cfg, 0)
+  from rl_jax.policy import Policy
+  from rl_jax.tokenizers import CharTokenizer
+
+  policy = Policy("embedded", cfg, graphdef, CharTokenizer("abc"))
+  hf.save_pretrained(policy, params, str(tmp_path))
+  model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
+  assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "llama"
+  tokens, mask = _batch()
+  ours = np.asarray(hf.logits(policy, params, tokens, mask))
+  ref = _reference_logits(model, tokens, mask)
+  assert np.abs(ours[mask] - ref[mask]).max() / np.abs(ref[mask]).max() < 1e-4
+
+
+def test_loading_onto_an_8_device_mesh_gives_the_same_logits(tmp_path):
+  import subprocess
+  import sys
+
+  folder, _ = _checkpoint(tmp_path, "qwen3")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_mesh_check.py")
+  r = subprocess.run(
+    [sys.executable, script, folder], env=env, capture_output=True, text=True, timeout=600
+  )
+  assert r.returncode == 0, r.stderr[-4000:]
+  result = json.loads(r.stdout.strip().splitlines()[-1])
+  assert result["devices"] == 8 and "tensor" in result["q_spec"] and "fsdp" in result["q_spec"]
+  assert result["max_diff"] <= 1e-5 * result["scale"], result

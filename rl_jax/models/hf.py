@@ -7,7 +7,7 @@ configured as the checkpoint's family, its parameters, and the folder's tokenize
 read one tensor at a time and placed directly at their target sharding, so no full copy of the
 model is held on the host.
 
-Families (`config.json`'s `model_type`): `llama` (Llama 3.x without rope scaling; Llama 2),
+Families (`config.json`'s `model_type`): `llama` (Llama 3.x with its rope scaling; Llama 2),
 `qwen2` (Qwen2 / Qwen2.5: q/k/v bias), `qwen3` (Qwen3 dense: q/k norm). Each is a configuration
 of the one decoder, not a copy of it. A feature the decoder does not have yet (rope scaling,
 sliding-window layers, an attention output bias) is refused with an error naming the field,
@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rl_jax import parallel
 from rl_jax.models import transformer
@@ -43,18 +44,27 @@ def _read_config(path: str) -> dict:
     return json.load(f)
 
 
-def _rope_theta(hf: dict) -> float:
-  """RoPE base, refusing scaled RoPE (`rope_scaling` / `rope_parameters.rope_type`)."""
-  params = hf.get("rope_parameters") or {}
-  scaling = hf.get("rope_scaling") or {}
-  kinds = {params.get("rope_type"), scaling.get("rope_type"), scaling.get("type")}
-  kinds -= {None, "default"}
-  if kinds:
-    raise CheckpointFormatError(
-      f"config.json: rope type {sorted(kinds)[0]!r} (rope scaling) is not supported yet; only "
-      "default RoPE"
+def _rope(hf: dict) -> tuple[float, tuple | None]:
+  """(RoPE base, Llama 3 scaling or None); other scaled RoPE types are refused."""
+  params = dict(hf.get("rope_scaling") or {}, **(hf.get("rope_parameters") or {}))
+  kind = params.get("rope_type") or params.get("type") or "default"
+  theta = float(params.get("rope_theta", hf.get("rope_theta", 10_000.0)))
+  if kind == "default":
+    return theta, None
+  if kind == "llama3":
+    keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    missing = [k for k in keys if k not in params]
+    if missing:
+      raise CheckpointFormatError(f"config.json: llama3 rope scaling lacks {missing}")
+    return theta, (
+      float(params["factor"]),
+      float(params["low_freq_factor"]),
+      float(params["high_freq_factor"]),
+      int(params["original_max_position_embeddings"]),
     )
-  return float(params.get("rope_theta", hf.get("rope_theta", 10_000.0)))
+  raise CheckpointFormatError(
+    f"config.json: rope type {kind!r} is not supported yet; supported: default, llama3"
+  )
 
 
 def config_from_hf(
@@ -73,6 +83,7 @@ def config_from_hf(
   if hf.get("hidden_act", "silu") != "silu":
     raise CheckpointFormatError(f"config.json: hidden_act {hf['hidden_act']!r} is not supported")
   heads = hf["num_attention_heads"]
+  theta, scaling = _rope(hf)
   return transformer.TransformerConfig(
     vocab_size=hf["vocab_size"],
     d_model=hf["hidden_size"],
@@ -81,7 +92,8 @@ def config_from_hf(
     num_kv_heads=hf.get("num_key_value_heads") or heads,
     head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
     mlp_dim=hf["intermediate_size"],
-    rope_theta=_rope_theta(hf),
+    rope_theta=theta,
+    rope_scaling=scaling,
     norm_eps=hf.get("rms_norm_eps", 1e-6),
     tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
     qkv_bias=family == "qwen2" or bool(hf.get("attention_bias", False)) and family != "llama",
@@ -210,6 +222,75 @@ def from_pretrained(
     path, dtype=dtype, param_dtype=param_dtype, chat_template=chat_template, **overrides
   )
   return policy, policy.init_params(0, mesh)
+
+
+_ARCHITECTURES = {
+  "llama": "LlamaForCausalLM",
+  "qwen2": "Qwen2ForCausalLM",
+  "qwen3": "Qwen3ForCausalLM",
+}
+
+
+def family_of(cfg: transformer.TransformerConfig) -> str:
+  """The Hugging Face family a decoder configuration is an instance of."""
+  if cfg.embed_scale or cfg.activation != "silu":
+    raise CheckpointFormatError("only Llama / Qwen2 / Qwen3-style decoders can be exported yet")
+  return "qwen3" if cfg.qk_norm else "qwen2" if cfg.qkv_bias else "llama"
+
+
+def config_to_hf(cfg: transformer.TransformerConfig) -> dict:
+  """The `config.json` of a decoder configuration (the inverse of `config_from_hf`)."""
+  family = family_of(cfg)
+  rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+  if cfg.rope_scaling is not None:
+    factor, low, high, original = cfg.rope_scaling
+    rope = dict(
+      rope_type="llama3",
+      rope_theta=cfg.rope_theta,
+      factor=factor,
+      low_freq_factor=low,
+      high_freq_factor=high,
+      original_max_position_embeddings=original,
+    )
+  return dict(
+    architectures=[_ARCHITECTURES[family]],
+    model_type=family,
+    vocab_size=cfg.vocab_size,
+    hidden_size=cfg.d_model,
+    intermediate_size=cfg.mlp_dim,
+    num_hidden_layers=cfg.num_layers,
+    num_attention_heads=cfg.num_heads,
+    num_key_value_heads=cfg.num_kv_heads,
+    head_dim=cfg.head_dim,
+    hidden_act="silu",
+    rms_norm_eps=cfg.norm_eps,
+    rope_theta=cfg.rope_theta,
+    rope_parameters=rope,
+    tie_word_embeddings=cfg.tie_embeddings,
+    max_position_embeddings=32_768,  # RoPE positions have no bound here; a serving default
+    torch_dtype="float32",  # `save_pretrained` writes float32 tensors
+    attention_bias=cfg.qkv_bias and family != "qwen2",
+  )
+
+
+def save_pretrained(policy, params, path: str) -> None:
+  """Writes `params` as a Hugging Face folder (`config.json`, `model.safetensors`, and the
+  policy's tokenizer when it is a Hugging Face one) that `transformers` and serving engines
+  load. Arrays are gathered from their shardings one at a time."""
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+
+  os.makedirs(path, exist_ok=True)
+  tensors = {}
+  for key_path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+    name, transpose = hf_name(parallel.path_str(key_path))
+    x = np.asarray(jax.device_get(x), np.float32)
+    tensors[name] = np.ascontiguousarray(x.T if transpose else x)
+  save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(config_to_hf(policy.model_cfg), f, indent=2)
+  hf_tokenizer = getattr(policy.tokenizer, "hf", None)
+  if hf_tokenizer is not None:
+    hf_tokenizer.save_pretrained(path)
 
 
 def logits(policy, params, tokens_NxL, mask_NxL) -> jax.Array:

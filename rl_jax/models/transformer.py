@@ -40,6 +40,9 @@ class TransformerConfig:
   head_dim: int
   mlp_dim: int
   rope_theta: float = 10_000.0
+  # Llama 3's frequency-dependent RoPE scaling: (factor, low_freq_factor, high_freq_factor,
+  # original_max_position_embeddings), or None for plain RoPE (`rope_frequencies`).
+  rope_scaling: tuple[float, float, float, int] | None = None
   norm_eps: float = 1e-6
   tie_embeddings: bool = False
   embed_scale: bool = False  # Gemma multiplies embeddings by sqrt(d_model)
@@ -143,8 +146,27 @@ class RopeTables(NamedTuple):
   sin: jax.Array
 
 
+def rope_frequencies(head_dim: int, theta: float, scaling=None) -> jax.Array:
+  """The RoPE angular frequencies [head_dim / 2]: theta^(-2i / head_dim), with Llama 3's
+  scaling when `scaling` = (factor, low_freq_factor, high_freq_factor, original_max_position):
+  wavelengths longer than original / low_freq_factor are divided by `factor`, shorter than
+  original / high_freq_factor kept, and those between interpolated smoothly (arXiv:2407.21783;
+  the rule transformers applies for rope_type "llama3")."""
+  half = head_dim // 2
+  freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if scaling is None:
+    return freq
+  factor, low, high, original = scaling
+  wavelen = 2 * jnp.pi / freq
+  scaled = jnp.where(wavelen > original / low, freq / factor, freq)
+  smooth = (original / wavelen - low) / (high - low)
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  medium = (wavelen >= original / high) & (wavelen <= original / low)
+  return jnp.where(medium, smoothed, scaled)
+
+
 def rope_tables(
-  positions_NxL: jax.Array, head_dim: int, theta: float, num_positions: int
+  positions_NxL: jax.Array, head_dim: int, theta: float, num_positions: int, scaling=None
 ) -> RopeTables:
   """The rotary tables of `positions_NxL` (each in [0, num_positions)), looked up in a table of
   all `num_positions` angles. XLA:CPU fuses elementwise producers into every consumer (an
@@ -152,8 +174,7 @@ def rope_tables(
   their cos / sin, and the positions' cumulative sum, recomputed for every head, half and
   layer, forward and backward; the per-position table is a constant of the shapes, and a
   lookup is cheap to repeat (W1 update 11% and reference pass 15% shorter). Same values."""
-  half = head_dim // 2
-  freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  freq = rope_frequencies(head_dim, theta, scaling)
   angle_SxF = jnp.arange(num_positions, dtype=jnp.float32)[:, None] * freq
   idx_NxL = jnp.clip(positions_NxL, 0, num_positions - 1)
   return RopeTables(
@@ -401,7 +422,9 @@ class Transformer(nnx.Module):
     new_cache = []
     # A token's position counts the valid keys before it: below the call's slots (and prefix).
     num_positions = kv_mask_NxS.shape[1] + (prefix[0].mask_BxP.shape[1] if prefix else 0)
-    tables = rope_tables(positions_NxL, cfg.head_dim, cfg.rope_theta, num_positions)
+    tables = rope_tables(
+      positions_NxL, cfg.head_dim, cfg.rope_theta, num_positions, cfg.rope_scaling
+    )
     prefix = prefix or [None] * cfg.num_layers
     for layer, layer_cache, layer_prefix in zip(self.layers, cache, prefix):
       x, layer_cache = call(layer, x, tables, kv_mask_NxS, layer_cache, write_index, layer_prefix)
