@@ -39,6 +39,8 @@ class ModelConfig:
   attention: str = "einsum"  # or "fused": jax.nn.dot_product_attention (cuDNN on GPUs)
   family: str = "embedded"  # model family (rl_jax.policy.FAMILIES): embedded, hf
   path: str | None = None  # family hf: a local Hugging Face checkpoint folder
+  dtype: str = "float32"  # activations and matmuls: float32, or bfloat16 (mixed precision)
+  param_dtype: str = "float32"  # stored parameters (the optimizer's master weights)
   tokenizer: str = "char"  # "char" (from the task's alphabet) or a folder with tokenizer.json
   chat_template: bool | None = None  # None: use the tokenizer's chat template if it has one
 
@@ -357,6 +359,13 @@ def _validate_sampling_and_model(c: RunConfig) -> None:
   from rl_jax.models.transformer import ATTENTION_IMPLS  # local: config is imported by all
   from rl_jax.sampling import SamplingConfig as Sampler
 
+  for field in ("dtype", "param_dtype"):
+    value = getattr(c.model, field)
+    _require(
+      value in ("float32", "bfloat16"),
+      f"model.{field}",
+      f"must be 'float32' or 'bfloat16', got {value!r}",
+    )
   _require(
     c.model.attention in ATTENTION_IMPLS,
     "model.attention",

@@ -79,7 +79,13 @@ def embedded(model, task) -> Policy:
     if getattr(model, k) is not None
   }
   cfg = transformer.preset(
-    model.preset, tok.vocab_size, remat=model.remat, attention=model.attention, **overrides
+    model.preset,
+    tok.vocab_size,
+    remat=model.remat,
+    attention=model.attention,
+    dtype=model.dtype,
+    param_dtype=model.param_dtype,
+    **overrides,
   )
   graphdef, _ = transformer.abstract_model(cfg)
   return Policy("embedded", cfg, graphdef, tok, stop_ids=tuple(tok.stop_ids))
@@ -94,7 +100,12 @@ def hf(model, task) -> Policy:
   if not model.path:
     raise ValueError("config field 'model.path' must name a Hugging Face checkpoint folder")
   return hf_lib.policy_from_folder(
-    model.path, chat_template=model.chat_template, remat=model.remat, attention=model.attention
+    model.path,
+    chat_template=model.chat_template,
+    remat=model.remat,
+    attention=model.attention,
+    dtype=model.dtype,
+    param_dtype=model.param_dtype,
   )
 
 
