@@ -14,6 +14,10 @@ number). No warm start: the checkpoint is the starting policy and the KL referen
 The settings below are for a 0.5-1 B model on one accelerator: 16 prompts x 8 samples of up to
 512 new tokens per step, the log-softmax over 128 positions at a time (a 150 k vocabulary's
 float32 logits of a whole batch would not fit), each block rematerialised in the backward pass.
+LoRA (`--config.lora.rank=16 --config.lora.alpha=32`, targets `lora.targets`) trains adapters
+on the frozen checkpoint, which is also the KL reference; bf16 compute with float32 master
+weights: `--config.model.dtype=bfloat16`. Export the result with
+`rl_jax.models.hf.save_pretrained(policy, lora.merge(base, adapters, cfg), path)`.
 """
 
 import ml_collections

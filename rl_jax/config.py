@@ -87,6 +87,13 @@ class SamplingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoraSection:
+  rank: int = 0  # > 0: train LoRA adapters of this rank on frozen weights (0 = full training)
+  alpha: float = 32.0  # the adapters' scale is alpha / rank
+  targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalConfig:
   every: int = 50  # RL steps between held-out evaluations (0 = only before and after)
   num_prompts: int = 512
@@ -125,6 +132,7 @@ class RunConfig:
   rl: RLConfig = RLConfig()
   sampling: SamplingConfig = SamplingConfig()
   algorithm: Component = Component.of("grpo")
+  lora: LoraSection = LoraSection()
   eval: EvalConfig = EvalConfig()
   checkpoint: CheckpointConfig = CheckpointConfig()
   mesh: MeshConfig = MeshConfig()
@@ -350,6 +358,11 @@ def validate(c: RunConfig, num_devices: int | None = None) -> None:
     "mesh",
     "may have at most one axis set to -1",
   )
+  _require(c.lora.rank >= 0, "lora.rank", f"must be >= 0 (0 = off), got {c.lora.rank}")
+  try:
+    lora_config(c)
+  except ValueError as e:
+    raise ConfigError(f"config field {e}") from None
   _check_components(c)
   if num_devices is not None:
     mesh_shape(c.mesh, num_devices)
@@ -552,3 +565,13 @@ def changed_fields(saved: dict, current: dict) -> list[str]:
     k == f or (f.endswith(".*") and k.startswith(f[:-1])) for f in RESUMABLE_FIELDS
   )
   return sorted(k for k in set(a) | set(b) if not may(k) and a.get(k, "?") != b.get(k, "?"))
+
+
+def lora_config(c: RunConfig):
+  """The run's `lora.LoraConfig`, or None when `lora.rank` is 0."""
+  from rl_jax import lora as lora_lib  # local: config is imported by all
+
+  if not c.lora.rank:
+    return None
+  targets = tuple(t.strip() for t in c.lora.targets.split(",") if t.strip())
+  return lora_lib.LoraConfig(rank=c.lora.rank, alpha=c.lora.alpha, targets=targets)

@@ -24,6 +24,7 @@ import numpy as np
 
 from rl_jax import algorithms, logprobs, parallel, rewards, rollouts, tasks, tokenizers, trainer
 from rl_jax import config as config_lib
+from rl_jax import lora as lora_lib
 from rl_jax import policy as policy_lib
 from rl_jax.checkpoint import Checkpointer, CheckpointError
 from rl_jax.metrics import MetricsWriter, Progress, format_duration, plot_rewards, read_jsonl
@@ -50,6 +51,7 @@ class Experiment:
   step: Step
   tx: Any  # the RL optimizers (policy, critic or None)
   critic_tx: Any
+  lora: Any = None  # lora.LoraConfig: RL trains adapters on the frozen warm-start weights
 
   @classmethod
   def build(cls, config, devices=None, *, task=None, rewards=None, algorithm=None, rollout=None):
@@ -66,6 +68,12 @@ class Experiment:
       rewards_obj = _build_rewards(rewards, c, task)
     except ValueError as e:
       raise config_lib.ConfigError(str(e)) from None
+    lora = config_lib.lora_config(c)
+    if lora is not None and algo.critic:
+      raise config_lib.ConfigError(
+        "config field 'lora.rank': LoRA with a critic (PPO) is not "
+        "supported yet; use lora.rank=0 or a critic-free algorithm"
+      )
     settings = _rollout_settings(c, policy, task, mesh)
     rollout_fn = rollout(settings) if rollout is not None else rollouts.build(c.rollout, settings)
 
@@ -82,7 +90,7 @@ class Experiment:
     )
     tx = make_tx(t.learning_rate)
     critic_tx = make_tx(t.critic_learning_rate or t.learning_rate) if algo.critic else None
-    exp = cls(c, mesh, task, policy, None, tx, critic_tx)
+    exp = cls(c, mesh, task, policy, None, tx, critic_tx, lora)
     exp.step = Step.create(
       policy,
       algo,
@@ -100,16 +108,31 @@ class Experiment:
       off_policy=t.async_rollout,
       state_sharding=exp.state_shardings(algo)[1],
       batch_sharding=parallel.batch_sharding(mesh),
+      lora=lora,
+      frozen_sharding=exp.param_shardings() if lora is not None else None,
     )
     return exp
 
   def shard(self, tree):
     return parallel.shard_batch(tree, self.mesh)
 
+  def param_shardings(self):
+    return parallel.param_shardings(
+      self.policy.abstract_params(), self.mesh, self.policy.partition_rules
+    )
+
+  def rl_state(self, params):
+    """The RL train state over `params` (the warm-start weights): trained directly, or (LoRA)
+    through fresh adapters on them."""
+    if self.lora is None:
+      return self.init_state(params)[0]
+    return self.init_state(lora_lib.init_adapters(params, self.lora, self.config.seed))[0]
+
   def state_shardings(self, algo, tx=None):
-    """(init function, shardings) of a train state: the RL optimizers and critic, or `tx`
-    alone (the warm start)."""
-    critic_tx = None if tx is not None else self.critic_tx
+    """(init function, shardings) of a train state: the RL optimizers and critic (over the
+    adapters under LoRA), or `tx` alone (the warm start, all parameters)."""
+    warm_start = tx is not None
+    critic_tx = None if warm_start else self.critic_tx
     tx = tx or self.tx
     d_model = self.policy.model_cfg.d_model
 
@@ -119,7 +142,10 @@ class Experiment:
         critic = logprobs.init_critic(p, d_model, shared_trunk=algo.shared_trunk)
       return trainer.init_state(p, tx, critic, critic_tx)
 
-    abstract = jax.eval_shape(init, self.policy.abstract_params())
+    trained = self.policy.abstract_params()
+    if self.lora is not None and not warm_start:
+      trained = jax.eval_shape(lambda p: lora_lib.init_adapters(p, self.lora), trained)
+    abstract = jax.eval_shape(init, trained)
     return init, parallel.state_shardings(abstract, self.mesh, self.policy.partition_rules)
 
   def init_state(self, params, tx=None):
@@ -269,13 +295,15 @@ def run(
   progress = Progress(c.train.steps, stream=stream, every=c.log.progress_every)
   for n in range(start + 1, c.train.steps + 1):
     t0 = time.time()
-    behaviour = state.params if pending is None else pending[1]
+    behaviour = step.policy_params(state, ref_params) if pending is None else pending[1]
     roll, roll_m = (
       step.collect(behaviour, n, keys(n)[0]) if pending is None else pending[0].result()
     )
     t_rollout = time.time() - t0
     if pool is not None and n < c.train.steps:
-      nxt = jax.tree.map(jnp.copy, state.params)  # the update donates the parameters
+      nxt = step.policy_params(state, ref_params)
+      if step.lora is None:  # the update donates the parameters: sample from a copy
+        nxt = jax.tree.map(jnp.copy, nxt)
       pending = (pool.submit(step.collect, nxt, n + 1, keys(n + 1)[0]), nxt)
     t1 = time.time()
     state, m = step.learn(state, roll, ref_params, behaviour, keys(n)[1])
@@ -291,7 +319,7 @@ def run(
     metrics["skipped_updates"] = int(metrics["skipped_updates"])
     writer.write(n, metrics)
     progress.update(n, metrics)
-    _maybe_eval_and_save(exp, ckpt, writer, progress, state, root_key, heldout, n)
+    _maybe_eval_and_save(exp, ckpt, writer, progress, state, ref_params, root_key, heldout, n)
   progress.close()
   if pool is not None:
     pool.shutdown()
@@ -326,8 +354,7 @@ def _initial_state(exp: Experiment, ckpt, writer, heldout, log):
   root_key = jax.random.key(c.seed)
   start = ckpt.latest_step()
   if start is not None:
-    state, _ = exp.init_state(params)
-    state, root_key, meta = ckpt.restore(start, state, root_key)
+    state, root_key, meta = ckpt.restore(start, exp.rl_state(params), root_key)
     ref_params = ckpt.restore_reference(params)
     if meta.get("data_position") != start:
       raise CheckpointError(
@@ -345,17 +372,17 @@ def _initial_state(exp: Experiment, ckpt, writer, heldout, log):
       log(f"warm start: {c.sft.steps} supervised steps on the train split")
       params = warm_start(exp, params, log=log)
     ckpt.save_reference(params)
-  state, _ = exp.init_state(params)
-  before = exp.evaluate(state.params, heldout)
+  state = exp.rl_state(params)
+  before = exp.evaluate(exp.step.policy_params(state, params), heldout)
   writer.write_eval(0, before)
   log(f"held-out before RL: {_fmt_eval(before)}")
   return state, params, root_key, 0
 
 
-def _maybe_eval_and_save(exp, ckpt, writer, progress, state, root_key, heldout, n: int) -> None:
+def _maybe_eval_and_save(exp, ckpt, writer, progress, state, ref_params, root_key, heldout, n):
   c = exp.config
   if (c.eval.every and n % c.eval.every == 0) or n == c.train.steps:
-    result = exp.evaluate(state.params, heldout)
+    result = exp.evaluate(exp.step.policy_params(state, ref_params), heldout)
     writer.write_eval(n, result)
     progress.log(f"held-out at step {n}: {_fmt_eval(result)}")
   if n % c.checkpoint.every == 0 or n == c.train.steps:
@@ -443,9 +470,9 @@ def evaluate_workdir(
   ckpt = Checkpointer(workdir, keep=config.checkpoint.keep)
   params = exp.policy.init_params(config.seed, exp.mesh)
   if step is not None or ckpt.latest_step() is not None:
-    state, _ = exp.init_state(params)
-    state, _, meta = ckpt.restore(step, state, jax.random.key(config.seed))
-    params, source = state.params, f"checkpoint step {meta['step']}"
+    reference = ckpt.restore_reference(params) if exp.lora is not None else params
+    state, _, meta = ckpt.restore(step, exp.rl_state(params), jax.random.key(config.seed))
+    params, source = exp.step.policy_params(state, reference), f"checkpoint step {meta['step']}"
   else:
     params, source = ckpt.restore_reference(params), "the warm-start reference policy"
   result = exp.evaluate(params, exp.task.heldout_examples(config.eval.num_prompts))

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rl_jax import algorithms, rollouts, trainer
+from rl_jax import lora as lora_lib
 from rl_jax.objectives.shaping import soft_overlong_penalty
 from rl_jax.rewards import Rewards
 from rl_jax.tasks.base import Example
@@ -52,6 +53,8 @@ class Step:
     sampler_logp_exact: the sampler's log-probs are the policy's (temperature 1, no top-k/p).
     share_prompt: use the shared-prefix path where the rollout declares shared prompts
       (`train.share_prompt`; exact either way, off only to compare).
+    lora: a `lora.LoraConfig` when the trained parameters are adapters on the frozen reference
+      weights (`state.params` are then the adapters; `policy_params` merges them).
   """
 
   policy: Any
@@ -67,6 +70,7 @@ class Step:
   on_policy: bool
   sampler_logp_exact: bool
   share_prompt: bool = True
+  lora: Any = None
 
   @classmethod
   def create(
@@ -111,6 +115,7 @@ class Step:
       update.on_policy,
       exact,
       share_prompt,
+      update_options.get("lora"),
     )
 
   # --- collect: examples -> rollout -> rewards ----------------------------------------------
@@ -177,7 +182,7 @@ class Step:
       old = self.logprob_fn(behaviour_params, *seqs, prompt_group_size=G)
     values = None
     if self.value_fn is not None:
-      values = self.value_fn(state.params, state.critic_params, *seqs)
+      values = self.value_fn(self.policy_params(state, ref_params), state.critic_params, *seqs)
     if timings is not None:
       jax.block_until_ready((ref, old, values))
       timings["reference_s"] = time.perf_counter() - t0
@@ -200,15 +205,29 @@ class Step:
     batch = shard(
       TrainBatch(*seqs, loss_mask, adv, old, zeros if ref is None else ref, values, returns)
     )
-    state, m = self.update(state, batch, key, prompt_group_size=G)
+    frozen = ref_params if self.lora is not None else None  # the base weights under adapters
+    state, m = self.update(state, batch, key, prompt_group_size=G, frozen=frozen)
     return state, {k: float(v) for k, v in jax.device_get(m).items()}
+
+  def policy_params(self, state, ref_params):
+    """The policy's parameters: `state.params`, or under LoRA the reference (base) weights
+    with the state's adapters merged in (a new array: safe to keep across a donating update)."""
+    if self.lora is None:
+      return state.params
+    return _merge(ref_params, state.params, self.lora)
 
   def __call__(self, state, ref_params, step: int, key):
     """Collect and learn, synchronously: (state, metrics)."""
     sample_key, update_key = jax.random.split(key)
-    roll, roll_metrics = self.collect(state.params, step, sample_key)
-    state, m = self.learn(state, roll, ref_params, state.params, update_key)
+    params = self.policy_params(state, ref_params)
+    roll, roll_metrics = self.collect(params, step, sample_key)
+    state, m = self.learn(state, roll, ref_params, params, update_key)
     return state, {**roll_metrics, **m}
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _merge(params, adapters, cfg):
+  return lora_lib.merge(params, adapters, cfg)
 
 
 @functools.partial(jax.jit, static_argnums=0)

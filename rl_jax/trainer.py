@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rl_jax import lora as lora_lib
 from rl_jax.algorithms import Algorithm
 from rl_jax.logprobs import (
   TokenStats,
@@ -261,6 +262,7 @@ class UpdateSpec:
   temperature: float
   logits_chunk: int
   on_policy: bool
+  lora: Any = None  # a lora.LoraConfig: the trained parameters are adapters on frozen weights
 
 
 def make_rl_update(
@@ -275,8 +277,10 @@ def make_rl_update(
   critic_tx: optax.GradientTransformation | None = None,
   logits_chunk: int = 0,
   off_policy: bool = False,
+  lora=None,
   state_sharding=None,
   batch_sharding=None,
+  frozen_sharding=None,
 ) -> Callable:
   """Returns `update(state, batch, rng, prompt_group_size=1) -> (state, metrics)`, jitted with
   donated state.
@@ -299,6 +303,10 @@ def make_rl_update(
 
   `off_policy=True` says the batch was sampled by other parameters than `state.params` (the
   one-step-off asynchronous mode): the ratio then always uses `batch.old_logp_NxT`.
+
+  With `lora` (a `lora.LoraConfig`), `state.params` are LoRA adapters and every call passes the
+  frozen base weights as `frozen` (at `frozen_sharding`); the loss sees `lora.merge(frozen,
+  adapters)` and only the adapters (and their optimizer state) are updated.
   """
   on_policy = num_minibatches == 1 and num_iterations == 1 and not off_policy
   spec = UpdateSpec(
@@ -312,11 +320,13 @@ def make_rl_update(
     temperature,
     logits_chunk,
     on_policy,
+    lora,
   )
   shardings = {}
   if state_sharding is not None:
     shardings = dict(
-      in_shardings=(state_sharding, batch_sharding, None), out_shardings=(state_sharding, None)
+      in_shardings=(state_sharding, batch_sharding, None, frozen_sharding),
+      out_shardings=(state_sharding, None),
     )
 
   @functools.cache
@@ -324,16 +334,21 @@ def make_rl_update(
     fn = functools.partial(_update, spec, prompt_group_size=prompt_group_size)
     return jax.jit(fn, donate_argnums=(0,), compiler_options=train_compiler_options(), **shardings)
 
-  def update(state: TrainState, batch: TrainBatch, rng, prompt_group_size: int = 1):
-    return compiled(prompt_group_size)(state, batch, rng)
+  def update(state: TrainState, batch: TrainBatch, rng, prompt_group_size: int = 1, frozen=None):
+    if (frozen is None) != (lora is None):
+      raise ValueError("the frozen base weights are passed exactly when LoRA is on")
+    return compiled(prompt_group_size)(state, batch, rng, frozen)
 
   update.on_policy = on_policy  # the ratio is exactly 1: old log-probs are not read
   update.jitted = compiled  # prompt_group_size -> the jitted program (tests, jaxprs, caches)
   return update
 
 
-def _update(spec: UpdateSpec, state: TrainState, batch: TrainBatch, rng, prompt_group_size: int):
-  """`num_iterations` epochs of `num_minibatches` optimizer steps, as nested `lax.scan`s."""
+def _update(
+  spec: UpdateSpec, state: TrainState, batch: TrainBatch, rng, frozen, prompt_group_size: int
+):
+  """`num_iterations` epochs of `num_minibatches` optimizer steps, as nested `lax.scan`s.
+  `frozen`: the base weights under LoRA adapters (`spec.lora`), else None."""
   N = batch.completion_NxT.shape[0]
   parts = spec.num_minibatches * spec.num_microbatches
   if N % parts:
@@ -353,7 +368,8 @@ def _update(spec: UpdateSpec, state: TrainState, batch: TrainBatch, rng, prompt_
       groups = jax.random.permutation(rng_e, N // share)
       order = (groups[:, None] * share + jnp.arange(share)).reshape(N)
       mbs = _split(jax.tree.map(lambda x: x[order], batch), spec.num_minibatches)
-    return jax.lax.scan(functools.partial(_minibatch_step, spec, share=share), state, mbs)
+    step = functools.partial(_minibatch_step, spec, share=share, frozen=frozen)
+    return jax.lax.scan(step, state, mbs)
 
   state, metrics = jax.lax.scan(epoch, state, jax.random.split(rng, spec.num_iterations))
   metrics = jax.tree.map(jnp.mean, metrics)
@@ -361,10 +377,13 @@ def _update(spec: UpdateSpec, state: TrainState, batch: TrainBatch, rng, prompt_
   return state, metrics
 
 
-def _loss(spec: UpdateSpec, params, mb: TrainBatch, denominator, share: int):
-  """Policy loss (+ the critic's value loss) of one micro-batch, and its diagnostics."""
+def _loss(spec: UpdateSpec, params, mb: TrainBatch, denominator, share: int, frozen=None):
+  """Policy loss (+ the critic's value loss) of one micro-batch, and its diagnostics. Under
+  LoRA the trained policy parameters are adapters, merged into the frozen weights here."""
   algo, graphdef = spec.algo, spec.graphdef
   policy_params, critic_params = params
+  if spec.lora is not None:
+    policy_params = lora_lib.merge(frozen, policy_params, spec.lora)
   stats = values = None
   if algo.critic and shares_policy_trunk(critic_params):
     # A value head on the policy's trunk: one trunk pass serves both heads.
@@ -408,7 +427,7 @@ def _loss(spec: UpdateSpec, params, mb: TrainBatch, denominator, share: int):
   return loss, metrics
 
 
-def _minibatch_grads(spec: UpdateSpec, params, mb: TrainBatch, share: int):
+def _minibatch_grads(spec: UpdateSpec, params, mb: TrainBatch, share: int, frozen=None):
   """Loss, metrics and gradients of a minibatch, accumulated over `num_microbatches` with the
   minibatch's global aggregation denominators (exact)."""
   algo = spec.algo
@@ -419,11 +438,11 @@ def _minibatch_grads(spec: UpdateSpec, params, mb: TrainBatch, share: int):
   )
   loss_and_grad = jax.value_and_grad(functools.partial(_loss, spec), has_aux=True)
   if spec.num_microbatches == 1:
-    return loss_and_grad(params, mb, den, share)
+    return loss_and_grad(params, mb, den, share, frozen)
 
   def accumulate(carry, micro):
     loss_sum, grad_sum = carry
-    (loss, metrics), grads = loss_and_grad(params, micro, den, share)
+    (loss, metrics), grads = loss_and_grad(params, micro, den, share, frozen)
     return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), metrics
 
   zeros = jax.tree.map(jnp.zeros_like, params)
@@ -438,9 +457,9 @@ def _minibatch_grads(spec: UpdateSpec, params, mb: TrainBatch, share: int):
   return (loss, metrics), grads
 
 
-def _minibatch_step(spec: UpdateSpec, state: TrainState, mb: TrainBatch, share: int):
+def _minibatch_step(spec: UpdateSpec, state: TrainState, mb: TrainBatch, share: int, frozen=None):
   (loss, metrics), (grads, critic_grads) = _minibatch_grads(
-    spec, (state.params, state.critic_params), mb, share
+    spec, (state.params, state.critic_params), mb, share, frozen
   )
   state, ok = apply_gradients(state, grads, loss, spec.tx, critic_grads, spec.critic_tx)
   metrics = dict(metrics, grad_norm=optax.tree.norm(grads), finite=ok.astype(jnp.float32))

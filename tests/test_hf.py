@@ -186,7 +186,8 @@ def short_reward(examples, completions):
 
 def test_grpo_on_a_checkpoint_with_experiments_grpo_hf(tmp_path):
   """experiments/grpo_hf.py on a tiny random Qwen2-shaped checkpoint and a JSONL file: two GRPO
-  steps through the checkpoint's own tokenizer, the KL reference being the checkpoint."""
+  steps with LoRA through the checkpoint's own tokenizer, the KL reference being the checkpoint
+  (the adapters' base weights)."""
   import io
 
   from tests_support import ROOT
@@ -214,6 +215,7 @@ def test_grpo_on_a_checkpoint_with_experiments_grpo_hf(tmp_path):
     "rewards.short.name": "test_hf:short_reward",
     "train.learning_rate": "1e-2",  # large enough that one update moves the policy visibly
     "train.warmup_steps": "0",
+    "lora.rank": "4",  # adapters on every projection; the checkpoint is the frozen base
   }
   cd = config_lib.load_config_file(os.path.join(ROOT, "experiments", "grpo_hf.py"))
   cfg = config_lib.from_configdict(config_lib.apply_overrides(cd, overrides))

@@ -1,0 +1,120 @@
+"""LoRA: adapters on frozen weights. The adapted model starts as the base model, the update
+trains exactly the adapters with the gradient of the merged model's loss, the base (the KL
+reference) never changes, and checkpoints hold the adapters alone."""
+
+import io
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from rl_jax import algorithms, loop, lora, trainer
+from rl_jax.checkpoint import Checkpointer
+from rl_jax.models import transformer
+from rl_jax.types import TrainBatch
+
+CFG = lora.LoraConfig(rank=2, alpha=4.0, targets=("q_proj", "down_proj"))
+
+
+def _model():
+  cfg = transformer.preset("test", 31)
+  graphdef, params = transformer.init_model(cfg, 0)
+  return graphdef, params
+
+
+def test_merge_by_hand_and_identity_at_init():
+  _, params = _model()
+  adapters = lora.init_adapters(params, CFG, seed=1)
+  assert sorted(adapters) == [
+    f"layers/{i}/{m}" for i in (0, 1) for m in ("attn/q_proj", "mlp/down_proj")
+  ]
+  assert lora.num_params(adapters) == 2 * (2 * (32 + 32) + 2 * (64 + 32))
+  merged = lora.merge(params, adapters, CFG)  # B = 0: exactly the base model
+  for a, b in zip(jax.tree.leaves(merged), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  ad = adapters["layers/0/attn/q_proj"]
+  ad["b"] = jnp.ones_like(ad["b"])
+  merged = lora.merge(params, adapters, CFG)
+  w = params["layers"][0]["attn"]["q_proj"]["kernel"]
+  expect = w + 2.0 * ad["a"] @ ad["b"]  # alpha / rank = 2
+  np.testing.assert_allclose(merged["layers"][0]["attn"]["q_proj"]["kernel"], expect, rtol=1e-6)
+  np.testing.assert_array_equal(
+    merged["layers"][0]["attn"]["k_proj"]["kernel"], params["layers"][0]["attn"]["k_proj"]["kernel"]
+  )
+  with pytest.raises(ValueError, match="lora.targets"):
+    lora.LoraConfig(rank=2, targets=("qproj",))
+
+
+def _batch(seed=0, N=4, P=3, T=4):
+  rng = np.random.default_rng(seed)
+  mask = np.arange(T)[None] < rng.integers(1, T + 1, N)[:, None]
+  return TrainBatch(
+    jnp.asarray(rng.integers(3, 31, (N, P)), jnp.int32),
+    jnp.ones((N, P), bool),
+    jnp.asarray(rng.integers(3, 31, (N, T)), jnp.int32),
+    jnp.asarray(mask),
+    jnp.asarray(mask),
+    jnp.asarray(rng.normal(size=(N, 1)) * mask, jnp.float32),
+    jnp.zeros((N, T), jnp.float32),
+    jnp.zeros((N, T), jnp.float32),
+  )
+
+
+def test_the_update_trains_the_adapters_with_the_merged_models_gradient():
+  graphdef, params = _model()
+  adapters = lora.init_adapters(params, CFG, seed=1)
+  adapters = jax.tree.map(lambda x: x + 0.01, adapters)  # B != 0: every gradient flows
+  algo = algorithms.dr_grpo(aggregation="token_mean")
+  tx = optax.sgd(0.1)
+  update = trainer.make_rl_update(graphdef, algo, tx, lora=CFG)
+  batch = _batch()
+  state = trainer.init_state(jax.tree.map(jnp.copy, adapters), tx)  # the update donates it
+  base = jax.tree.map(jnp.copy, params)
+  new, metrics = update(state, batch, jax.random.key(0), frozen=params)
+
+  def loss(ad):
+    return trainer.rl_loss(
+      graphdef, lora.merge(base, ad, CFG), batch, algo, temperature=1.0, on_policy=True
+    )[0]
+
+  value, grads = jax.value_and_grad(loss)(adapters)
+  np.testing.assert_allclose(metrics["loss"], value, rtol=1e-5)
+  for got, a, g in zip(
+    jax.tree.leaves(new.params), jax.tree.leaves(adapters), jax.tree.leaves(grads)
+  ):
+    np.testing.assert_allclose(got, a - 0.1 * g, rtol=1e-5, atol=1e-7)
+  assert any(np.abs(g).max() > 0 for g in jax.tree.leaves(grads))
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(base)):  # the base never changes
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match="frozen"):
+    update(new, batch, jax.random.key(0))
+
+
+def test_a_lora_run_checkpoints_only_adapters(small_config, tmp_path):
+  cfg = small_config(
+    **{
+      "lora.rank": 4,
+      "train.steps": 2,
+      "eval.every": 0,
+      "task.partial_credit": 0.5,  # rewards vary within groups: the adapters get a gradient
+      "checkpoint.every": 2,
+      "train.learning_rate": 1e-2,
+    }
+  )
+  loop.run(cfg, str(tmp_path), log=lambda m: None, stream=io.StringIO())
+  exp = loop.Experiment.build(cfg)
+  params = exp.policy.init_params(0, exp.mesh)
+  ckpt = Checkpointer(str(tmp_path))
+  state, _, _ = ckpt.restore(2, exp.rl_state(params), jax.random.key(0))
+  names = set(state.params)
+  assert names and all("/" in n for n in names)  # projection paths: adapters, no embeddings
+  # rank 4 x (in + out) of q, k, v, o, gate, up, down (32+32, 32+16, 32+16, 32+32, 3 x 96) x 2
+  assert lora.num_params(state.params) == 4 * 512 * 2
+  assert any(np.abs(np.asarray(ad["b"])).max() > 0 for ad in state.params.values())  # trained
+  ckpt.close()
+  with pytest.raises(loop.config_lib.ConfigError, match="lora.rank"):
+    loop.Experiment.build(small_config(**{"lora.rank": 4, "algorithm.name": "ppo"}))
+  assert os.path.exists(tmp_path / "reference")
