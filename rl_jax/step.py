@@ -207,7 +207,8 @@ class Step:
     )
     frozen = ref_params if self.lora is not None else None  # the base weights under adapters
     state, m = self.update(state, batch, key, prompt_group_size=G, frozen=frozen)
-    return state, {k: float(v) for k, v in jax.device_get(m).items()}
+    # `finite` (the fraction of updates applied) is in `skipped_updates` already.
+    return state, {k: float(v) for k, v in jax.device_get(m).items() if k != "finite"}
 
   def policy_params(self, state, ref_params):
     """The policy's parameters: `state.params`, or under LoRA the reference (base) weights
