@@ -235,3 +235,28 @@ def test_fused_attention_matches_einsum_attention():
   b = generate(graphdef_f, params, prompts, pmask, jax.random.key(0), cfg=cfg)
   np.testing.assert_array_equal(a.tokens_NxT, b.tokens_NxT)
   np.testing.assert_allclose(a.logp_NxT, b.logp_NxT, atol=5e-6)
+
+
+def test_chunked_log_softmax_never_holds_the_full_logits_of_a_150k_vocabulary():
+  """With `logits_chunk`, the gradient of the log-probs over a Qwen-sized vocabulary (151,936)
+  needs less scratch memory than ONE float32 [N, T, V] logits array (XLA's own accounting of the
+  compiled program); without it, several such arrays."""
+  cfg = transformer.preset("test", 151_936)
+  graphdef, params = transformer.init_model(cfg, 0)
+  N, P, T = 4, 8, 64
+  args = (
+    jnp.ones((N, P), jnp.int32),
+    jnp.ones((N, P), bool),
+    jnp.ones((N, T), jnp.int32),
+    jnp.ones((N, T), bool),
+  )
+  full_logits = N * T * cfg.vocab_size * 4  # bytes of one float32 [N, T, V] array
+
+  def scratch(chunk):
+    loss = lambda p: completion_logprobs(
+      graphdef, p, *args, with_entropy=True, logits_chunk=chunk
+    ).logp_NxT.sum()
+    return jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis().temp_size_in_bytes
+
+  assert scratch(0) > 2 * full_logits
+  assert scratch(16) < full_logits
