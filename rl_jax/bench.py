@@ -112,6 +112,41 @@ def w2_sampling(repeats: int = 5, model: str = "bench", dtype: str = "float32") 
   return dict(tokens_per_s=64 * 128 / s["median"], seconds=s)
 
 
+# W4's model (shared/benchmarks.md): the Qwen2.5-0.5B configuration truncated to 4 layers.
+W4_MODEL = dict(
+  vocab_size=151_936,
+  d_model=896,
+  num_layers=4,
+  num_heads=14,
+  num_kv_heads=2,
+  head_dim=64,
+  mlp_dim=4_864,
+  tie_embeddings=True,
+  qkv_bias=True,
+  rope_theta=1e6,
+)
+
+
+def w4_sampling(repeats: int = 3) -> dict:
+  """W4: sampling at a real vocabulary. 16 prompts x 4 samples, 64-token prompts, 128 new
+  tokens (EOS suppressed), temperature 1, top-p 0.95, on `W4_MODEL` (float32, random weights).
+  Generated tokens per second, median of `repeats` calls after 1 warm-up."""
+  cfg = transformer.TransformerConfig(**W4_MODEL)
+  graphdef, params = transformer.init_model(cfg, SEED)
+  rng = np.random.default_rng(4)
+  prompts = rng.integers(3, cfg.vocab_size, (16, 64)).astype(np.int32)
+  mask = np.ones((16, 64), bool)
+  sampling = SamplingConfig(max_new_tokens=128, temperature=1.0, top_p=0.95, stop_ids=())
+  keys = iter(jax.random.split(jax.random.key(0), repeats + 1))
+  times = _timed(
+    lambda: generate(graphdef, params, prompts, mask, next(keys), cfg=sampling, group_size=4)[0],
+    repeats,
+    1,
+  )
+  s = _summary(times)
+  return dict(tokens_per_s=16 * 4 * 128 / s["median"], seconds=s)
+
+
 class _IdTokenizer:
   """Prompts and completions as space-separated token ids: W1's prompts are exactly 32 tokens."""
 
@@ -350,7 +385,7 @@ def _parser() -> argparse.ArgumentParser:
     "--workloads",
     default="w1,w2,w3",
     help="comma-separated subset of w1,w2,w3,w1async (the one-step-off "
-    "mode),w1floor (W1's dense matmuls alone)",
+    "mode),w1floor (W1's dense matmuls alone),w4 (sampling at a 151,936-token vocabulary)",
   )
   parser.add_argument("--json", default=None, help="write the results to this file")
   parser.add_argument(
@@ -391,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
   )
   _run_w1(chosen, out)
   _run_w2_w3(chosen, out, args)
+  _run_w4(chosen, out)
   if args.json:
     with open(args.json, "w") as f:
       json.dump(out, f, indent=2)
@@ -418,6 +454,17 @@ def _run_w1(chosen: set[str], out: dict) -> None:
       f"W1 dense-matmul floor: {f['step_s']:.3f} s (generation {f['generation_s']:.3f} s, "
       f"reference pass {f['reference_s']:.3f} s, update {f['update_s']:.3f} s): W1's products "
       f"alone, nothing else",
+      flush=True,
+    )
+
+
+def _run_w4(chosen: set[str], out: dict) -> None:
+  if "w4" in chosen:
+    out["w4"] = w = w4_sampling()
+    print(
+      f"W4 sampling (vocabulary 151,936, top-p 0.95): {w['tokens_per_s']:,.1f} tokens/s "
+      f"(median {w['seconds']['median']:.1f} s a call, {w['seconds']['min']:.1f}-"
+      f"{w['seconds']['max']:.1f})",
       flush=True,
     )
 
