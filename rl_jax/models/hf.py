@@ -78,7 +78,9 @@ def config_from_hf(
     )
   if hf.get("use_sliding_window") or (family == "llama" and hf.get("sliding_window")):
     raise CheckpointFormatError("config.json: sliding-window attention is not supported yet")
-  if family == "llama" and (hf.get("attention_bias") or hf.get("mlp_bias")):
+  if family != "qwen2" and (hf.get("attention_bias") or hf.get("mlp_bias")):
+    # Llama's and Qwen3's attention_bias also biases the output projection, which the decoder
+    # has no parameter for (Qwen2's q/k/v bias is `qkv_bias`).
     raise CheckpointFormatError("config.json: attention_bias / mlp_bias are not supported yet")
   if hf.get("hidden_act", "silu") != "silu":
     raise CheckpointFormatError(f"config.json: hidden_act {hf['hidden_act']!r} is not supported")
@@ -96,7 +98,7 @@ def config_from_hf(
     rope_scaling=scaling,
     norm_eps=hf.get("rms_norm_eps", 1e-6),
     tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-    qkv_bias=family == "qwen2" or bool(hf.get("attention_bias", False)) and family != "llama",
+    qkv_bias=family == "qwen2",
     qk_norm=family == "qwen3",
     dtype=dtype,
     param_dtype=param_dtype,
