@@ -42,6 +42,28 @@ FAMILIES = {
       original_max_position_embeddings=16,
     ),
   ),
+  # Gemma 2: layer 0 slides over 4 slots (the batch is 12 long), layer 1 is global; both
+  # soft-caps set low enough to bend these logits.
+  "gemma2": lambda: transformers.Gemma2Config(
+    **COMMON,
+    head_dim=16,
+    sliding_window=4,
+    query_pre_attn_scalar=24,
+    attn_logit_softcapping=3.0,
+    final_logit_softcapping=5.0,
+  ),
+  # Gemma 3 text: q/k norm, a local RoPE base on the sliding layer, linear scaling on the global.
+  "gemma3": lambda: transformers.Gemma3TextConfig(
+    **COMMON,
+    head_dim=16,
+    sliding_window=4,
+    query_pre_attn_scalar=20,
+    layer_types=["sliding_attention", "full_attention"],
+    rope_parameters={
+      "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
+      "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+    },
+  ),
 }
 
 
@@ -112,22 +134,29 @@ def test_logits_match_transformers(tmp_path, family):
     "llama3": (False, False, False),
     "qwen2": (True, False, True),
     "qwen3": (False, True, False),
+    "gemma2": (False, False, True),
+    "gemma3": (False, True, True),
   }[family]
+  if family.startswith("gemma"):
+    assert cfg.window(0) == 4 and cfg.window(1) is None and cfg.sandwich_norms
 
 
-def test_greedy_generation_matches_transformers(tmp_path):
+@pytest.mark.parametrize("family", ["qwen2", "gemma2", "gemma3"])
+def test_greedy_generation_matches_transformers(tmp_path, family):
+  """32 greedy tokens from the KV-cached sampler == transformers' `generate` (for Gemma the
+  sliding layers' window moves through the decoded tokens)."""
   from rl_jax.sampling import SamplingConfig, generate
 
-  folder, model = _checkpoint(tmp_path, "qwen2")
+  folder, model = _checkpoint(tmp_path, family)
   policy, params = hf.from_pretrained(folder)
   tokens, mask = _batch()
-  cfg = SamplingConfig(max_new_tokens=16, temperature=0.0, stop_ids=())
+  cfg = SamplingConfig(max_new_tokens=32, temperature=0.0, stop_ids=())
   ours = np.asarray(generate(policy.graphdef, params, tokens, mask, jax.random.key(0), cfg=cfg)[0])
   for n in range(tokens.shape[0]):  # one row at a time: no padding in the reference
     row = torch.tensor(tokens[n][mask[n]][None], dtype=torch.long)
     with torch.no_grad():
       ref = model.generate(
-        row, max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0
+        row, max_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0
       )[0, row.shape[1] :].numpy()
     np.testing.assert_array_equal(ours[n], ref, err_msg=f"row {n}")
 
@@ -226,7 +255,7 @@ def test_grpo_on_a_checkpoint_with_experiments_grpo_hf(tmp_path):
   assert metrics[1]["kl"] > 0  # the policy moved away from the checkpoint it started from
 
 
-@pytest.mark.parametrize("family", ["llama3", "qwen2", "qwen3"])
+@pytest.mark.parametrize("family", ["llama3", "qwen2", "qwen3", "gemma2", "gemma3"])
 def test_export_loads_in_transformers_with_the_same_logits(tmp_path, family):
   """Trained parameters (here: the checkpoint's, perturbed) written by `save_pretrained` load in
   transformers and give rl_jax's logits; the tokenizer travels with them."""

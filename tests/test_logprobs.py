@@ -216,14 +216,17 @@ def test_group_shuffle_keeps_groups_whole():
     np.testing.assert_allclose(x, y, atol=1e-5)
 
 
-def test_fused_attention_matches_einsum_attention():
+@pytest.mark.parametrize("extra", [{}, {"sliding_window": 3}], ids=["global", "window"])
+def test_fused_attention_matches_einsum_attention(extra):
   """`model.attention="fused"` (jax.nn.dot_product_attention for calls with several queries)
   gives the einsum path's log-probs and gradients, with left padding, with the shared-prompt
-  cache path, and in the sampler's prefill."""
+  cache path, and in the sampler's prefill; with a sliding window too."""
   from rl_jax.sampling import SamplingConfig, generate  # pylint: disable=import-outside-toplevel
 
-  graphdef, params = transformer.init_model(transformer.preset("test", V), 0)
-  graphdef_f, _ = transformer.init_model(transformer.preset("test", V, attention="fused"), 0)
+  graphdef, params = transformer.init_model(transformer.preset("test", V, **extra), 0)
+  graphdef_f, _ = transformer.init_model(
+    transformer.preset("test", V, attention="fused", **extra), 0
+  )
   batch = _grouped_batch()
   for kw in (dict(), dict(group_size=G)):
     _assert_same(

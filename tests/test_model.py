@@ -20,9 +20,28 @@ CFG = transformer.TransformerConfig(
 )
 
 
-@pytest.fixture(scope="module")
-def model():
-  return transformer.init_model(CFG, seed=0)
+# Every Gemma 2/3 feature at once: a 3-slot window on layer 0 with its own RoPE base, both
+# soft-caps (low enough to bend these logits), (1 + w) and sandwich norms, a query scalar.
+GEMMA_CFG = dataclasses.replace(
+  CFG,
+  sliding_window=3,
+  sliding_layers=(True, False),
+  rope_local_theta=100.0,
+  attn_softcap=2.0,
+  final_softcap=4.0,
+  norm_offset=1.0,
+  sandwich_norms=True,
+  embed_scale=True,
+  activation="gelu",
+  query_scalar=7.0,
+  qk_norm=True,
+  tie_embeddings=True,
+)
+
+
+@pytest.fixture(scope="module", params=[CFG, GEMMA_CFG], ids=["llama", "gemma"])
+def model(request):
+  return transformer.init_model(request.param, seed=0)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -243,8 +262,9 @@ def test_gqa_equals_mha_with_repeated_kv_heads():
       "activation": "gelu",
       "num_kv_heads": 1,
     },
+    {f.name: getattr(GEMMA_CFG, f.name) for f in dataclasses.fields(GEMMA_CFG)},
   ],
-  ids=["base", "mha", "tied", "qkv_bias", "qk_norm", "all"],
+  ids=["base", "mha", "tied", "qkv_bias", "qk_norm", "all", "gemma"],
 )
 def test_num_params_matches_param_tree(overrides):
   cfg = dataclasses.replace(CFG, **overrides)

@@ -5,6 +5,7 @@ import io
 import os
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
@@ -30,6 +31,35 @@ def test_bf16_logprobs_are_float32_and_close_to_the_float32_model():
   assert out["bfloat16"].logp_NxT.dtype == jnp.float32
   np.testing.assert_allclose(out["bfloat16"].logp_NxT, out["float32"].logp_NxT, atol=0.05)
   assert not np.array_equal(out["bfloat16"].logp_NxT, out["float32"].logp_NxT)  # really bf16
+
+
+def _dot_operand_dtypes(jaxpr) -> set:
+  """The operand dtypes of every matrix product in a jaxpr, sub-jaxprs included."""
+  out = set()
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      out |= {str(v.aval.dtype) for v in eqn.invars}
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      out |= _dot_operand_dtypes(sub)
+  return out
+
+
+def test_bf16_compute_stays_bf16_through_the_norms():
+  """With `model.dtype=bfloat16` every matrix product of the forward and backward pass takes
+  bf16 operands, float32 master weights included (cast at use): the norms return their input's
+  dtype (flax's RMSNorm promoted bf16 activations to its float32 scale, so every matmul after
+  the first norm ran in float32)."""
+  for name, extra in (("llama", {}), ("gemma", dict(sandwich_norms=True, norm_offset=1.0))):
+    cfg = transformer.preset("test", 40, dtype="bfloat16", qk_norm=True, **extra)
+    graphdef, params = transformer.init_model(cfg, 0)
+    tokens, mask = jnp.ones((2, 5), jnp.int32), jnp.ones((2, 5), bool)
+
+    def loss(p, graphdef=graphdef):
+      logits, _ = transformer.merge(graphdef, p)(tokens, jnp.zeros_like(tokens), mask)
+      return logits.sum()
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(params).jaxpr
+    assert _dot_operand_dtypes(jaxpr) == {"bfloat16"}, name
 
 
 def test_a_bf16_run_trains(small_config, tmp_path):

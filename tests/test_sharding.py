@@ -28,7 +28,9 @@ def test_two_steps_on_data2_fsdp4_match_one_device(result):
   for a, b in zip(result["loss_one"], result["loss_mesh"]):
     assert abs(a - b) <= 1e-5 * max(1.0, abs(a)), (result["loss_one"], result["loss_mesh"])
   assert result["loss_one"][0] != result["loss_one"][1]  # the first step changed the params
-  assert result["max_param_diff"] < 1e-5
+  # Adam moves a parameter by up to lr = 1e-2 a step: the two runs agree to 1e-3 of two steps
+  # (float reductions in another order, e.g. the norms' means over sharded rows).
+  assert result["max_param_diff"] < 1e-3 * 2 * 1e-2
 
 
 def test_parameters_are_actually_sharded(result):

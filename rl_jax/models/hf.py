@@ -8,9 +8,11 @@ read one tensor at a time and placed directly at their target sharding, so no fu
 model is held on the host.
 
 Families (`config.json`'s `model_type`): `llama` (Llama 3.x with its rope scaling; Llama 2),
-`qwen2` (Qwen2 / Qwen2.5: q/k/v bias), `qwen3` (Qwen3 dense: q/k norm). Each is a configuration
-of the one decoder, not a copy of it. A feature the decoder does not have yet (rope scaling,
-sliding-window layers, an attention output bias) is refused with an error naming the field,
+`qwen2` (Qwen2 / Qwen2.5: q/k/v bias), `qwen3` (Qwen3 dense: q/k norm), `gemma2` (soft-capping,
+alternating sliding-window layers) and `gemma3_text` (Gemma 3 text: q/k norm, 5 sliding layers
+to 1 global, a local RoPE base, linear RoPE scaling). Each is a configuration of the one decoder,
+not a copy of it. A feature the decoder does not have (other RoPE types, Qwen's sliding window,
+an attention output bias, the multimodal Gemma 3) is refused with an error naming the field,
 never approximated. Nothing is downloaded: `path` is a folder.
 """
 
@@ -27,7 +29,27 @@ import numpy as np
 from rl_jax import parallel
 from rl_jax.models import transformer
 
-FAMILIES = ("llama", "qwen2", "qwen3")
+FAMILIES = ("llama", "qwen2", "qwen3", "gemma2", "gemma3_text")
+GEMMA = ("gemma2", "gemma3_text")
+# Gemma's defaults where a config.json leaves the key out (transformers' configuration classes).
+_GEMMA_DEFAULTS = {
+  "gemma2": dict(
+    query_pre_attn_scalar=256,
+    attn_logit_softcapping=50.0,
+    final_logit_softcapping=30.0,
+    sliding_window=4096,
+    sliding_window_pattern=2,
+    rope_theta=10_000.0,
+  ),
+  "gemma3_text": dict(
+    query_pre_attn_scalar=256,
+    attn_logit_softcapping=None,
+    final_logit_softcapping=None,
+    sliding_window=4096,
+    sliding_window_pattern=6,
+    rope_theta=1_000_000.0,
+  ),
+}
 
 
 class CheckpointFormatError(ValueError):
@@ -44,27 +66,102 @@ def _read_config(path: str) -> dict:
     return json.load(f)
 
 
-def _rope(hf: dict) -> tuple[float, tuple | None]:
-  """(RoPE base, Llama 3 scaling or None); other scaled RoPE types are refused."""
-  params = dict(hf.get("rope_scaling") or {}, **(hf.get("rope_parameters") or {}))
+def _rope(params: dict, default_theta: float) -> tuple[float, tuple | None]:
+  """(RoPE base, scaling) of one set of rope parameters: scaling None (default), ("linear",
+  factor) or ("llama3", factor, low, high, original); other scaled RoPE types are refused."""
   kind = params.get("rope_type") or params.get("type") or "default"
-  theta = float(params.get("rope_theta", hf.get("rope_theta", 10_000.0)))
+  theta = float(params.get("rope_theta", default_theta))
   if kind == "default":
     return theta, None
+  if kind == "linear":
+    return theta, ("linear", float(params["factor"]))
   if kind == "llama3":
     keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
     missing = [k for k in keys if k not in params]
     if missing:
       raise CheckpointFormatError(f"config.json: llama3 rope scaling lacks {missing}")
     return theta, (
+      "llama3",
       float(params["factor"]),
       float(params["low_freq_factor"]),
       float(params["high_freq_factor"]),
       int(params["original_max_position_embeddings"]),
     )
   raise CheckpointFormatError(
-    f"config.json: rope type {kind!r} is not supported yet; supported: default, llama3"
+    f"config.json: rope type {kind!r} is not supported yet; supported: default, linear, llama3"
   )
+
+
+def _rope_fields(hf: dict, family: str) -> dict:
+  """rope_theta / rope_scaling / rope_local_theta of either config.json layout: transformers
+  5's `rope_parameters` (per layer type for Gemma 3) or the older rope_theta, rope_scaling and
+  rope_local_base_freq keys."""
+  default_theta = _GEMMA_DEFAULTS.get(family, {}).get("rope_theta", 10_000.0)
+  legacy = dict(hf.get("rope_scaling") or {})
+  legacy.setdefault("rope_theta", hf.get("rope_theta", default_theta))
+  params = hf.get("rope_parameters") or {}
+  if "full_attention" in params:  # Gemma 3: one set per layer type
+    theta, scaling = _rope(params["full_attention"], default_theta)
+    local = params.get("sliding_attention") or {}
+    local_theta, local_scaling = _rope(local, hf.get("rope_local_base_freq", 10_000.0))
+    if local_scaling is not None:
+      raise CheckpointFormatError("config.json: scaled RoPE on sliding layers is not supported")
+  else:
+    theta, scaling = _rope(dict(legacy, **params), default_theta)
+    local_theta = hf.get("rope_local_base_freq", 10_000.0) if family == "gemma3_text" else None
+  return dict(rope_theta=theta, rope_scaling=scaling, rope_local_theta=local_theta)
+
+
+def _gemma_fields(hf: dict, family: str) -> dict:
+  """The decoder fields of Gemma 2 / Gemma 3 text: (1 + w) norms, norms after attention and
+  MLP, embedding scaling, GeGLU, query scalar, soft-capping, sliding-window layers."""
+  d = _GEMMA_DEFAULTS[family]
+  get = lambda key: hf.get(key, d[key])  # noqa: E731 - a config key with the family's default
+  if hf.get("use_bidirectional_attention"):
+    raise CheckpointFormatError("config.json: use_bidirectional_attention is not supported")
+  layers = hf["num_hidden_layers"]
+  layer_types = hf.get("layer_types") or [
+    "sliding_attention" if (i + 1) % get("sliding_window_pattern") else "full_attention"
+    for i in range(layers)
+  ]
+  unknown = set(layer_types) - {"sliding_attention", "full_attention"}
+  if unknown or len(layer_types) != layers:
+    raise CheckpointFormatError(f"config.json: layer_types {layer_types} are not supported")
+  window = get("sliding_window")
+  return dict(
+    embed_scale=True,
+    norm_offset=1.0,
+    sandwich_norms=True,
+    activation="gelu",
+    query_scalar=float(get("query_pre_attn_scalar")),
+    attn_softcap=get("attn_logit_softcapping"),
+    final_softcap=get("final_logit_softcapping"),
+    sliding_window=int(window) if window else None,
+    sliding_layers=tuple(t == "sliding_attention" for t in layer_types) if window else (),
+  )
+
+
+def _check_supported(hf: dict, family) -> None:
+  if family == "gemma3":
+    raise CheckpointFormatError(
+      "config.json: model_type 'gemma3' is the multimodal Gemma 3; rl_jax loads the text-only "
+      "decoder (model_type 'gemma3_text', as gemma-3-1b) and not yet the multimodal checkpoints"
+    )
+  if family not in FAMILIES:
+    raise CheckpointFormatError(
+      f"config.json: model_type {family!r} is not supported; supported: {', '.join(FAMILIES)}"
+    )
+  if family not in GEMMA and (
+    hf.get("use_sliding_window") or (family == "llama" and hf.get("sliding_window"))
+  ):
+    raise CheckpointFormatError("config.json: sliding-window attention is not supported yet")
+  if family != "qwen2" and (hf.get("attention_bias") or hf.get("mlp_bias")):
+    # Llama's and Qwen3's attention_bias also biases the output projection, which the decoder
+    # has no parameter for (Qwen2's q/k/v bias is `qkv_bias`).
+    raise CheckpointFormatError("config.json: attention_bias / mlp_bias are not supported yet")
+  act = hf.get("hidden_activation") or hf.get("hidden_act") or "silu"
+  if act != ("gelu_pytorch_tanh" if family in GEMMA else "silu"):
+    raise CheckpointFormatError(f"config.json: activation {act!r} is not supported for {family}")
 
 
 def config_from_hf(
@@ -72,21 +169,9 @@ def config_from_hf(
 ) -> transformer.TransformerConfig:
   """The decoder configuration of a Hugging Face `config.json` (as a dict)."""
   family = hf.get("model_type")
-  if family not in FAMILIES:
-    raise CheckpointFormatError(
-      f"config.json: model_type {family!r} is not supported; supported: {', '.join(FAMILIES)}"
-    )
-  if hf.get("use_sliding_window") or (family == "llama" and hf.get("sliding_window")):
-    raise CheckpointFormatError("config.json: sliding-window attention is not supported yet")
-  if family != "qwen2" and (hf.get("attention_bias") or hf.get("mlp_bias")):
-    # Llama's and Qwen3's attention_bias also biases the output projection, which the decoder
-    # has no parameter for (Qwen2's q/k/v bias is `qkv_bias`).
-    raise CheckpointFormatError("config.json: attention_bias / mlp_bias are not supported yet")
-  if hf.get("hidden_act", "silu") != "silu":
-    raise CheckpointFormatError(f"config.json: hidden_act {hf['hidden_act']!r} is not supported")
+  _check_supported(hf, family)
   heads = hf["num_attention_heads"]
-  theta, scaling = _rope(hf)
-  return transformer.TransformerConfig(
+  fields = dict(
     vocab_size=hf["vocab_size"],
     d_model=hf["hidden_size"],
     num_layers=hf["num_hidden_layers"],
@@ -94,19 +179,31 @@ def config_from_hf(
     num_kv_heads=hf.get("num_key_value_heads") or heads,
     head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
     mlp_dim=hf["intermediate_size"],
-    rope_theta=theta,
-    rope_scaling=scaling,
     norm_eps=hf.get("rms_norm_eps", 1e-6),
-    tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    tie_embeddings=bool(hf.get("tie_word_embeddings", family in GEMMA)),
     qkv_bias=family == "qwen2",
-    qk_norm=family == "qwen3",
+    qk_norm=family in ("qwen3", "gemma3_text"),
     dtype=dtype,
     param_dtype=param_dtype,
-    **overrides,
+    **_rope_fields(hf, family),
   )
+  if family in GEMMA:
+    fields.update(_gemma_fields(hf, family))
+  return transformer.TransformerConfig(**{**fields, **overrides})
 
 
-def hf_name(path: str) -> tuple[str, bool]:
+_NORMS = {  # rl_jax norm -> Hugging Face name (Gemma's sandwich norms; Llama / Qwen)
+  True: {
+    "attn_norm": "input_layernorm",
+    "attn_post_norm": "post_attention_layernorm",
+    "mlp_norm": "pre_feedforward_layernorm",
+    "mlp_post_norm": "post_feedforward_layernorm",
+  },
+  False: {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"},
+}
+
+
+def hf_name(path: str, sandwich_norms: bool = False) -> tuple[str, bool]:
   """(Hugging Face tensor name, transposed?) of an rl_jax parameter path: Hugging Face stores
   linear weights as [out, in], rl_jax kernels as [in, out]."""
   parts = path.split("/")
@@ -118,10 +215,8 @@ def hf_name(path: str) -> tuple[str, bool]:
     return "lm_head.weight", True
   i, rest = parts[1], parts[2:]
   prefix = f"model.layers.{i}."
-  if rest[0] == "attn_norm":
-    return prefix + "input_layernorm.weight", False
-  if rest[0] == "mlp_norm":
-    return prefix + "post_attention_layernorm.weight", False
+  if rest[0] in _NORMS[sandwich_norms]:
+    return prefix + _NORMS[sandwich_norms][rest[0]] + ".weight", False
   module = "self_attn" if rest[0] == "attn" else "mlp"
   leaf = {"kernel": "weight", "bias": "bias", "scale": "weight"}[rest[2]]
   return f"{prefix}{module}.{rest[1]}.{leaf}", rest[2] == "kernel"
@@ -159,7 +254,7 @@ def load_params(
   handles: dict[str, Any] = {}
 
   def load(key_path, leaf, sharding=None):
-    name, transpose = hf_name(parallel.path_str(key_path))
+    name, transpose = hf_name(parallel.path_str(key_path), cfg.sandwich_norms)
     if name not in files:
       raise CheckpointFormatError(f"{path}: the weights lack {name!r} (for {cfg})")
     file = files[name]
@@ -230,31 +325,74 @@ _ARCHITECTURES = {
   "llama": "LlamaForCausalLM",
   "qwen2": "Qwen2ForCausalLM",
   "qwen3": "Qwen3ForCausalLM",
+  "gemma2": "Gemma2ForCausalLM",
+  "gemma3_text": "Gemma3ForCausalLM",
 }
 
 
 def family_of(cfg: transformer.TransformerConfig) -> str:
   """The Hugging Face family a decoder configuration is an instance of."""
-  if cfg.embed_scale or cfg.activation != "silu":
-    raise CheckpointFormatError("only Llama / Qwen2 / Qwen3-style decoders can be exported yet")
+  gemma = (cfg.embed_scale, cfg.norm_offset, cfg.sandwich_norms, cfg.activation)
+  if gemma == (True, 1.0, True, "gelu") and not cfg.qkv_bias:
+    return "gemma3_text" if cfg.qk_norm else "gemma2"
+  llama_like = (False, 0.0, False, "silu") == gemma and not (
+    cfg.query_scalar or cfg.attn_softcap or cfg.final_softcap or cfg.sliding_window
+  )
+  if not llama_like or cfg.rope_local_theta is not None:
+    raise CheckpointFormatError(
+      f"{cfg} is not an instance of a family that can be exported: {', '.join(FAMILIES)}"
+    )
   return "qwen3" if cfg.qk_norm else "qwen2" if cfg.qkv_bias else "llama"
+
+
+def _rope_to_hf(theta: float, scaling) -> dict:
+  if scaling is None:
+    return {"rope_type": "default", "rope_theta": theta}
+  if scaling[0] == "linear":
+    return {"rope_type": "linear", "rope_theta": theta, "factor": scaling[1]}
+  factor, low, high, original = scaling[1:]
+  return dict(
+    rope_type="llama3",
+    rope_theta=theta,
+    factor=factor,
+    low_freq_factor=low,
+    high_freq_factor=high,
+    original_max_position_embeddings=original,
+  )
+
+
+def _int_if_whole(x: float) -> float | int:
+  return int(x) if float(x).is_integer() else x  # transformers types the Gemma scalar as int
+
+
+def _gemma_to_hf(cfg: transformer.TransformerConfig, family: str) -> dict:
+  rope = _rope_to_hf(cfg.rope_theta, cfg.rope_scaling)
+  out = dict(
+    hidden_activation="gelu_pytorch_tanh",
+    query_pre_attn_scalar=_int_if_whole(cfg.query_scalar or cfg.head_dim),
+    attn_logit_softcapping=cfg.attn_softcap,
+    final_logit_softcapping=cfg.final_softcap,
+    sliding_window=cfg.sliding_window,
+    layer_types=[
+      "full_attention" if cfg.window(i) is None else "sliding_attention"
+      for i in range(cfg.num_layers)
+    ],
+    rope_parameters=rope,
+  )
+  if family == "gemma3_text":
+    local = cfg.rope_local_theta or cfg.rope_theta
+    out["rope_parameters"] = {
+      "full_attention": rope,
+      "sliding_attention": {"rope_type": "default", "rope_theta": local},
+    }
+    out["rope_local_base_freq"] = local
+  return out
 
 
 def config_to_hf(cfg: transformer.TransformerConfig) -> dict:
   """The `config.json` of a decoder configuration (the inverse of `config_from_hf`)."""
   family = family_of(cfg)
-  rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
-  if cfg.rope_scaling is not None:
-    factor, low, high, original = cfg.rope_scaling
-    rope = dict(
-      rope_type="llama3",
-      rope_theta=cfg.rope_theta,
-      factor=factor,
-      low_freq_factor=low,
-      high_freq_factor=high,
-      original_max_position_embeddings=original,
-    )
-  return dict(
+  out = dict(
     architectures=[_ARCHITECTURES[family]],
     model_type=family,
     vocab_size=cfg.vocab_size,
@@ -264,13 +402,18 @@ def config_to_hf(cfg: transformer.TransformerConfig) -> dict:
     num_attention_heads=cfg.num_heads,
     num_key_value_heads=cfg.num_kv_heads,
     head_dim=cfg.head_dim,
-    hidden_act="silu",
     rms_norm_eps=cfg.norm_eps,
     rope_theta=cfg.rope_theta,
-    rope_parameters=rope,
     tie_word_embeddings=cfg.tie_embeddings,
     max_position_embeddings=32_768,  # RoPE positions have no bound here; a serving default
     torch_dtype="float32",  # `save_pretrained` writes float32 tensors
+  )
+  if family in GEMMA:
+    return dict(out, **_gemma_to_hf(cfg, family))
+  return dict(
+    out,
+    hidden_act="silu",
+    rope_parameters=_rope_to_hf(cfg.rope_theta, cfg.rope_scaling),
     attention_bias=cfg.qkv_bias and family != "qwen2",
   )
 
@@ -284,7 +427,7 @@ def save_pretrained(policy, params, path: str) -> None:
   os.makedirs(path, exist_ok=True)
   tensors = {}
   for key_path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-    name, transpose = hf_name(parallel.path_str(key_path))
+    name, transpose = hf_name(parallel.path_str(key_path), policy.model_cfg.sandwich_norms)
     x = np.asarray(jax.device_get(x), np.float32)
     tensors[name] = np.ascontiguousarray(x.T if transpose else x)
   save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})

@@ -1,8 +1,9 @@
 """A Flax NNX decoder-only transformer with a functional per-layer KV cache.
 
 Llama/Qwen/Gemma-style blocks selected by `TransformerConfig`: RoPE, RMSNorm, grouped-query
-attention, SwiGLU (or GeGLU) MLP, optional qkv bias (Qwen2), q/k norm (Qwen3), tied embeddings
-and embedding scaling (Gemma).
+attention, SwiGLU (or GeGLU) MLP, optional qkv bias (Qwen2), q/k norm (Qwen3), tied embeddings;
+and Gemma 2/3's embedding scaling, (1 + w) norms, norms after attention and MLP, query scalar,
+attention and final-logit soft-capping, sliding-window layers and a local RoPE base.
 
 One code path serves training, prefill and decoding. The caller passes the tokens, their
 RoPE positions, a key-validity mask over *cache slots* and, optionally, a cache and a write
@@ -40,15 +41,26 @@ class TransformerConfig:
   head_dim: int
   mlp_dim: int
   rope_theta: float = 10_000.0
-  # Llama 3's frequency-dependent RoPE scaling: (factor, low_freq_factor, high_freq_factor,
-  # original_max_position_embeddings), or None for plain RoPE (`rope_frequencies`).
-  rope_scaling: tuple[float, float, float, int] | None = None
+  # Scaled RoPE of the global layers (`rope_frequencies`): ("llama3", factor, low_freq_factor,
+  # high_freq_factor, original_max_position_embeddings), ("linear", factor), or None (plain).
+  rope_scaling: tuple | None = None
   norm_eps: float = 1e-6
   tie_embeddings: bool = False
   embed_scale: bool = False  # Gemma multiplies embeddings by sqrt(d_model)
   qkv_bias: bool = False  # Qwen2
-  qk_norm: bool = False  # Qwen3
-  activation: str = "silu"  # "silu" (SwiGLU) or "gelu" (GeGLU)
+  qk_norm: bool = False  # Qwen3, Gemma 3
+  activation: str = "silu"  # "silu" (SwiGLU) or "gelu" (GeGLU, tanh approximation)
+  # Gemma 2/3: norms scale by (norm_offset + w), their weights stored as w (zero at init).
+  norm_offset: float = 0.0
+  sandwich_norms: bool = False  # Gemma 2/3: also normalise the attention and MLP outputs
+  query_scalar: float | None = None  # queries scaled by query_scalar**-0.5 (None: head_dim)
+  attn_softcap: float | None = None  # attention logits -> c * tanh(logits / c) (Gemma 2)
+  final_softcap: float | None = None  # output logits -> c * tanh(logits / c) (Gemma 2)
+  # Sliding-window attention: a token attends to the `sliding_window` cache slots up to and
+  # including its own, on the layers marked in `sliding_layers` (all layers when empty).
+  sliding_window: int | None = None
+  sliding_layers: tuple[bool, ...] = ()
+  rope_local_theta: float | None = None  # Gemma 3: the RoPE base of sliding layers (unscaled)
   dtype: str = "float32"  # activation dtype
   param_dtype: str = "float32"
   remat: bool = False  # recompute each block's activations in the backward pass (less memory)
@@ -70,6 +82,20 @@ class TransformerConfig:
       raise ValueError(f"model.activation must be 'silu' or 'gelu', got {self.activation!r}")
     if self.attention not in ATTENTION_IMPLS:
       raise ValueError(f"model.attention must be 'einsum' or 'fused', got {self.attention!r}")
+    if self.sliding_layers and len(self.sliding_layers) != self.num_layers:
+      raise ValueError(
+        f"model.sliding_layers has {len(self.sliding_layers)} entries for {self.num_layers} layers"
+      )
+    if self.sliding_window is not None and self.sliding_window < 1:
+      raise ValueError(f"model.sliding_window must be >= 1, got {self.sliding_window}")
+    if self.rope_scaling is not None and self.rope_scaling[0] not in ("llama3", "linear"):
+      raise ValueError(f"model.rope_scaling kind must be llama3 or linear: {self.rope_scaling}")
+
+  def window(self, layer: int) -> int | None:
+    """The sliding window of layer `layer`, or None where it attends to every slot."""
+    if self.sliding_window is None or (self.sliding_layers and not self.sliding_layers[layer]):
+      return None
+    return self.sliding_window
 
   def num_params(self) -> int:
     D, H, K, Dh, F, V = (
@@ -85,7 +111,7 @@ class TransformerConfig:
       attn += H * Dh + 2 * K * Dh
     if self.qk_norm:
       attn += 2 * Dh
-    per_layer = attn + 3 * D * F + 2 * D
+    per_layer = attn + 3 * D * F + (4 if self.sandwich_norms else 2) * D
     emb = V * D * (1 if self.tie_embeddings else 2)
     return self.num_layers * per_layer + emb + D
 
@@ -147,16 +173,19 @@ class RopeTables(NamedTuple):
 
 
 def rope_frequencies(head_dim: int, theta: float, scaling=None) -> jax.Array:
-  """The RoPE angular frequencies [head_dim / 2]: theta^(-2i / head_dim), with Llama 3's
-  scaling when `scaling` = (factor, low_freq_factor, high_freq_factor, original_max_position):
-  wavelengths longer than original / low_freq_factor are divided by `factor`, shorter than
-  original / high_freq_factor kept, and those between interpolated smoothly (arXiv:2407.21783;
-  the rule transformers applies for rope_type "llama3")."""
+  """The RoPE angular frequencies [head_dim / 2]: theta^(-2i / head_dim). `scaling`:
+  ("linear", factor) divides every frequency by `factor` (position interpolation, Gemma 3's
+  global layers); ("llama3", factor, low_freq_factor, high_freq_factor, original_max_position)
+  divides wavelengths longer than original / low_freq_factor by `factor`, keeps those shorter
+  than original / high_freq_factor, and interpolates smoothly between (arXiv:2407.21783; the
+  rule transformers applies for rope_type "llama3")."""
   half = head_dim // 2
   freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
   if scaling is None:
     return freq
-  factor, low, high, original = scaling
+  if scaling[0] == "linear":
+    return freq / scaling[1]
+  factor, low, high, original = scaling[1:]
   wavelen = 2 * jnp.pi / freq
   scaled = jnp.where(wavelen > original / low, freq / factor, freq)
   smooth = (original / wavelen - low) / (high - low)
@@ -203,8 +232,21 @@ class SharedPrefix(NamedTuple):
   mask_BxP: jax.Array
 
 
+def _softcap(logits, cap: float | None):
+  """Gemma 2's soft-capping: cap * tanh(logits / cap), or the logits unchanged."""
+  return logits if cap is None else cap * jnp.tanh(logits / cap)
+
+
 def _prefix_attention(
-  q_NxLxHxDh, k_NxKxSxDh, v_NxKxSxDh, allowed_NxLxS, prefix: SharedPrefix, scale
+  q_NxLxHxDh,
+  k_NxKxSxDh,
+  v_NxKxSxDh,
+  allowed_NxLxS,
+  prefix: SharedPrefix,
+  scale,
+  q_slot_L,
+  window=None,
+  softcap=None,
 ):
   """Softmax attention over `[shared prefix ; own slots]` without materialising the per-row
   prefix: the two logit blocks share one max and one normaliser (the same softmax as over the
@@ -215,9 +257,13 @@ def _prefix_attention(
   q = q_NxLxHxDh.reshape(B, G, L, K, g, Dh)
   # The prefix block: per (group, kv head) one [G * L * g, Dh] x [Dh, P] product.
   lp = jnp.einsum("bjlkhd,bkpd->bjkhlp", q, prefix.k_BxKxPxDh).astype(jnp.float32) * scale
-  lp = jnp.where(prefix.mask_BxP[:, None, None, None, None, :], lp, -1e30)
+  allowed_BxLxP = jnp.broadcast_to(prefix.mask_BxP[:, None, :], (B, L, P))
+  if window is not None:  # prefix slot p sits at p - P relative to the call's slot 0
+    allowed_BxLxP = allowed_BxLxP & (jnp.arange(P)[None, :] - P > q_slot_L[:, None] - window)
+  lp = jnp.where(allowed_BxLxP[:, None, None, None], _softcap(lp, softcap), -1e30)
   ls = jnp.einsum("nlkhd,nksd->nkhls", q.reshape(N, L, K, g, Dh), k_NxKxSxDh)
-  ls = jnp.where(allowed_NxLxS[:, None, None], ls.astype(jnp.float32) * scale, -1e30)
+  ls = _softcap(ls.astype(jnp.float32) * scale, softcap)
+  ls = jnp.where(allowed_NxLxS[:, None, None], ls, -1e30)
   ls = ls.reshape(B, G, K, g, L, -1)
   m = jax.lax.stop_gradient(jnp.maximum(lp.max(-1, keepdims=True), ls.max(-1, keepdims=True)))
   ep, es = jnp.exp(lp - m), jnp.exp(ls - m)
@@ -236,9 +282,25 @@ def dense(layer, x_NxLxD):
   return layer(x_NxLxD.reshape(-1, D)).reshape(*lead, -1)
 
 
+class RMSNorm(nnx.Module):
+  """x / rms(x) * (offset + scale), computed in float32 and returned in x's dtype (so bf16
+  activations stay bf16 after a norm whose scale is float32). offset 0: Llama / Qwen (scale
+  starts at 1); offset 1: Gemma (scale stored as w, starting at 0)."""
+
+  def __init__(self, dim: int, cfg: TransformerConfig):
+    self.eps, self.offset = cfg.norm_eps, cfg.norm_offset
+    self.scale = nnx.Param(jnp.full((dim,), 1.0 - cfg.norm_offset, jnp.dtype(cfg.param_dtype)))
+
+  def __call__(self, x):
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * (self.offset + self.scale[...].astype(jnp.float32))).astype(x.dtype)
+
+
 class Attention(nnx.Module):
-  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, window: int | None = None):
     self.cfg = cfg
+    self.window = window  # sliding window of this layer (None: all earlier slots)
     D, H, K, Dh = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     kw = dict(
       use_bias=cfg.qkv_bias,
@@ -258,8 +320,8 @@ class Attention(nnx.Module):
       rngs=rngs,
     )
     if cfg.qk_norm:
-      self.q_norm = nnx.RMSNorm(Dh, epsilon=cfg.norm_eps, rngs=rngs)
-      self.k_norm = nnx.RMSNorm(Dh, epsilon=cfg.norm_eps, rngs=rngs)
+      self.q_norm = RMSNorm(Dh, cfg)
+      self.k_norm = RMSNorm(Dh, cfg)
 
   def __call__(
     self,
@@ -300,22 +362,29 @@ class Attention(nnx.Module):
       )
     S = k_all.shape[2]
     q_slot_L = write_index + jnp.arange(L)
-    allowed_NxLxS = (jnp.arange(S)[None, :] <= q_slot_L[:, None])[None] & kv_mask_NxS[:, None, :]
+    causal_LxS = jnp.arange(S)[None, :] <= q_slot_L[:, None]
+    if self.window is not None:
+      causal_LxS = causal_LxS & (jnp.arange(S)[None, :] > q_slot_L[:, None] - self.window)
+    allowed_NxLxS = causal_LxS[None] & kv_mask_NxS[:, None, :]
+    scale = (cfg.query_scalar or Dh) ** -0.5
     if prefix is not None:
-      out = _prefix_attention(q, k_all, v_all, allowed_NxLxS, prefix, Dh**-0.5)
+      out = _prefix_attention(
+        q, k_all, v_all, allowed_NxLxS, prefix, scale, q_slot_L, self.window, cfg.attn_softcap
+      )
       return dense(self.o_proj, out), LayerCache(k_all, v_all)
-    if cfg.attention == "fused" and L > 1:
+    if cfg.attention == "fused" and L > 1 and cfg.attn_softcap is None:
       out = jax.nn.dot_product_attention(
         q,
         k_all.transpose(0, 2, 1, 3),
         v_all.transpose(0, 2, 1, 3),
         mask=allowed_NxLxS[:, None],
-        scale=Dh**-0.5,
+        scale=scale,
       ).reshape(N, L, H * Dh)
       return dense(self.o_proj, out), LayerCache(k_all, v_all)
     # Grouped-query attention: H query heads share K kv heads in groups of H // K.
     qg = q.reshape(N, L, K, H // K, Dh)
-    logits = jnp.einsum("nlkgd,nksd->nkgls", qg, k_all).astype(jnp.float32) * Dh**-0.5
+    logits = jnp.einsum("nlkgd,nksd->nkgls", qg, k_all).astype(jnp.float32) * scale
+    logits = _softcap(logits, cfg.attn_softcap)
     # A finite fill keeps fully masked rows (left padding) finite; their output is unused.
     logits = jnp.where(allowed_NxLxS[:, None, None], logits, -1e30)
     probs = jax.nn.softmax(logits, axis=-1).astype(v_all.dtype)
@@ -344,17 +413,21 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
-    self.attn_norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, rngs=rngs)
-    self.attn = Attention(cfg, rngs=rngs)
-    self.mlp_norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, rngs=rngs)
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, window: int | None = None):
+    self.attn_norm = RMSNorm(cfg.d_model, cfg)
+    self.attn = Attention(cfg, rngs=rngs, window=window)
+    self.mlp_norm = RMSNorm(cfg.d_model, cfg)
     self.mlp = MLP(cfg, rngs=rngs)
+    if cfg.sandwich_norms:
+      self.attn_post_norm = RMSNorm(cfg.d_model, cfg)
+      self.mlp_post_norm = RMSNorm(cfg.d_model, cfg)
+    self.sandwich = cfg.sandwich_norms
 
   def __call__(self, x, rope_tables_NxL, kv_mask, cache, write_index, prefix=None):
     h, cache = self.attn(self.attn_norm(x), rope_tables_NxL, kv_mask, cache, write_index, prefix)
-    x = x + h
-    x = x + self.mlp(self.mlp_norm(x))
-    return x, cache
+    x = x + (self.attn_post_norm(h) if self.sandwich else h)
+    h = self.mlp(self.mlp_norm(x))
+    return x + (self.mlp_post_norm(h) if self.sandwich else h), cache
 
 
 def _block(layer, x, rope_tables_NxL, kv_mask, cache, write_index, prefix):
@@ -383,8 +456,10 @@ class Transformer(nnx.Module):
       embedding_init=nnx.initializers.normal(1.0 if cfg.embed_scale else 0.02),
       rngs=rngs,
     )
-    self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
-    self.final_norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, rngs=rngs)
+    self.layers = nnx.List(
+      [Block(cfg, rngs=rngs, window=cfg.window(i)) for i in range(cfg.num_layers)]
+    )
+    self.final_norm = RMSNorm(cfg.d_model, cfg)
     if not cfg.tie_embeddings:
       self.lm_head = nnx.Linear(
         cfg.d_model,
@@ -425,9 +500,13 @@ class Transformer(nnx.Module):
     tables = rope_tables(
       positions_NxL, cfg.head_dim, cfg.rope_theta, num_positions, cfg.rope_scaling
     )
+    local = tables  # Gemma 3's sliding layers rotate with their own, unscaled base
+    if cfg.rope_local_theta is not None:
+      local = rope_tables(positions_NxL, cfg.head_dim, cfg.rope_local_theta, num_positions)
     prefix = prefix or [None] * cfg.num_layers
-    for layer, layer_cache, layer_prefix in zip(self.layers, cache, prefix):
-      x, layer_cache = call(layer, x, tables, kv_mask_NxS, layer_cache, write_index, layer_prefix)
+    for i, (layer, layer_cache, layer_prefix) in enumerate(zip(self.layers, cache, prefix)):
+      t = local if cfg.window(i) is not None else tables
+      x, layer_cache = call(layer, x, t, kv_mask_NxS, layer_cache, write_index, layer_prefix)
       new_cache.append(layer_cache)
     return self.final_norm(x), new_cache
 
@@ -436,7 +515,7 @@ class Transformer(nnx.Module):
       out = dense(self.embed.attend, h_NxLxD)
     else:
       out = dense(self.lm_head, h_NxLxD)
-    return out.astype(jnp.float32)
+    return _softcap(out.astype(jnp.float32), self.cfg.final_softcap)
 
   def __call__(
     self, tokens_NxL, positions_NxL, kv_mask_NxS, cache=None, write_index=0, prefix=None
