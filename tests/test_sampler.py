@@ -333,6 +333,53 @@ def test_top_p_is_per_row_and_composes_with_top_k():
   np.testing.assert_array_equal(_kept(filter_logits(logits, 2, 0.9)), [[1, 0, 1, 0], [0, 1, 0, 0]])
 
 
+@pytest.mark.parametrize("scale", [8.0, 0.3], ids=["peaked", "flat"])
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.95])
+def test_top_p_cutoff_equals_the_sorted_cutoff(scale, top_p):
+  """Without sorting V entries (from the k largest, or by bisection of the logit value down to
+  k candidates: k = 16 of V = 1,000 forces the bisection on the flat rows) the nucleus is the
+  one the sorted cumulative mass gives."""
+  from rl_jax.sampling.sampler import _cutoff_by_sort, top_p_cutoff
+
+  logits = jax.random.normal(jax.random.key(3), (8, 1000)) * scale
+  logits = logits.at[0, :500].set(-jnp.inf)  # a row top-k filtered first
+  got = np.asarray(top_p_cutoff(logits, top_p, k=16))
+  np.testing.assert_array_equal(got, np.asarray(_cutoff_by_sort(logits, top_p)))
+  # By hand: the kept tokens' mass reaches top_p, and without the smallest kept it does not.
+  l = np.asarray(logits, np.float64)
+  probs = np.exp(l - l.max(axis=1, keepdims=True))
+  probs /= probs.sum(axis=1, keepdims=True)
+  for n in range(8):
+    assert probs[n][l[n] >= got[n]].sum() >= top_p - 1e-6
+    assert probs[n][l[n] > got[n]].sum() < top_p
+
+
+def test_top_p_cutoff_with_ties_beyond_the_candidates():
+  """100 tokens share the cutoff value: more than k = 16 candidates can order, so the rows fall
+  back to the sort, and every tied token is kept."""
+  from rl_jax.sampling.sampler import top_p_cutoff
+
+  logits = jnp.concatenate([jnp.full((2, 100), 1.0), jnp.zeros((2, 50))], axis=1)
+  cutoff = np.asarray(top_p_cutoff(logits, 0.5, k=16))
+  np.testing.assert_array_equal(cutoff, [1.0, 1.0])
+
+
+def test_inverse_cdf_sample_equals_the_full_cumulative_sum():
+  from rl_jax.sampling.sampler import inverse_cdf_sample
+
+  rng = np.random.default_rng(0)
+  probs = rng.random((64, 1000)) * (rng.random((64, 1000)) < 0.3)  # 70% zero mass, V % 128 != 0
+  u = rng.random(64)
+  got = np.asarray(inverse_cdf_sample(jnp.asarray(probs, jnp.float32), jnp.asarray(u)))
+  cdf = np.cumsum(probs, axis=1)
+  want = np.array([np.searchsorted(cdf[n], u[n] * cdf[n, -1], side="right") for n in range(64)])
+  np.testing.assert_array_equal(got, want)
+  assert np.all(probs[np.arange(64), got] > 0)
+  # u at the edges: the first and the last token with mass.
+  edge = np.asarray(inverse_cdf_sample(jnp.asarray(probs[:2], jnp.float32), jnp.array([0.0, 1.0])))
+  assert edge[0] == np.flatnonzero(probs[0])[0] and edge[1] == np.flatnonzero(probs[1])[-1]
+
+
 # --- compilation ----------------------------------------------------------------
 
 

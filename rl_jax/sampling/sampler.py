@@ -88,19 +88,111 @@ class Samples(NamedTuple):
   lengths_N: jax.Array  # int32 number of generated tokens (stop token included)
 
 
+TOP_P_CANDIDATES = 256  # see `top_p_cutoff`
+
+
+def _cutoff_among(vals_NxK, probs_NxK, mass_above_N, top_p):
+  """The smallest of the descending candidates `vals_NxK` whose preceding mass (the mass above
+  them plus the candidates before them) is below top_p; +inf where none is."""
+  before = mass_above_N[:, None] + jnp.cumsum(probs_NxK, axis=-1) - probs_NxK
+  keep = (before < top_p) & (vals_NxK > -jnp.inf)
+  return jnp.min(jnp.where(keep, vals_NxK, jnp.inf), axis=-1)
+
+
+def _cutoff_by_sort(logits_NxV, top_p):
+  sorted_desc = -jnp.sort(-logits_NxV, axis=-1)
+  probs = jax.nn.softmax(sorted_desc, axis=-1)
+  return _cutoff_among(sorted_desc, probs, jnp.zeros(logits_NxV.shape[0]), top_p)
+
+
+def _cutoff_by_bisection(logits_NxV, probs_NxV, top_p, k: int):
+  """Bisects the logit value until at most k tokens lie in (lo, hi], keeping the invariant
+  mass(l > lo) >= top_p > mass(l > hi) (so the cutoff lies in (lo, hi]), then orders just those
+  k. Rows where 30 halvings leave more than k tokens (ties) fall back to the sort."""
+  finite = jnp.isfinite(logits_NxV)
+  lo = jnp.min(jnp.where(finite, logits_NxV, jnp.inf), axis=-1) - 1.0
+  hi = jnp.max(logits_NxV, axis=-1)
+  zero = jnp.zeros_like(hi)
+  n = jnp.sum(finite, axis=-1)
+
+  def body(c):
+    i, lo, hi, n_lo, n_hi, m_hi = c
+    mid = lo + (hi - lo) * 0.5
+    above = logits_NxV > mid[:, None]
+    m = jnp.sum(jnp.where(above, probs_NxV, 0.0), axis=-1)
+    cnt = jnp.sum(above, axis=-1)
+    big = m >= top_p
+    return (
+      i + 1,
+      jnp.where(big, mid, lo),
+      jnp.where(big, hi, mid),
+      jnp.where(big, cnt, n_lo),
+      jnp.where(big, n_hi, cnt),
+      jnp.where(big, m_hi, m),
+    )
+
+  cond = lambda c: (c[0] < 30) & jnp.any(c[3] - c[4] > k)  # noqa: E731
+  _, lo, hi, n_lo, n_hi, m_hi = jax.lax.while_loop(cond, body, (0, lo, hi, n, 0 * n, zero))
+  inside = (logits_NxV > lo[:, None]) & (logits_NxV <= hi[:, None])
+  vals, idx = jax.lax.top_k(jnp.where(inside, logits_NxV, -jnp.inf), k)
+  c = _cutoff_among(vals, jnp.take_along_axis(probs_NxV, idx, -1), m_hi, top_p)
+  return jax.lax.cond(
+    jnp.all(n_lo - n_hi <= k), lambda: c, lambda: _cutoff_by_sort(logits_NxV, top_p)
+  )
+
+
+def top_p_cutoff(logits_NxV, top_p: float, k: int = TOP_P_CANDIDATES) -> jax.Array:
+  """The smallest logit of each row's top-p nucleus [N]: the tokens kept are those whose
+  preceding mass in the descending order is below top_p (the top token always; ties of the
+  cutoff value all). The same set as sorting the row, without sorting V entries: from the k
+  largest tokens when they hold top_p of the mass (a peaked distribution), else by bisection
+  on the logit value (a flat one). Sorting 64 x 151,936 logits took 2 s a decode step on the
+  2-core CPU; the bisection about 0.25 s, the k largest 0.02 s."""
+  k = min(k, logits_NxV.shape[-1])
+  probs = jax.nn.softmax(logits_NxV, axis=-1)
+  vals, idx = jax.lax.top_k(logits_NxV, k)
+  top = jnp.take_along_axis(probs, idx, -1)
+  fast = _cutoff_among(vals, top, jnp.zeros(vals.shape[0]), top_p)
+  done = jnp.sum(top, axis=-1) >= top_p
+  return jax.lax.cond(
+    jnp.all(done), lambda: fast, lambda: _cutoff_by_bisection(logits_NxV, probs, top_p, k)
+  )
+
+
 def filter_logits(logits_NxV: jax.Array, top_k: int, top_p: float) -> jax.Array:
   """Sets logits outside the top-k set and outside the top-p nucleus to -inf."""
   if top_k:
     kth = jax.lax.top_k(logits_NxV, top_k)[0][:, -1:]
     logits_NxV = jnp.where(logits_NxV < kth, -jnp.inf, logits_NxV)
   if top_p < 1.0:
-    sorted_desc = -jnp.sort(-logits_NxV, axis=-1)
-    probs = jax.nn.softmax(sorted_desc, axis=-1)
-    # Keep tokens whose preceding cumulative mass is < top_p (the top token always stays).
-    before = jnp.cumsum(probs, axis=-1) - probs
-    cutoff = jnp.min(jnp.where(before < top_p, sorted_desc, jnp.inf), axis=-1, keepdims=True)
-    logits_NxV = jnp.where(logits_NxV < cutoff, -jnp.inf, logits_NxV)
+    cutoff = top_p_cutoff(logits_NxV, top_p)
+    logits_NxV = jnp.where(logits_NxV < cutoff[:, None], -jnp.inf, logits_NxV)
   return logits_NxV
+
+
+def _first_above(cdf_NxB, target_N, weights_NxB):
+  """Index of the first entry whose cumulative mass exceeds target; where rounding leaves none
+  above it, the last entry with mass (never one of zero mass)."""
+  above = cdf_NxB > target_N[:, None]
+  last = weights_NxB.shape[-1] - 1 - jnp.argmax(weights_NxB[:, ::-1] > 0, axis=-1)
+  return jnp.where(jnp.any(above, axis=-1), jnp.argmax(above, axis=-1), last)
+
+
+def inverse_cdf_sample(probs_NxV, u_N, block: int = 128) -> jax.Array:
+  """The token whose interval of the cumulative distribution holds u * total, found in two
+  levels (the block, then the token in it) instead of a cumulative sum over V, which cost
+  90 ms a decode step at V = 151,936 on the 2-core CPU. Zero-mass tokens are never drawn."""
+  N, V = probs_NxV.shape
+  pad = -V % block
+  p = jnp.pad(probs_NxV, ((0, 0), (0, pad))).reshape(N, -1, block)
+  block_mass = p.sum(-1)
+  block_cdf = jnp.cumsum(block_mass, axis=-1)
+  target = u_N * block_cdf[:, -1]
+  b = _first_above(block_cdf, target, block_mass)
+  inside = jnp.take_along_axis(p, b[:, None, None], axis=1)[:, 0]
+  start = jnp.take_along_axis(block_cdf - block_mass, b[:, None], axis=1)[:, 0]
+  t = _first_above(start[:, None] + jnp.cumsum(inside, axis=-1), target, inside)
+  return b * block + t
 
 
 def _choose(row_keys_N, logits_NxV, cfg: SamplingConfig):
@@ -114,15 +206,11 @@ def _choose(row_keys_N, logits_NxV, cfg: SamplingConfig):
   else:
     scaled = logits_NxV / cfg.temperature
     logp_all = jax.nn.log_softmax(scaled, axis=-1)
-    if cfg.top_k or cfg.top_p < 1.0:
-      probs = jax.nn.softmax(filter_logits(scaled, cfg.top_k, cfg.top_p), axis=-1)
-    else:
-      probs = jnp.exp(logp_all)
-    cdf = jnp.cumsum(probs, axis=-1)
+    probs = jnp.exp(logp_all)
+    if cfg.top_k or cfg.top_p < 1.0:  # unnormalised: the draw scales u by the total
+      probs = jnp.where(jnp.isfinite(filter_logits(scaled, cfg.top_k, cfg.top_p)), probs, 0.0)
     u_N = jax.vmap(lambda key: jax.random.uniform(key, ()))(row_keys_N)
-    # The first index whose cumulative mass exceeds u * total (total ~ 1 up to rounding).
-    tok = jnp.sum(cdf <= (u_N * cdf[:, -1])[:, None], axis=-1)
-    tok = jnp.minimum(tok, logits_NxV.shape[-1] - 1)
+    tok = inverse_cdf_sample(probs, u_N)
   logp = jnp.take_along_axis(logp_all, tok[:, None], axis=-1)[:, 0]
   return tok.astype(jnp.int32), logp
 
