@@ -5,11 +5,12 @@
       [--config.task.prompt_field=question] [--config.task.answer_field=answer]
 
 The folder holds `config.json`, the safetensors weights (one file or shards with their index)
-and the tokenizer files; nothing is downloaded. Supported families: Llama 3.x (without rope
-scaling), Qwen2 / Qwen2.5, Qwen3 (`rl_jax/models/hf.py`). Prompts go through the tokenizer's
-chat template when it has one (`model.chat_template=false` sends the raw text); completions are
-scored by the math-answer verifier (the final answer after `####`, in `\\boxed{}`, or the last
-number). No warm start: the checkpoint is the starting policy and the KL reference.
+and the tokenizer files; nothing is downloaded. Supported families: Llama 3.x, Qwen2 / Qwen2.5,
+Qwen3, Gemma 2, Gemma 3 text (`rl_jax/models/hf.py`); 7-8 B models: `grpo_hf_pod.py`. Prompts
+go through the tokenizer's chat template when it has one (`model.chat_template=false` sends the
+raw text); completions are scored by the math-answer verifier (the final answer after `####`,
+in `\\boxed{}`, or the last number). No warm start: the checkpoint is the starting policy and
+the KL reference.
 
 The settings below are for a 0.5-1 B model on one accelerator: 16 prompts x 8 samples of up to
 512 new tokens per step, the log-softmax over 128 positions at a time (a 150 k vocabulary's

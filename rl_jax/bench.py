@@ -127,14 +127,33 @@ W4_MODEL = dict(
 )
 
 
-def w4_sampling(repeats: int = 3) -> dict:
-  """W4: sampling at a real vocabulary. 16 prompts x 4 samples, 64-token prompts, 128 new
-  tokens (EOS suppressed), temperature 1, top-p 0.95, on `W4_MODEL` (float32, random weights).
-  Generated tokens per second, median of `repeats` calls after 1 warm-up."""
+def w4_model(folder: str | None = None):
+  """(config, graphdef, params) of `W4_MODEL`: random weights, or those of the Hugging Face
+  folder every framework of the side-by-side loads (`benchmarks/peers/trl_bench.py --folder`
+  writes it), which must hold exactly this configuration."""
   cfg = transformer.TransformerConfig(**W4_MODEL)
-  graphdef, params = transformer.init_model(cfg, SEED)
-  rng = np.random.default_rng(4)
-  prompts = rng.integers(3, cfg.vocab_size, (16, 64)).astype(np.int32)
+  if folder is None:
+    return (cfg, *transformer.init_model(cfg, SEED))
+  from rl_jax.models import hf  # pylint: disable=import-outside-toplevel
+
+  with open(os.path.join(folder, "config.json")) as f:
+    found = hf.config_from_hf(json.load(f))
+  if found != cfg:
+    raise ValueError(f"{folder} does not hold W4's model: {found} != {cfg}")
+  return cfg, transformer.abstract_model(cfg)[0], hf.load_params(folder, cfg)
+
+
+def _w4_prompts(vocab: int) -> np.ndarray:
+  """W4's (and W5's) 16 prompts of 64 token ids, the peers' too."""
+  return np.random.default_rng(4).integers(3, vocab, (16, 64)).astype(np.int32)
+
+
+def w4_sampling(repeats: int = 3, folder: str | None = None) -> dict:
+  """W4: sampling at a real vocabulary. 16 prompts x 4 samples, 64-token prompts, 128 new
+  tokens (EOS suppressed), temperature 1, top-p 0.95, on `W4_MODEL` (float32; random weights,
+  or `folder`'s). Generated tokens per second, median of `repeats` calls after 1 warm-up."""
+  cfg, graphdef, params = w4_model(folder)
+  prompts = _w4_prompts(cfg.vocab_size)
   mask = np.ones((16, 64), bool)
   sampling = SamplingConfig(max_new_tokens=128, temperature=1.0, top_p=0.95, stop_ids=())
   keys = iter(jax.random.split(jax.random.key(0), repeats + 1))
@@ -151,6 +170,9 @@ class _IdTokenizer:
   """Prompts and completions as space-separated token ids: W1's prompts are exactly 32 tokens."""
 
   vocab_size, pad_id, eos_id, stop_ids = VOCAB, 0, -1, ()
+
+  def __init__(self, vocab_size: int = VOCAB):
+    self.vocab_size = vocab_size
 
   def encode_prompt(self, text: str) -> list[int]:
     return [int(t) for t in text.split()]
@@ -226,6 +248,61 @@ def w1_grpo_step(steps: int = 10, warmup: int = 2, async_rollout: bool = False) 
     generation_share=statistics.median(gens) / s["median"],
     reference_s=statistics.median(refs),
     update_s=statistics.median([t - g - r for t, g, r in zip(totals, gens, refs)]),
+    peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+  )
+
+
+def w5_lora_grpo(
+  steps: int = 4, warmup: int = 1, folder: str | None = None, chunk: int = 8, remat: bool = True
+):
+  """W5: one GRPO step with LoRA (rank 16, alpha 32 on q/k/v/o/gate/up/down; the reference is
+  the base without adapters, so it costs no parameters of its own) on `W4_MODEL`, beta 0.04,
+  AdamW lr 1e-5: 8 of W4's prompts x 4 samples a step (the 16 taken in turn), 64 new tokens
+  (EOS suppressed), temperature 1, top-p 0.95, the even-token reward, the log-softmax over the
+  vocabulary `chunk` completion positions at a time (`train.logits_chunk`), each block's
+  activations recomputed in the backward pass (`model.remat`, as TRL's default gradient
+  checkpointing does for the peer). Median seconds of
+  `steps` steps after `warmup`, and the process's peak RSS (run W5 alone for its own)."""
+  from rl_jax import lora as lora_lib  # pylint: disable=import-outside-toplevel
+
+  cfg, _, params = w4_model(folder)
+  cfg = dataclasses.replace(cfg, remat=remat)
+  graphdef = transformer.abstract_model(cfg)[0]
+  policy = policy_lib.Policy("bench", cfg, graphdef, _IdTokenizer(cfg.vocab_size))
+  prompts = _w4_prompts(cfg.vocab_size)
+  examples = [Example(prompt=" ".join(map(str, row)), answer="") for row in prompts]
+  sampling = SamplingConfig(max_new_tokens=64, temperature=1.0, top_p=0.95, stop_ids=())
+  settings = rollouts.RolloutSettings(sampling, group_size=4, prompt_len=64)
+  lora = lora_lib.LoraConfig(rank=16, alpha=32.0)
+  tx = trainer.make_optimizer(learning_rate=1e-5, max_grad_norm=None)
+  step = Step.create(
+    policy,
+    algorithms.grpo(kl_coef=0.04, clip_eps_low=0.2, clip_eps_high=0.2),
+    rollouts.group(settings),
+    rewards_lib.Rewards([rewards_lib.Term("even", _even_fraction, 1.0)]),
+    lambda i, rnd: [examples[(8 * i + j) % 16] for j in range(8)],
+    settings,
+    tx,
+    lora=lora,
+    logits_chunk=chunk,
+  )
+  state = trainer.init_state(lora_lib.init_adapters(params, lora, SEED), tx)
+  totals, gens = [], []
+  for i in range(steps + warmup):
+    t0 = time.perf_counter()
+    merged = step.policy_params(state, params)
+    roll, _ = step.collect(merged, i, jax.random.key(i))
+    t_gen = time.perf_counter() - t0
+    state, _ = step.learn(state, roll, params, merged, jax.random.key(i))
+    jax.block_until_ready(state)
+    if i >= warmup:
+      totals.append(time.perf_counter() - t0)
+      gens.append(t_gen)
+  s = _summary(totals)
+  return dict(
+    seconds=s,
+    generation_s=statistics.median(gens),
+    trainable=sum(x.size for x in jax.tree.leaves(state.params)),
     peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
   )
 
@@ -385,7 +462,14 @@ def _parser() -> argparse.ArgumentParser:
     "--workloads",
     default="w1,w2,w3",
     help="comma-separated subset of w1,w2,w3,w1async (the one-step-off "
-    "mode),w1floor (W1's dense matmuls alone),w4 (sampling at a 151,936-token vocabulary)",
+    "mode),w1floor (W1's dense matmuls alone),w4 (sampling at a 151,936-token vocabulary),"
+    "w5 (a GRPO step with LoRA at that vocabulary; run it alone for its peak memory)",
+  )
+  parser.add_argument(
+    "--folder",
+    default=None,
+    help="W4 / W5: load the model from this Hugging Face folder (the one the peers load; "
+    "benchmarks/peers/trl_bench.py --folder writes it) instead of random weights",
   )
   parser.add_argument("--json", default=None, help="write the results to this file")
   parser.add_argument(
@@ -426,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
   )
   _run_w1(chosen, out)
   _run_w2_w3(chosen, out, args)
-  _run_w4(chosen, out)
+  _run_w4(chosen, out, args.folder)
   if args.json:
     with open(args.json, "w") as f:
       json.dump(out, f, indent=2)
@@ -458,9 +542,18 @@ def _run_w1(chosen: set[str], out: dict) -> None:
     )
 
 
-def _run_w4(chosen: set[str], out: dict) -> None:
+def _run_w4(chosen: set[str], out: dict, folder: str | None) -> None:
+  if "w5" in chosen:  # before W4, so that the peak RSS is W5's own
+    out["w5"] = w = w5_lora_grpo(folder=folder)
+    print(
+      f"W5 GRPO + LoRA step (vocabulary 151,936): {w['seconds']['median']:.2f} s median "
+      f"({w['seconds']['min']:.2f}-{w['seconds']['max']:.2f}); generation "
+      f"{w['generation_s']:.2f} s; {w['trainable']:,} trainable parameters; peak RSS "
+      f"{w['peak_rss_gib']:.2f} GiB",
+      flush=True,
+    )
   if "w4" in chosen:
-    out["w4"] = w = w4_sampling()
+    out["w4"] = w = w4_sampling(folder=folder)
     print(
       f"W4 sampling (vocabulary 151,936, top-p 0.95): {w['tokens_per_s']:,.1f} tokens/s "
       f"(median {w['seconds']['median']:.1f} s a call, {w['seconds']['min']:.1f}-"

@@ -213,10 +213,14 @@ def short_reward(examples, completions):
   return -0.1 * np.array([len(c) for c in completions], np.float32)
 
 
-def test_grpo_on_a_checkpoint_with_experiments_grpo_hf(tmp_path):
+@pytest.mark.parametrize(
+  "config, family", [("grpo_hf.py", "qwen2"), ("grpo_hf_pod.py", "gemma2")], ids=["one", "pod"]
+)
+def test_grpo_on_a_checkpoint_with_experiments_grpo_hf(tmp_path, config, family):
   """experiments/grpo_hf.py on a tiny random Qwen2-shaped checkpoint and a JSONL file: two GRPO
   steps with LoRA through the checkpoint's own tokenizer, the KL reference being the checkpoint
-  (the adapters' base weights)."""
+  (the adapters' base weights). The pod configuration (bf16 weights and compute, micro-batches)
+  on a Gemma 2 checkpoint, on this one CPU device."""
   import io
 
   from tests_support import ROOT
@@ -225,7 +229,7 @@ def test_grpo_on_a_checkpoint_with_experiments_grpo_hf(tmp_path):
   from rl_jax import loop
   from rl_jax.metrics import read_jsonl
 
-  folder, _ = _checkpoint(tmp_path, "qwen2")
+  folder, _ = _checkpoint(tmp_path, family)
   rows = [dict(question=f"w{i} w{i + 1}", answer=f"w{i + 2}") for i in range(40)]
   data = tmp_path / "train.jsonl"
   data.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -246,7 +250,7 @@ def test_grpo_on_a_checkpoint_with_experiments_grpo_hf(tmp_path):
     "train.warmup_steps": "0",
     "lora.rank": "4",  # adapters on every projection; the checkpoint is the frozen base
   }
-  cd = config_lib.load_config_file(os.path.join(ROOT, "experiments", "grpo_hf.py"))
+  cd = config_lib.load_config_file(os.path.join(ROOT, "experiments", config))
   cfg = config_lib.from_configdict(config_lib.apply_overrides(cd, overrides))
   loop.run(cfg, str(tmp_path / "run"), log=lambda m: None, stream=io.StringIO())
   metrics = read_jsonl(str(tmp_path / "run" / "metrics.jsonl"))
@@ -308,3 +312,33 @@ def test_loading_onto_an_8_device_mesh_gives_the_same_logits(tmp_path):
   result = json.loads(r.stdout.strip().splitlines()[-1])
   assert result["devices"] == 8 and "tensor" in result["q_spec"] and "fsdp" in result["q_spec"]
   assert result["max_diff"] <= 1e-5 * result["scale"], result
+
+
+def test_safetensors_reader_equals_the_library(tmp_path):
+  """`hf.SafetensorsFile` (plain reads, no memory map) gives the safetensors library's arrays for
+  float32, bfloat16 and integer tensors, and names a truncated file."""
+  import ml_dtypes
+  from safetensors import safe_open
+  from safetensors.numpy import save_file
+
+  rng = np.random.default_rng(0)
+  tensors = {
+    "w": rng.normal(size=(5, 3)).astype(np.float32),
+    "b": rng.normal(size=(7,)).astype(ml_dtypes.bfloat16),
+    "i": np.arange(6, dtype=np.int64).reshape(2, 3),
+  }
+  file = str(tmp_path / "m.safetensors")
+  save_file(tensors, file, metadata={"format": "pt"})
+  ours = hf.SafetensorsFile(file)
+  assert sorted(ours.keys()) == ["b", "i", "w"]
+  with safe_open(file, framework="numpy") as ref:
+    for name in tensors:
+      x = ours.read(name)
+      assert x.dtype == tensors[name].dtype and x.shape == tensors[name].shape
+      np.testing.assert_array_equal(x, ref.get_tensor(name))
+  with open(file, "rb") as f:
+    data = f.read()
+  with open(file, "wb") as f:
+    f.write(data[:-8])
+  with pytest.raises(hf.CheckpointFormatError, match="truncated"):
+    hf.SafetensorsFile(file).read(max(tensors, key=lambda n: ours.tensors[n]["data_offsets"]))

@@ -167,6 +167,34 @@ W4_SMOKE = dict(prompts=2, samples=4, new_tokens=8, warmup=1, repeats=1)
 W5_SMOKE = dict(prompts=2, samples=2, completion=8, warmup=0, steps=1, dataset=2)
 
 
+# GRPOConfig settings W1 and W5 share: one on-policy AdamW step per generation, float32 on CPU,
+# no logging or saving. Each workload adds its batch, lengths, top-p and checkpointing.
+GRPO_COMMON = dict(
+  gradient_accumulation_steps=1,
+  steps_per_generation=1,
+  num_iterations=1,
+  temperature=1.0,
+  top_k=0,
+  beta=0.04,
+  epsilon=0.2,
+  loss_type="dapo",
+  learning_rate=1e-5,
+  lr_scheduler_type="constant",
+  warmup_steps=0,
+  use_cpu=True,
+  bf16=False,
+  fp16=False,
+  model_init_kwargs={"dtype": "float32"},
+  report_to="none",
+  logging_strategy="no",
+  save_strategy="no",
+  disable_tqdm=True,
+  log_level="error",
+  seed=SEED,
+  data_seed=SEED,
+)
+
+
 def build_tokenizer(vocab: int = VOCAB) -> PreTrainedTokenizerFast:
   words = SPECIALS + [f"t{i}" for i in range(FIRST_WORD, vocab)]
   backend = Tokenizer(
@@ -326,33 +354,12 @@ def w1_grpo_step(steps: int, warmup: int) -> dict:
       output_dir=os.path.join(tmp, "out"),
       per_device_train_batch_size=W1_PROMPTS * W1_GENERATIONS,
       num_generations=W1_GENERATIONS,
-      gradient_accumulation_steps=1,
-      steps_per_generation=1,
-      num_iterations=1,
       max_steps=total,
       max_completion_length=W1_COMPLETION,
       generation_kwargs={"min_new_tokens": W1_COMPLETION},
-      temperature=1.0,
       top_p=1.0,
-      top_k=0,
-      beta=0.04,
-      epsilon=0.2,
-      loss_type="dapo",
-      learning_rate=1e-5,
-      lr_scheduler_type="constant",
-      warmup_steps=0,
-      use_cpu=True,
-      bf16=False,
-      fp16=False,
       activation_checkpointing=False,
-      model_init_kwargs={"dtype": "float32"},
-      report_to="none",
-      logging_strategy="no",
-      save_strategy="no",
-      disable_tqdm=True,
-      log_level="error",
-      seed=SEED,
-      data_seed=SEED,
+      **GRPO_COMMON,
     )
     timer = StepTimer()
     trainer = GRPOTrainer(
@@ -579,33 +586,12 @@ def w5_grpo_lora_step(folder: str, sizes: dict) -> dict:
       output_dir=os.path.join(tmp, "out"),
       per_device_train_batch_size=n * k,
       num_generations=k,
-      gradient_accumulation_steps=1,
-      steps_per_generation=1,
-      num_iterations=1,
       max_steps=total,
       max_completion_length=length,
       generation_kwargs={"min_new_tokens": length},
-      temperature=1.0,
       top_p=0.95,
-      top_k=0,
-      beta=0.04,
-      epsilon=0.2,
-      loss_type="dapo",
-      learning_rate=1e-5,
-      lr_scheduler_type="constant",
-      warmup_steps=0,
-      use_cpu=True,
-      bf16=False,
-      fp16=False,
       # gradient_checkpointing: TRL's default (True) is kept on purpose; recorded below.
-      model_init_kwargs={"dtype": "float32"},
-      report_to="none",
-      logging_strategy="no",
-      save_strategy="no",
-      disable_tqdm=True,
-      log_level="error",
-      seed=SEED,
-      data_seed=SEED,
+      **GRPO_COMMON,
     )
     timer = StepTimer()
     trainer = GRPOTrainer(
