@@ -4,8 +4,9 @@ For a target kernel W [in, out] the adapted kernel is W + (alpha / rank) * A @ B
 rank] and B [rank, out]; B starts at 0, so the adapted model starts as the base model. Only the
 adapters are trained and checkpointed (with their optimizer state); the base weights are the
 frozen reference policy too, so the KL reference costs no memory of its own. Functional: the
-adapted parameters are formed by `merge` inside the jitted passes, the model is unchanged, and
-`merge` is also the export (a plain set of weights).
+learner's loss applies the adapters unmerged (`attach`: x W + s (x A) B, so neither the merged
+kernels nor their full weight gradients exist); the sampler takes `merge`d weights once a step,
+and `merge` is also the export (a plain set of weights).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from rl_jax.models.transformer import LoraKernel
 from rl_jax.parallel import path_str
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -74,6 +76,23 @@ def merge(params, adapters, cfg: LoraConfig):
       return w
     ad = adapters[name]
     return (w.astype(jnp.float32) + cfg.scale * ad["a"] @ ad["b"]).astype(w.dtype)
+
+  return jax.tree_util.tree_map_with_path(adapt, params)
+
+
+def attach(params, adapters, cfg: LoraConfig):
+  """The parameters with each targeted kernel replaced by a `transformer.LoraKernel` (W, A, B):
+  the model applies it unmerged, x W + (alpha / rank) (x A) B. The same function as `merge`'s
+  parameters, without the merged kernels or their full weight gradients (the learner's form;
+  `merge` stays the sampler's and the export's)."""
+
+  def adapt(key_path, w):
+    parts = path_str(key_path).split("/")
+    name = "/".join(parts[:-1])
+    if parts[-1] != "kernel" or name not in adapters:
+      return w
+    ad = adapters[name]
+    return LoraKernel(w, ad["a"], ad["b"], cfg.scale)
 
   return jax.tree_util.tree_map_with_path(adapt, params)
 

@@ -305,8 +305,9 @@ def make_rl_update(
   one-step-off asynchronous mode): the ratio then always uses `batch.old_logp_NxT`.
 
   With `lora` (a `lora.LoraConfig`), `state.params` are LoRA adapters and every call passes the
-  frozen base weights as `frozen` (at `frozen_sharding`); the loss sees `lora.merge(frozen,
-  adapters)` and only the adapters (and their optimizer state) are updated.
+  frozen base weights as `frozen` (at `frozen_sharding`); the loss sees the model of
+  `lora.merge(frozen, adapters)`, applied unmerged (`lora.attach`), and only the adapters (and
+  their optimizer state) are updated.
   """
   on_policy = num_minibatches == 1 and num_iterations == 1 and not off_policy
   spec = UpdateSpec(
@@ -379,11 +380,12 @@ def _update(
 
 def _loss(spec: UpdateSpec, params, mb: TrainBatch, denominator, share: int, frozen=None):
   """Policy loss (+ the critic's value loss) of one micro-batch, and its diagnostics. Under
-  LoRA the trained policy parameters are adapters, merged into the frozen weights here."""
+    LoRA the trained policy parameters are adapters, attached to the frozen weights here (and
+  applied unmerged by the model)."""
   algo, graphdef = spec.algo, spec.graphdef
   policy_params, critic_params = params
   if spec.lora is not None:
-    policy_params = lora_lib.merge(frozen, policy_params, spec.lora)
+    policy_params = lora_lib.attach(frozen, policy_params, spec.lora)
   stats = values = None
   if algo.critic and shares_policy_trunk(critic_params):
     # A value head on the policy's trunk: one trunk pass serves both heads.

@@ -118,3 +118,54 @@ def test_a_lora_run_checkpoints_only_adapters(small_config, tmp_path):
   with pytest.raises(loop.config_lib.ConfigError, match="lora.rank"):
     loop.Experiment.build(small_config(**{"lora.rank": 4, "algorithm.name": "ppo"}))
   assert os.path.exists(tmp_path / "reference")
+
+
+def _dot_output_shapes(jaxpr) -> set:
+  out = set()
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      out |= {tuple(v.aval.shape) for v in eqn.outvars}
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      out |= _dot_output_shapes(sub)
+  return out
+
+
+@pytest.mark.parametrize("targets", [lora.DEFAULT_TARGETS, ("k_proj", "up_proj")])
+def test_attached_adapters_equal_the_merged_model_without_its_weight_gradients(targets):
+  """`lora.attach` (x W + s (x A) B, what the learner uses) gives the merged model's logits and
+  adapter gradients, and its backward pass computes no full [in, out] weight gradient x^T dy
+  (which `merge` makes the model compute for every targeted kernel: a product as large as the
+  forward's). All projections adapted, and a subset (zero blocks under the plain kernels)."""
+  import jax.extend  # noqa: F401 - jaxprs_in_params
+
+  cfg = lora.LoraConfig(rank=3, alpha=6.0, targets=targets)
+  graphdef, params = _model()
+  adapters = lora.init_adapters(params, cfg, seed=2)
+  rng = np.random.default_rng(0)
+  adapters = jax.tree.map(
+    lambda x: jnp.asarray(0.1 * rng.normal(size=x.shape), jnp.float32), adapters
+  )
+  tokens = jnp.asarray(rng.integers(0, 31, (3, 5)), jnp.int32)  # 15 tokens: no kernel's shape
+  mask = jnp.ones((3, 5), bool)
+
+  def loss(ad, form):
+    model = transformer.merge(graphdef, form(params, ad, cfg))
+    logits, _ = model(tokens, transformer.positions_from_mask(mask), mask)
+    return jnp.sum(jnp.tanh(logits))
+
+  (l1, g1), (l2, g2) = (jax.value_and_grad(loss)(adapters, f) for f in (lora.attach, lora.merge))
+  np.testing.assert_allclose(l1, l2, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  kernel_shapes = {
+    tuple(x.shape)
+    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]
+    if any(
+      f"/{t}/kernel" in "/" + "/".join(str(getattr(k, "key", k)) for k in path) for t in targets
+    )
+  }
+  grad_dots = lambda form: _dot_output_shapes(
+    jax.make_jaxpr(jax.grad(lambda ad: loss(ad, form)))(adapters).jaxpr
+  )
+  assert kernel_shapes and not kernel_shapes & grad_dots(lora.attach), kernel_shapes
+  assert kernel_shapes <= grad_dots(lora.merge)  # what attach avoids

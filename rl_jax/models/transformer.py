@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 ATTENTION_IMPLS = ("einsum", "fused")  # see TransformerConfig.attention
 
@@ -274,6 +274,40 @@ def _prefix_attention(
   return out_p.reshape(N, L, H * Dh) + out_s.reshape(N, L, H * Dh)
 
 
+@struct.dataclass
+class LoraKernel:
+  """A frozen kernel W [in, out] with LoRA factors A [in, r] and B [r, out], standing where the
+  kernel's value stands in a parameter tree (`lora.attach`): the projection computes
+  x W + scale (x A) B, never W + scale A B. The merged kernel and, in the backward pass, its
+  full [in, out] weight gradient x^T dy (a product as large as the forward's) never exist."""
+
+  w: jax.Array
+  a: jax.Array
+  b: jax.Array
+  scale: float = struct.field(pytree_node=False)
+
+
+def project(x_MxD: jax.Array, kernels: list) -> jax.Array:
+  """x @ [K_1 | K_2 | ...] in x's dtype, for kernels each an array or a `LoraKernel`: the frozen
+  kernels as one product, the adapters as (x [A_1 | A_2 ..]) times their B's laid out block
+  by block (zero blocks under plain kernels)."""
+  dt = x_MxD.dtype
+  ws = [k.w if isinstance(k, LoraKernel) else k for k in kernels]
+  w = ws[0] if len(ws) == 1 else jnp.concatenate(ws, axis=1)
+  y = x_MxD @ w.astype(dt)
+  if not any(isinstance(k, LoraKernel) for k in kernels):
+    return y
+  total, start, a_cols, b_rows = w.shape[1], 0, [], []
+  for k, wk in zip(kernels, ws):
+    if isinstance(k, LoraKernel):
+      a_cols.append(k.a)
+      pad = ((0, 0), (start, total - start - wk.shape[1]))
+      b_rows.append(jnp.pad(k.scale * k.b, pad))
+    start += wk.shape[1]
+  xa = x_MxD @ jnp.concatenate(a_cols, axis=1).astype(dt)
+  return y + xa @ jnp.concatenate(b_rows, axis=0).astype(dt)
+
+
 def dense(layer, x_NxLxD):
   """Applies a linear layer to the tokens as one [N*L, D] matrix. XLA:CPU lowers the weight
   gradient of a 3-D activation (two contracting dims) with full transposes of the activation
@@ -339,9 +373,7 @@ class Attention(nnx.Module):
     # concatenation of the weights is loop-invariant and hoisted out of the loop by XLA).
     projs = (self.q_proj, self.k_proj, self.v_proj)
     dt = x_NxLxD.dtype
-    qkv = x_NxLxD.reshape(N * L, -1) @ jnp.concatenate(
-      [p.kernel[...] for p in projs], axis=1
-    ).astype(dt)
+    qkv = project(x_NxLxD.reshape(N * L, -1), [p.kernel.get_value() for p in projs])
     if cfg.qkv_bias:
       qkv = qkv + jnp.concatenate([p.bias[...] for p in projs]).astype(dt)
     q, k, v = jnp.split(qkv, [H * Dh, (H + K) * Dh], axis=1)
@@ -371,7 +403,7 @@ class Attention(nnx.Module):
       out = _prefix_attention(
         q, k_all, v_all, allowed_NxLxS, prefix, scale, q_slot_L, self.window, cfg.attn_softcap
       )
-      return dense(self.o_proj, out), LayerCache(k_all, v_all)
+      return self._out(out), LayerCache(k_all, v_all)
     if cfg.attention == "fused" and L > 1 and cfg.attn_softcap is None:
       out = jax.nn.dot_product_attention(
         q,
@@ -380,7 +412,7 @@ class Attention(nnx.Module):
         mask=allowed_NxLxS[:, None],
         scale=scale,
       ).reshape(N, L, H * Dh)
-      return dense(self.o_proj, out), LayerCache(k_all, v_all)
+      return self._out(out), LayerCache(k_all, v_all)
     # Grouped-query attention: H query heads share K kv heads in groups of H // K.
     qg = q.reshape(N, L, K, H // K, Dh)
     logits = jnp.einsum("nlkgd,nksd->nkgls", qg, k_all).astype(jnp.float32) * scale
@@ -389,7 +421,12 @@ class Attention(nnx.Module):
     logits = jnp.where(allowed_NxLxS[:, None, None], logits, -1e30)
     probs = jax.nn.softmax(logits, axis=-1).astype(v_all.dtype)
     out = jnp.einsum("nkgls,nksd->nlkgd", probs, v_all).reshape(N, L, H * Dh)
-    return dense(self.o_proj, out), LayerCache(k_all, v_all)
+    return self._out(out), LayerCache(k_all, v_all)
+
+  def _out(self, out_NxLxHDh):
+    N, L, _ = out_NxLxHDh.shape
+    y = project(out_NxLxHDh.reshape(N * L, -1), [self.o_proj.kernel.get_value()])
+    return y.reshape(N, L, -1)
 
 
 class MLP(nnx.Module):
@@ -401,15 +438,14 @@ class MLP(nnx.Module):
     self.up_proj = nnx.Linear(cfg.d_model, cfg.mlp_dim, **kw)
     self.down_proj = nnx.Linear(cfg.mlp_dim, cfg.d_model, **kw)
     self.act = jax.nn.silu if cfg.activation == "silu" else jax.nn.gelu
+    self.F = cfg.mlp_dim
 
   def __call__(self, x):
     # gate and up as one [D, 2F] matmul (as the q/k/v projections above).
-    F, dt = self.gate_proj.kernel.shape[1], x.dtype
-    gate_up = x.reshape(-1, x.shape[-1]) @ jnp.concatenate(
-      [self.gate_proj.kernel[...], self.up_proj.kernel[...]], axis=1
-    ).astype(dt)
-    h = self.act(gate_up[:, :F]) * gate_up[:, F:]
-    return (h @ self.down_proj.kernel[...].astype(dt)).reshape(*x.shape[:-1], -1)
+    kernels = [self.gate_proj.kernel.get_value(), self.up_proj.kernel.get_value()]
+    gate_up = project(x.reshape(-1, x.shape[-1]), kernels)
+    h = self.act(gate_up[:, : self.F]) * gate_up[:, self.F :]
+    return project(h, [self.down_proj.kernel.get_value()]).reshape(*x.shape[:-1], -1)
 
 
 class Block(nnx.Module):
