@@ -113,18 +113,7 @@ def w2_sampling(repeats: int = 5, model: str = "bench", dtype: str = "float32") 
 
 
 # W4's model (shared/benchmarks.md): the Qwen2.5-0.5B configuration truncated to 4 layers.
-W4_MODEL = dict(
-  vocab_size=151_936,
-  d_model=896,
-  num_layers=4,
-  num_heads=14,
-  num_kv_heads=2,
-  head_dim=64,
-  mlp_dim=4_864,
-  tie_embeddings=True,
-  qkv_bias=True,
-  rope_theta=1e6,
-)
+W4_MODEL = dict(transformer.PRESETS["0.5b"], vocab_size=151_936, num_layers=4)
 
 
 def w4_model(folder: str | None = None):

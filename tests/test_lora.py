@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from tests_support import dot_generals
 
 from rl_jax import algorithms, loop, lora, trainer
 from rl_jax.checkpoint import Checkpointer
@@ -121,13 +122,7 @@ def test_a_lora_run_checkpoints_only_adapters(small_config, tmp_path):
 
 
 def _dot_output_shapes(jaxpr) -> set:
-  out = set()
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
-      out |= {tuple(v.aval.shape) for v in eqn.outvars}
-    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-      out |= _dot_output_shapes(sub)
-  return out
+  return {tuple(v.aval.shape) for eqn in dot_generals(jaxpr) for v in eqn.outvars}
 
 
 @pytest.mark.parametrize("targets", [lora.DEFAULT_TARGETS, ("k_proj", "up_proj")])
@@ -136,8 +131,6 @@ def test_attached_adapters_equal_the_merged_model_without_its_weight_gradients(t
   adapter gradients, and its backward pass computes no full [in, out] weight gradient x^T dy
   (which `merge` makes the model compute for every targeted kernel: a product as large as the
   forward's). All projections adapted, and a subset (zero blocks under the plain kernels)."""
-  import jax.extend  # noqa: F401 - jaxprs_in_params
-
   cfg = lora.LoraConfig(rank=3, alpha=6.0, targets=targets)
   graphdef, params = _model()
   adapters = lora.init_adapters(params, cfg, seed=2)

@@ -5,9 +5,9 @@ import io
 import os
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
+from tests_support import dot_generals
 
 from rl_jax import loop
 from rl_jax.logprobs import completion_logprobs
@@ -35,13 +35,7 @@ def test_bf16_logprobs_are_float32_and_close_to_the_float32_model():
 
 def _dot_operand_dtypes(jaxpr) -> set:
   """The operand dtypes of every matrix product in a jaxpr, sub-jaxprs included."""
-  out = set()
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
-      out |= {str(v.aval.dtype) for v in eqn.invars}
-    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-      out |= _dot_operand_dtypes(sub)
-  return out
+  return {str(v.aval.dtype) for eqn in dot_generals(jaxpr) for v in eqn.invars}
 
 
 def test_bf16_compute_stays_bf16_through_the_norms():

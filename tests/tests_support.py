@@ -17,3 +17,14 @@ def make_small_config(**overrides):
     merged.pop("task.max_digits")
   merged.update({k: str(v) for k, v in overrides.items()})
   return config_lib.from_configdict(config_lib.apply_overrides(cd, merged))
+
+
+def dot_generals(jaxpr):
+  """Every matrix product (dot_general equation) of a jaxpr, its sub-jaxprs included."""
+  import jax.extend  # pylint: disable=import-outside-toplevel
+
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      yield eqn
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      yield from dot_generals(sub)
