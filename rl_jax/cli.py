@@ -1,13 +1,20 @@
 """`rl-jax train | sft | eval`: run an experiment from a Python config file with overrides.
 
   rl-jax train [--config=experiments/default.py] [--workdir=DIR] [--config.FIELD=VALUE ...]
+               [--allow_config_change]
   rl-jax sft   [...same flags...]        supervised warm start only; `train` on DIR continues
   rl-jax eval  --workdir=DIR [--step=N]  greedy held-out accuracy of a saved policy
+  rl-jax checkpoints --workdir=DIR       list DIR's checkpoints: complete, corrupt, in progress
   rl-jax config [--config=...]           print the resolved config and exit
   rl-jax bench [--workloads=w1,w2,w3] [--json=FILE]   the performance workloads (benchmarks/)
 
-Running `train` again on a DIR that has checkpoints resumes from the latest one. Without
---workdir a fresh run gets `runs/<experiment>-<date-time>`.
+Running `train` again on a DIR that has checkpoints resumes from the newest readable one, with
+the same config (only the fields in rl_jax.config.RESUMABLE_FIELDS may change, unless
+--allow_config_change). Without --workdir a fresh run gets `runs/<experiment>-<date-time>`.
+
+SIGTERM or Ctrl-C stops `train` and `sft` at the next step boundary with a checkpoint (exit 0).
+Exit status: 0 done or stopped by a signal, 2 a bad config, flag or checkpoint (one line),
+3 a run stopped as diverged (too many consecutive updates skipped as unsafe).
 
 On Linux the command re-executes itself once under tcmalloc when it is installed (XLA:CPU's
 per-call buffers are then reused instead of faulted in every step); RL_JAX_MALLOC=system turns
@@ -33,7 +40,7 @@ def parse_args(argv: list[str]):
   command, rest = argv[0], argv[1:]
   if command == "bench":
     return command, None, None, {}, {"argv": rest}
-  if command not in ("train", "sft", "eval", "config"):
+  if command not in ("train", "sft", "eval", "config", "checkpoints"):
     raise SystemExit(f"rl-jax: unknown command {command!r}\n{USAGE}")
   config_path, workdir, overrides, extra = None, None, {}, {}
   i = 0
@@ -42,6 +49,12 @@ def parse_args(argv: list[str]):
     if not arg.startswith("--"):
       raise SystemExit(f"rl-jax: unexpected argument {arg!r} (flags look like --name=value)")
     name, eq, value = arg[2:].partition("=")
+    if name == "allow_config_change" and command in ("train", "sft"):
+      if eq and value.lower() not in ("true", "1"):
+        raise SystemExit(f"rl-jax: --allow_config_change takes no value, got {value!r}")
+      extra["allow_config_change"] = True
+      i += 1
+      continue
     if not eq:  # "--name value"
       if i + 1 >= len(rest):
         raise SystemExit(f"rl-jax: flag --{name} needs a value")
@@ -53,6 +66,10 @@ def parse_args(argv: list[str]):
     elif name.startswith("config."):
       overrides[name[len("config.") :]] = value
     elif name == "step" and command == "eval":
+      if not value.isdigit():
+        raise SystemExit(
+          f"rl-jax eval: --step must be a checkpoint step (an integer), got {value!r}"
+        )
       extra["step"] = int(value)
     else:
       raise SystemExit(f"rl-jax: unknown flag --{name} for {command!r}\n{USAGE}")
@@ -92,9 +109,21 @@ def main(argv: list[str] | None = None) -> int:
 
     return bench.main(extra["argv"])
   from rl_jax import config as config_lib
+  from rl_jax import guards, rewards
   from rl_jax.checkpoint import CheckpointError
 
   try:
+    if workdir is not None and os.path.exists(workdir) and not os.path.isdir(workdir):
+      raise config_lib.ConfigError(f"--workdir {workdir!r} is a file, not a directory")
+    if command == "checkpoints":
+      if not workdir:
+        raise SystemExit("rl-jax checkpoints: --workdir=DIR is required")
+      if not os.path.isdir(workdir):
+        raise CheckpointError(f"{workdir} does not exist")
+      from rl_jax import checkpoint
+
+      checkpoint.describe(workdir)
+      return 0
     if command == "eval":
       if not workdir:
         raise SystemExit("rl-jax eval: --workdir=DIR is required")
@@ -111,14 +140,18 @@ def main(argv: list[str] | None = None) -> int:
       workdir = os.path.join("runs", f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     from rl_jax import loop
 
+    allow = extra.get("allow_config_change", False)
     if command == "sft":
-      loop.run_sft_only(cfg, workdir)
+      loop.run_sft_only(cfg, workdir, allow_config_change=allow)
     else:
-      loop.run(cfg, workdir)
+      loop.run(cfg, workdir, allow_config_change=allow)
     return 0
-  except (config_lib.ConfigError, CheckpointError) as e:
+  except (config_lib.ConfigError, CheckpointError, rewards.RewardError) as e:
     print(f"rl-jax {command}: error: {e}", file=sys.stderr)
     return 2
+  except guards.TrainingDiverged as e:
+    print(f"rl-jax {command}: error: {e}", file=sys.stderr)
+    return guards.DIVERGED_EXIT
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import importlib.util
 import json
+import math
 import os
 import typing
 from typing import Any
@@ -51,6 +52,7 @@ class SFTConfig:
   batch_size: int = 64
   learning_rate: float = 1e-3
   warmup_steps: int = 20
+  checkpoint_every: int = 250  # warm-start steps between checkpoints (0 = none; resumable)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,12 +69,18 @@ class TrainConfig:
   share_prompt: bool = True  # compute each group's prompt once in the update and log-prob passes
   logits_chunk: int = 0  # > 0: log-softmax over this many completion positions at a time
   async_rollout: bool = False  # one-step-off: sample step n+1 while step n's update runs
+  # Divergence guards (rl_jax.trainer.apply_gradients): an unsafe update is skipped with a warning.
+  max_update_ratio: float = 1.0  # skip an update moving params by > this x their norm (0 = off)
+  spike_factor: float = 0.0  # skip when grad norm > this x median of recent steps' (0 = off)
+  spike_window: int = 20  # steps in that running median
+  max_consecutive_skips: int = 5  # stop the run (exit 3) after this many steps in a row skip
 
 
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
   group_size: int = 8  # G samples per prompt
   prompts_per_step: int = 32  # B prompts per step
+  reward_timeout_s: float = 600.0  # a reward taking longer on one batch stops the run (0 = none)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,8 +309,24 @@ def _require(cond: bool, field: str, msg: str):
     raise ConfigError(f"config field {field!r} {msg}")
 
 
+# Held-out prompts are generated and decoded in one batch: a bound keeps a typo from growing
+# memory without limit.
+MAX_EVAL_PROMPTS = 100_000
+
+
+def _check_finite(obj, prefix: str = "") -> None:
+  """Every float field of the config is finite (inf or nan is never a meaningful setting)."""
+  for f in dataclasses.fields(obj):
+    value, name = getattr(obj, f.name), f"{prefix}{f.name}"
+    if dataclasses.is_dataclass(value):
+      _check_finite(value, f"{name}.")
+    elif isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f"config field {name!r} must be a finite number, got {value}")
+
+
 def validate(c: RunConfig, num_devices: int | None = None) -> None:
   """Value checks that need no device; with `num_devices`, also the mesh shape."""
+  _check_finite(c)
   _require(c.seed >= 0, "seed", f"must be >= 0, got {c.seed}")
   _require(c.train.steps >= 0, "train.steps", f"must be >= 0, got {c.train.steps}")
   _require(c.sft.steps >= 0, "sft.steps", f"must be >= 0, got {c.sft.steps}")
@@ -340,7 +364,12 @@ def validate(c: RunConfig, num_devices: int | None = None) -> None:
     f"sequences of a minibatch",
   )
   _require(c.eval.every >= 0, "eval.every", f"must be >= 0, got {c.eval.every}")
-  _require(c.eval.num_prompts >= 1, "eval.num_prompts", "must be >= 1")
+  _require(
+    1 <= c.eval.num_prompts <= MAX_EVAL_PROMPTS,
+    "eval.num_prompts",
+    f"must be in [1, {MAX_EVAL_PROMPTS}], got {c.eval.num_prompts}",
+  )
+  _validate_guards(c)
   _require(c.checkpoint.every >= 1, "checkpoint.every", f"must be >= 1, got {c.checkpoint.every}")
   _require(c.checkpoint.keep >= 1, "checkpoint.keep", f"must be >= 1, got {c.checkpoint.keep}")
   _require(
@@ -368,6 +397,40 @@ def validate(c: RunConfig, num_devices: int | None = None) -> None:
     mesh_shape(c.mesh, num_devices)
 
 
+def _check_embedded_shape(m: ModelConfig) -> None:
+  from rl_jax.models import transformer  # local: config is imported by all
+
+  _require(
+    m.preset in transformer.PRESETS,
+    "model.preset",
+    f"is unknown: {m.preset!r}; choose one of {sorted(transformer.PRESETS)}",
+  )
+  fields = ("d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim")
+  overrides = {k: getattr(m, k) for k in fields if getattr(m, k) is not None}
+  for k, v in overrides.items():
+    _require(v >= 1, f"model.{k}", f"must be >= 1, got {v}")
+  try:
+    transformer.preset(m.preset, 256, **overrides)  # any vocabulary: the shape checks
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"config field {e}") from None
+
+
+def _validate_guards(c: RunConfig) -> None:
+  """The reliability settings: divergence guards, warm-start checkpoints, the reward limit."""
+  _require(c.train.max_update_ratio >= 0, "train.max_update_ratio", "must be >= 0 (0 = off)")
+  _require(
+    c.train.spike_factor == 0 or c.train.spike_factor > 1,
+    "train.spike_factor",
+    f"must be 0 (off) or > 1, got {c.train.spike_factor}",
+  )
+  _require(c.train.spike_window >= 1, "train.spike_window", "must be >= 1")
+  _require(
+    c.train.max_consecutive_skips >= 0, "train.max_consecutive_skips", "must be >= 0 (0 = never)"
+  )
+  _require(c.sft.checkpoint_every >= 0, "sft.checkpoint_every", "must be >= 0 (0 = none)")
+  _require(c.rl.reward_timeout_s >= 0, "rl.reward_timeout_s", "must be >= 0 (0 = no limit)")
+
+
 def _validate_sampling_and_model(c: RunConfig) -> None:
   from rl_jax.models.transformer import ATTENTION_IMPLS  # local: config is imported by all
   from rl_jax.sampling import SamplingConfig as Sampler
@@ -384,6 +447,8 @@ def _validate_sampling_and_model(c: RunConfig) -> None:
     "model.attention",
     f"must be one of {ATTENTION_IMPLS}, got {c.model.attention!r}",
   )
+  if c.model.family == "embedded":  # the preset and its shape, before anything is built
+    _check_embedded_shape(c.model)
 
   try:  # the sampler checks its own fields
     s = c.sampling
@@ -431,15 +496,44 @@ def mesh_shape(m: MeshConfig, num_devices: int) -> dict[str, int]:
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
-  """Imports `path` and calls its `get_config()`."""
+  """Imports `path` and calls its `get_config()` (a ConfigDict, or a plain dict). Any failure
+  of the file is a ConfigError naming the file and line."""
   if not os.path.exists(path):
     raise ConfigError(f"config file {path!r} does not exist")
+  if os.path.isdir(path):
+    raise ConfigError(f"config file {path!r} is a directory")
   spec = importlib.util.spec_from_file_location("_rl_jax_experiment", path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ConfigError(f"config file {path!r} defines no get_config()")
-  return module.get_config()
+  try:
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+      raise ConfigError(f"config file {path!r} defines no get_config()")
+    cfg = module.get_config()
+  except ConfigError:
+    raise
+  except SyntaxError as e:
+    raise ConfigError(f"config file {path!r} line {e.lineno}: syntax error: {e.msg}") from None
+  except Exception as e:  # noqa: BLE001 - the user's file: any error is reported in one line
+    raise ConfigError(f"config file {path!r}{_line_in(path, e)}: {type(e).__name__}: {e}") from None
+  if isinstance(cfg, dict):
+    cfg = ml_collections.ConfigDict(cfg)
+  if not isinstance(cfg, ml_collections.ConfigDict):
+    raise ConfigError(
+      f"config file {path!r}: get_config() must return an ml_collections.ConfigDict or a dict, "
+      f"got {type(cfg).__name__}"
+    )
+  return cfg
+
+
+def _line_in(path: str, error: BaseException) -> str:
+  """' line N' of the deepest frame of `error`'s traceback that is in `path`, or ''."""
+  import traceback  # local: only on errors
+
+  frames = traceback.extract_tb(error.__traceback__)
+  lines = [
+    f.lineno for f in frames if os.path.exists(f.filename) and os.path.samefile(f.filename, path)
+  ]
+  return f" line {lines[-1]}" if lines else ""
 
 
 def _parse_scalar(path: str, raw: str, current, hint):
@@ -537,12 +631,19 @@ def from_json(text: str) -> RunConfig:
 
 # Fields a resumed run may change: how long it runs, how often it evaluates, checkpoints and
 # logs. Any other change would make the resumed run a different experiment.
+# The fields a resumed run may change: they alter how long the run goes, what it records and
+# how it protects itself, never what a step computes. Any other change is refused on resume
+# unless explicitly allowed (`rl-jax train --allow_config_change`), and every change is
+# recorded in the workdir's config_history.jsonl.
 RESUMABLE_FIELDS = (
   "train.steps",
+  "train.max_consecutive_skips",
   "eval.every",
   "checkpoint.every",
   "checkpoint.keep",
   "checkpoint.async_save",
+  "sft.checkpoint_every",
+  "rl.reward_timeout_s",
   "log.*",
 )
 
@@ -557,14 +658,31 @@ def _flat(d, prefix=""):
   return out
 
 
-def changed_fields(saved: dict, current: dict) -> list[str]:
-  """The config fields (dotted) that differ between two `to_dict()` configs, except
-  `RESUMABLE_FIELDS`; a field only one of them has counts as changed."""
+def changed_fields(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
+  """{dotted field: (saved, current)} for the fields of two `to_dict()` configs that differ.
+  A fixed section's field the saved config lacks (written before the field existed) counts
+  as its default; a component's keyword argument only one of them has counts as changed."""
+  defaults = _flat(RunConfig().to_dict())
   a, b = _flat(saved), _flat(current)
-  may = lambda k: any(
-    k == f or (f.endswith(".*") and k.startswith(f[:-1])) for f in RESUMABLE_FIELDS
+  a = {**{k: v for k, v in defaults.items() if k in b and k.split(".")[0] not in _DYNAMIC}, **a}
+  missing = "(not set)"
+  keys = sorted(set(a) | set(b))
+  return {
+    k: (a.get(k, missing), b.get(k, missing))
+    for k in keys
+    if a.get(k, missing) != b.get(k, missing)
+  }
+
+
+# Sections whose keys are not fixed fields (a component's own arguments, named rewards).
+_DYNAMIC = (*COMPONENT_SECTIONS, "rewards")
+
+
+def resumable(field: str) -> bool:
+  """Whether a resumed run may change `field` (`RESUMABLE_FIELDS`)."""
+  return any(
+    field == f or (f.endswith(".*") and field.startswith(f[:-1])) for f in RESUMABLE_FIELDS
   )
-  return sorted(k for k in set(a) | set(b) if not may(k) and a.get(k, "?") != b.get(k, "?"))
 
 
 def lora_config(c: RunConfig):

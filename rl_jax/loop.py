@@ -22,11 +22,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rl_jax import algorithms, logprobs, parallel, rewards, rollouts, tasks, tokenizers, trainer
+from rl_jax import (
+  algorithms,
+  guards,
+  logprobs,
+  parallel,
+  rewards,
+  rollouts,
+  tasks,
+  tokenizers,
+  trainer,
+)
 from rl_jax import config as config_lib
 from rl_jax import lora as lora_lib
 from rl_jax import policy as policy_lib
-from rl_jax.checkpoint import Checkpointer, CheckpointError
+from rl_jax.checkpoint import Checkpointer, CheckpointError, CheckpointStorageError
 from rl_jax.metrics import MetricsWriter, Progress, format_duration, plot_rewards, read_jsonl
 from rl_jax.sampling import SamplingConfig, generate
 from rl_jax.step import Step
@@ -106,6 +116,7 @@ class Experiment:
       num_microbatches=t.num_microbatches,
       logits_chunk=t.logits_chunk,
       off_policy=t.async_rollout,
+      max_update_ratio=t.max_update_ratio,
       state_sharding=exp.state_shardings(algo)[1],
       batch_sharding=parallel.batch_sharding(mesh),
       lora=lora,
@@ -166,7 +177,10 @@ class Experiment:
     )
     tokens, lengths = jax.device_get((out.tokens_NxT, out.lengths_N))
     texts = [self.policy.tokenizer.decode(row) for row in tokens[: len(examples)]]
-    scores = self.task.score(examples, texts)
+    scores = rewards.call_with_timeout(
+      "task", self.task.score, (examples, texts), self.config.rl.reward_timeout_s
+    )
+    rewards.check_output("task", scores, len(examples))
     result = dict(
       reward_mean=float(np.mean(scores["reward"])),
       n=len(examples),
@@ -202,11 +216,12 @@ def _rollout_settings(c, policy, task, mesh) -> rollouts.RolloutSettings:
 def _build_rewards(objects, c, task) -> rewards.Rewards:
   """The run's rewards: a `Rewards` object, a mapping {key: weight or (reward, weight)} with
   `"task"` for the verifier, or (None) the config's `rewards` section."""
+  timeout = c.rl.reward_timeout_s
   if objects is None:
-    return rewards.build(c.rewards, task)
+    return rewards.build(c.rewards, task, timeout)
   if isinstance(objects, rewards.Rewards):
     return objects
-  return rewards.from_objects(objects, task)
+  return rewards.from_objects(objects, task, timeout)
 
 
 def _check_batch_divisible(c, div: int) -> None:
@@ -222,21 +237,37 @@ def _check_batch_divisible(c, div: int) -> None:
     )
 
 
-def warm_start(exp: Experiment, params, *, log: Callable[[str], None] = _print):
-  """Supervised fine-tuning on the task's warm-start targets (train split only)."""
+def warm_start(
+  exp: Experiment,
+  params,
+  *,
+  log: Callable[[str], None] = _print,
+  ckpt: Checkpointer | None = None,
+  stop: guards.StopRequests | None = None,
+):
+  """Supervised fine-tuning on the task's warm-start targets (train split only). With `ckpt`,
+  resumes from its newest warm-start checkpoint and saves one every `sft.checkpoint_every`
+  steps; with `stop`, a signal ends it at a step boundary after a save (returns None)."""
   c = exp.config.sft
   tx = trainer.make_optimizer(learning_rate=c.learning_rate, warmup_steps=c.warmup_steps)
   state, state_sh = exp.init_state(params, tx)
   step_fn = trainer.make_sft_step(
     exp.policy.graphdef,
     tx,
+    max_update_ratio=exp.config.train.max_update_ratio,
     state_sharding=state_sh,
     batch_sharding=parallel.batch_sharding(exp.mesh),
   )
+  first = 0
+  found = ckpt.restore_warm(state, log) if ckpt is not None else None
+  if found is not None:
+    state, first = found
+    log(f"warm start resumed from its checkpoint at step {first}")
   tok, P = exp.policy.tokenizer, exp.step.settings.prompt_len
   T = exp.step.settings.sampling.max_new_tokens
   t0, report = time.time(), max(1, c.steps // 5)
-  for i in range(c.steps):
+  skipped, since = int(state.skipped), first
+  for i in range(first, c.steps):
     examples = exp.task.train_examples(
       np.random.default_rng([exp.config.seed, _SFT_STREAM, i]), c.batch_size
     )
@@ -245,12 +276,37 @@ def warm_start(exp: Experiment, params, *, log: Callable[[str], None] = _print):
       tok, [tasks.sft_target(exp.task, e) for e in examples], T
     )
     state, m = step_fn(state, *exp.shard((*prompts, *targets)))
-    if (i + 1) % report == 0 or i + 1 == c.steps:
+    done = i + 1
+    saving = ckpt is not None and c.checkpoint_every and done % c.checkpoint_every == 0
+    if done % report == 0 or done == c.steps or saving:
+      skipped, new = int(state.skipped), int(state.skipped) - skipped
       log(
-        f"sft step {i + 1:5d}/{c.steps} | loss {float(m['loss']):.4f} | "
+        f"sft step {done:5d}/{c.steps} | loss {float(m['loss']):.4f} | "
         f"{format_duration(time.time() - t0)}"
       )
+      if new:
+        _check_sft_skips(exp.config, done, new, done - since, int(m["skip_reason"]), log)
+      since = done
+    stopping = stop is not None and stop.requested and done < c.steps  # else RL stops it
+    if ckpt is not None and done < c.steps and (saving or stopping):
+      ckpt.save_warm(done, state)
+    if stopping:
+      log(f"warm start stopped after step {done} (checkpoint saved)")
+      return None
   return state.params
+
+
+def _check_sft_skips(config, step: int, new: int, window: int, reason: int, log) -> None:
+  """A warning for warm-start updates skipped in the last `window` steps; a TrainingDiverged
+  when all were and they are at least `train.max_consecutive_skips`."""
+  what = trainer.describe_skip(reason)
+  limit = config.train.max_consecutive_skips
+  if limit and new == window and new >= limit:
+    raise guards.TrainingDiverged(
+      f"stopped at sft step {step}: its last {new} updates were all skipped ({what}); lower "
+      "sft.learning_rate or check the warm-start data (limit: train.max_consecutive_skips)"
+    )
+  log(f"warning: sft steps up to {step}: {new} of {window} updates skipped ({what})")
 
 
 def run(
@@ -263,115 +319,254 @@ def run(
   rewards=None,
   algorithm=None,
   rollout=None,
+  allow_config_change: bool = False,
 ) -> dict[str, Any]:
   """Runs (or resumes) an RL experiment in `workdir`. Returns the final summary.
 
   `task`, `rewards`, `algorithm` and `rollout` take objects (a notebook's) in place of the
   config's components: a Task, a `Rewards` or {key: weight or (reward_fn, weight)}, an
-  `Algorithm`, and a rollout factory `settings -> rollout_fn`."""
+  `Algorithm`, and a rollout factory `settings -> rollout_fn`.
+
+  A resumed run must keep the config it was started with, except `config_lib.RESUMABLE_FIELDS`
+  (or any field with `allow_config_change`). SIGTERM or SIGINT ends the run at the next step
+  boundary with a checkpoint (the summary's `stopped` names the signal); a run whose updates
+  keep being skipped as unsafe raises `guards.TrainingDiverged`."""
   t_start = time.time()
-  config_lib.validate(config, jax.device_count())
-  exp = Experiment.build(config, task=task, rewards=rewards, algorithm=algorithm, rollout=rollout)
-  c, step = config, exp.step
-  ckpt = Checkpointer(workdir, keep=c.checkpoint.keep, async_save=c.checkpoint.async_save)
-  _check_resume(ckpt, config, workdir)
+  components = dict(task=task, rewards=rewards, algorithm=algorithm, rollout=rollout)
+  exp, ckpt, changes = _open(config, workdir, components, allow_config_change, log)
+  c, t = config, config.train
   writer = MetricsWriter(
     workdir, tensorboard=c.log.tensorboard, wandb_project=c.log.wandb_project, config=c.to_dict()
   )
   log(
-    f"rl_jax: {step.algo.name} on {exp.task.name} | model {c.model.preset} "
+    f"rl_jax: {exp.step.algo.name} on {exp.task.name} | model {c.model.preset} "
     f"({exp.policy.model_cfg.num_params() / 1e6:.2f} M params) | {jax.device_count()} "
     f"{jax.devices()[0].platform} device(s), mesh {dict(exp.mesh.shape)} | workdir {workdir}"
   )
   heldout = exp.task.heldout_examples(c.eval.num_prompts)
-  state, ref_params, root_key, start = _initial_state(exp, ckpt, writer, heldout, log)
-  writer.truncate_from(start + 1)  # drop rows a crashed run logged after its last checkpoint
-
-  # The steps. One-step-off mode: step n+1's rollout is collected in a background thread, from a
-  # copy of the parameters before update n, while update n runs.
-  keys = lambda n: jax.random.split(jax.random.fold_in(root_key, n))  # (sample, update) keys
-  pool = concurrent.futures.ThreadPoolExecutor(1) if c.train.async_rollout else None
-  pending = None
-  progress = Progress(c.train.steps, stream=stream, every=c.log.progress_every)
-  for n in range(start + 1, c.train.steps + 1):
-    t0 = time.time()
-    behaviour = step.policy_params(state, ref_params) if pending is None else pending[1]
-    roll, roll_m = (
-      step.collect(behaviour, n, keys(n)[0]) if pending is None else pending[0].result()
-    )
-    t_rollout = time.time() - t0
-    if pool is not None and n < c.train.steps:
-      nxt = step.policy_params(state, ref_params)
-      if step.lora is None:  # the update donates the parameters: sample from a copy
-        nxt = jax.tree.map(jnp.copy, nxt)
-      pending = (pool.submit(step.collect, nxt, n + 1, keys(n + 1)[0]), nxt)
-    t1 = time.time()
-    state, m = step.learn(state, roll, ref_params, behaviour, keys(n)[1])
-    t_update = time.time() - t1
-    metrics = dict(
-      **roll_m,
-      **m,
-      rollout_s=t_rollout,
-      update_s=t_update,
-      gen_tokens_per_s=roll_m["generated_tokens"] / max(t_rollout, 1e-9),
-      step_s=time.time() - t0,
-    )
-    metrics["skipped_updates"] = int(metrics["skipped_updates"])
-    writer.write(n, metrics)
-    progress.update(n, metrics)
-    _maybe_eval_and_save(exp, ckpt, writer, progress, state, ref_params, root_key, heldout, n)
-  progress.close()
-  if pool is not None:
-    pool.shutdown()
+  guard = guards.SkipGuard(t.max_consecutive_skips, t.spike_factor, t.spike_window)
+  with guards.StopRequests(log) as stop:
+    try:
+      init = _initial_state(exp, ckpt, writer, heldout, log, stop)
+      if init is None:  # stopped by a signal during the warm start (its checkpoint is saved)
+        return _stopped(workdir, ckpt, writer, t_start, stop.requested, "a warm-start step", log)
+      state, ref_params, root_key, start = init
+      if start == t.steps:  # (the summary is written again: a kill may have come before it)
+        log(
+          f"{workdir} already holds the finished run (checkpoint step {start} = train.steps); "
+          "nothing to do. Raise --config.train.steps to continue it"
+        )
+        ckpt.close()
+        writer.close()
+        return _summary(workdir, t_start, log, skipped_updates=int(state.skipped))
+      _record_config(workdir, config, changes, start)
+      writer.truncate_from(start + 1)  # drop rows a crashed run logged after its last checkpoint
+      guard.resume(int(state.skipped), _recent_grad_norms(workdir, t.spike_window))
+      progress = Progress(t.steps, stream=stream, every=c.log.progress_every)
+      n = _steps(
+        exp, ckpt, writer, progress, guard, stop, state, ref_params, root_key, heldout, start
+      )
+      progress.close()
+      if stop.requested:
+        return _stopped(workdir, ckpt, writer, t_start, stop.requested, f"step {n}", log)
+    except guards.TrainingDiverged:
+      _finish(workdir, ckpt, writer, dict(stopped="diverged", skipped_updates=guard.total))
+      raise
   ckpt.close()
   writer.close()
-  return _summary(workdir, t_start, log)
+  return _summary(workdir, t_start, log, skipped_updates=guard.total)
 
 
-def _check_resume(ckpt: Checkpointer, config, workdir: str) -> None:
-  """A run resumed in `workdir` must have the config its latest checkpoint was written with,
-  except for the fields that may change (`config_lib.RESUMABLE_FIELDS`); the run's config is
-  then recorded in `config.json`."""
+def _open(config, workdir: str, components: dict, allow_config_change: bool, log):
+  """(experiment, checkpointer, config changes) of a run about to start or resume in
+  `workdir`: everything checked before anything is written."""
+  config_lib.validate(config, jax.device_count())
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise config_lib.ConfigError(f"--workdir {workdir!r} is a file, not a directory")
+  exp = Experiment.build(config, **components)
+  c = config
+  ckpt = Checkpointer(workdir, keep=c.checkpoint.keep, async_save=c.checkpoint.async_save)
+  changes = _check_resume(ckpt, config, workdir, allow_config_change, log)
+  latest = ckpt.latest_step()
+  if latest is not None and latest > c.train.steps:
+    raise CheckpointError(
+      f"{workdir} holds checkpoint step {latest}, beyond train.steps={c.train.steps}: "
+      f"nothing to resume. Raise --config.train.steps above {latest} to continue the run"
+    )
+  return exp, ckpt, changes
+
+
+def _steps(exp, ckpt, writer, progress, guard, stop, state, ref_params, root_key, heldout, start):
+  """The RL steps from `start` + 1; returns the last step run (early when a signal asked the
+  run to stop: that step is then checkpointed). One-step-off mode: step n+1's rollout is
+  collected in a background thread, from a copy of the parameters before update n, while
+  update n runs."""
+  step, t = exp.step, exp.config.train
+  keys = lambda n: jax.random.split(jax.random.fold_in(root_key, n))  # (sample, update) keys
+  pool = concurrent.futures.ThreadPoolExecutor(1) if t.async_rollout else None
+  pending, n = None, start
+  try:
+    for n in range(start + 1, t.steps + 1):
+      t0 = time.time()
+      behaviour = step.policy_params(state, ref_params) if pending is None else pending[1]
+      roll, roll_m = (
+        step.collect(behaviour, n, keys(n)[0]) if pending is None else pending[0].result()
+      )
+      pending = None
+      t_rollout = time.time() - t0
+      if pool is not None and n < t.steps and not stop.requested:
+        nxt = step.policy_params(state, ref_params)
+        if step.lora is None:  # the update donates the parameters: sample from a copy
+          nxt = jax.tree.map(jnp.copy, nxt)
+        pending = (pool.submit(step.collect, nxt, n + 1, keys(n + 1)[0]), nxt)
+      t1 = time.time()
+      limit = guard.grad_norm_limit()
+      state, m = step.learn(state, roll, ref_params, behaviour, keys(n)[1], grad_norm_limit=limit)
+      metrics = dict(
+        **roll_m,
+        **m,
+        rollout_s=t_rollout,
+        update_s=time.time() - t1,
+        gen_tokens_per_s=roll_m["generated_tokens"] / max(t_rollout, 1e-9),
+        step_s=time.time() - t0,
+      )
+      metrics["skipped_updates"] = int(metrics["skipped_updates"])
+      metrics["skip_reason"] = int(metrics["skip_reason"])
+      writer.write(n, metrics)
+      progress.update(n, metrics)
+      warning = guard.observe(n, metrics)  # raises TrainingDiverged after too many in a row
+      if warning:
+        progress.log(warning)
+      saved = _maybe_eval_and_save(
+        exp, ckpt, writer, progress, state, ref_params, root_key, heldout, n
+      )
+      ckpt.check()  # an asynchronous save's failure stops the run here, in one line
+      if stop.requested:
+        if not saved:
+          _save(exp, ckpt, progress, state, root_key, n)
+        break
+  finally:
+    if pending is not None:  # a rollout in flight: let it end before the process does
+      concurrent.futures.wait([pending[0]])
+    if pool is not None:
+      pool.shutdown()
+  return n
+
+
+def _stopped(workdir, ckpt, writer, t_start, signal_name, where, log) -> dict[str, Any]:
+  """The end of a run stopped by a signal: every save finished, a line saying how to resume."""
+  ckpt.close()
+  writer.close()
+  summary = dict(stopped=signal_name, wall_s=time.time() - t_start, workdir=workdir)
+  log(
+    f"stopped by {signal_name} after {where} ({format_duration(time.time() - t_start)}); "
+    f"checkpoint saved. Run the same command (same --workdir={workdir}) to resume"
+  )
+  return summary
+
+
+def _finish(workdir, ckpt, writer, summary: dict) -> None:
+  """Closes a run that ends with an error: finished saves kept, summary.json says why."""
+  try:
+    ckpt.close()
+  except CheckpointError:
+    pass  # the error being raised matters more; the previous checkpoint is intact
+  writer.close()
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+
+
+def _check_resume(ckpt: Checkpointer, config, workdir: str, allow: bool, log) -> dict:
+  """Compares the requested config with the one the workdir's run was written with (its
+  newest checkpoint's, or config.json while a warm start is in progress), before anything is
+  written. A change of a field outside `config_lib.RESUMABLE_FIELDS` is refused unless
+  `allow`. Returns every change {field: (saved, requested)} (recorded by `_record_config`)."""
+  saved = None
   if ckpt.latest_step() is not None:
     saved = ckpt.read_meta().get("config", {})
-    changed = config_lib.changed_fields(saved, config.to_dict())
-    if changed:
-      raise CheckpointError(
-        f"{workdir} holds a run with another config: {', '.join(changed)} changed. Resume with "
-        f"the same config (only {', '.join(config_lib.RESUMABLE_FIELDS)} may change), or use a "
-        "new --workdir"
-      )
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
+  elif ckpt.latest_warm_step() is not None:
+    saved = _read_json(os.path.join(workdir, "config.json"))
+  if saved is None:
+    return {}
+  changes = config_lib.changed_fields(saved, config.to_dict())
+  refused = [k for k in changes if not config_lib.resumable(k)]
+  if refused and not allow:
+    listed = ", ".join(f"{k} ({changes[k][0]!r} -> {changes[k][1]!r})" for k in refused)
+    raise CheckpointError(
+      f"{workdir} holds a run with another config: {listed}. Resume with the same config "
+      f"(only {', '.join(config_lib.RESUMABLE_FIELDS)} may change), use a new --workdir, or "
+      "pass --allow_config_change to resume with the change anyway"
+    )
+  if refused:
+    log(f"warning: resuming with changed fields {', '.join(refused)} (--allow_config_change)")
+  return changes
+
+
+def _record_config(workdir: str, config, changes: dict, start: int) -> None:
+  """Writes config.json (once the run has started or resumed) and appends each change of it
+  to config_history.jsonl."""
+  path = os.path.join(workdir, "config.json")
+  previous = _read_json(path)
+  if previous is not None:
+    changes = {**config_lib.changed_fields(previous, config.to_dict()), **changes}
+  if changes:
+    row = dict(time=time.strftime("%Y-%m-%dT%H:%M:%S"), resumed_at_step=start, changed=changes)
+    with open(os.path.join(workdir, "config_history.jsonl"), "a") as f:
+      f.write(json.dumps(row, default=str) + "\n")
+  with open(path, "w") as f:
     f.write(config_lib.to_json(config))
 
 
-def _initial_state(exp: Experiment, ckpt, writer, heldout, log):
-  """(state, reference params, root key, start step): resumed from the latest checkpoint, or
-  warm-started (or loaded from reference/) and evaluated before RL."""
+def _read_json(path: str):
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def _recent_grad_norms(workdir: str, n: int) -> list[float]:
+  """The last `n` logged gradient norms of steps whose update was applied (spike guard)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  rows = read_jsonl(path) if os.path.exists(path) else []
+  norms = [r["grad_norm"] for r in rows if r.get("grad_norm") is not None]
+  return norms[-n:]
+
+
+def _initial_state(exp: Experiment, ckpt, writer, heldout, log, stop=None):
+  """(state, reference params, root key, start step): resumed from the newest readable
+  checkpoint, or warm-started (or loaded from reference/) and evaluated before RL. None when a
+  signal stopped the warm start."""
   c = exp.config
   params = exp.policy.init_params(c.seed, exp.mesh)
   root_key = jax.random.key(c.seed)
-  start = ckpt.latest_step()
-  if start is not None:
-    state, root_key, meta = ckpt.restore(start, exp.rl_state(params), root_key)
-    ref_params = ckpt.restore_reference(params)
-    if meta.get("data_position") != start:
-      raise CheckpointError(
-        f"checkpoint step {start} has data position "
-        f"{meta.get('data_position')}; the workdir is inconsistent"
-      )
-    log(f"resumed from checkpoint step {start} in {ckpt.directory}")
-    return state, ref_params, root_key, start
+  if ckpt.latest_step() is not None:
+    found = ckpt.restore_newest(exp.rl_state(params), root_key, log)
+    if found is not None:
+      state, root_key, meta, start = found
+      ref_params = ckpt.restore_reference(params)
+      if meta.get("data_position") != start:
+        raise CheckpointError(
+          f"checkpoint step {start} has data position "
+          f"{meta.get('data_position')}; the workdir is inconsistent"
+        )
+      log(f"resumed from checkpoint step {start} in {ckpt.directory}")
+      return state, ref_params, root_key, start
   writer.truncate_from(0)  # a fresh run owns the workdir's logs
+  _record_config(writer.workdir, c, {}, 0)
   if ckpt.has_reference():
     params = ckpt.restore_reference(params)
     log(f"warm start loaded from {ckpt.reference_dir}")
   else:
     if c.sft.steps:
       log(f"warm start: {c.sft.steps} supervised steps on the train split")
-      params = warm_start(exp, params, log=log)
+      params = warm_start(exp, params, log=log, ckpt=ckpt, stop=stop)
+      if params is None:
+        return None
     ckpt.save_reference(params)
+    ckpt.clear_warm()
   state = exp.rl_state(params)
   before = exp.evaluate(exp.step.policy_params(state, params), heldout)
   writer.write_eval(0, before)
@@ -380,34 +575,47 @@ def _initial_state(exp: Experiment, ckpt, writer, heldout, log):
 
 
 def _maybe_eval_and_save(exp, ckpt, writer, progress, state, ref_params, root_key, heldout, n):
+  """The step's held-out evaluation and checkpoint when they are due, in that order: a
+  checkpoint is written only once everything its step logs is on disk (a run killed right
+  after it resumes past that step). Returns whether a checkpoint was written."""
   c = exp.config
   if (c.eval.every and n % c.eval.every == 0) or n == c.train.steps:
     result = exp.evaluate(exp.step.policy_params(state, ref_params), heldout)
     writer.write_eval(n, result)
     progress.log(f"held-out at step {n}: {_fmt_eval(result)}")
   if n % c.checkpoint.every == 0 or n == c.train.steps:
-    try:
-      ckpt.save(n, state, root_key, dict(step=n, data_position=n, config=c.to_dict()))
-    except CheckpointError as e:  # never replace a good checkpoint with a bad state
-      progress.log(f"warning: {e}")
+    return _save(exp, ckpt, progress, state, root_key, n)
+  return False
 
 
-def _summary(workdir: str, t_start: float, log) -> dict[str, Any]:
+def _save(exp, ckpt, progress, state, root_key, n) -> bool:
+  try:
+    ckpt.save(n, state, root_key, dict(step=n, data_position=n, config=exp.config.to_dict()))
+    return True
+  except CheckpointStorageError:
+    raise
+  except CheckpointError as e:  # never replace a good checkpoint with a bad state
+    progress.log(f"warning: {e}")
+    return False
+
+
+def _summary(workdir: str, t_start: float, log, **extra) -> dict[str, Any]:
   """Held-out accuracy before and after RL, the reward plot, and summary.json."""
   evals = read_jsonl(os.path.join(workdir, "eval.jsonl"))
-  summary: dict[str, Any] = {}
+  summary: dict[str, Any] = dict(extra)
   if evals:
     first, final = evals[0], evals[-1]
-    summary = dict(before=first, after=final, wall_s=time.time() - t_start, workdir=workdir)
+    summary.update(before=first, after=final, wall_s=time.time() - t_start, workdir=workdir)
     if "accuracy" in first and first["step"] == 0:
       log(
         f"held-out accuracy: {first['accuracy']:.1%} before RL -> {final['accuracy']:.1%} "
         f"after {final['step']} RL steps ({final['n']} prompts never trained on)"
       )
   plot_rewards(workdir)
+  skipped = extra.get("skipped_updates", 0)
   log(
-    f"done in {format_duration(time.time() - t_start)}; metrics, checkpoints and reward.png "
-    f"in {workdir}"
+    f"done in {format_duration(time.time() - t_start)} ({skipped} update(s) skipped as unsafe); "
+    f"metrics, checkpoints and reward.png in {workdir}"
   )
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
@@ -420,28 +628,42 @@ def _fmt_eval(e: dict) -> str:
 
 
 def run_sft_only(
-  config: config_lib.RunConfig, workdir: str, *, log: Callable[[str], None] = _print
+  config: config_lib.RunConfig,
+  workdir: str,
+  *,
+  log: Callable[[str], None] = _print,
+  allow_config_change: bool = False,
 ) -> dict[str, Any]:
   """`rl-jax sft`: the supervised warm start alone, saved as the workdir's reference policy.
 
   A later `rl-jax train` on the same workdir starts RL from it instead of warm-starting again.
-  """
+  Checkpointed every `sft.checkpoint_every` steps and resumable; SIGTERM / SIGINT stop it at a
+  step boundary after a save."""
   config_lib.validate(config, jax.device_count())
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise config_lib.ConfigError(f"--workdir {workdir!r} is a file, not a directory")
   exp = Experiment.build(config)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config_lib.to_json(config))
   ckpt = Checkpointer(workdir)
   if ckpt.has_reference():
     raise CheckpointError(
       f"{ckpt.reference_dir} already holds a warm-start policy; use a new --workdir"
     )
+  changes = _check_resume(ckpt, config, workdir, allow_config_change, log)
+  os.makedirs(workdir, exist_ok=True)
+  _record_config(workdir, config, changes, 0)
   params = exp.policy.init_params(config.seed, exp.mesh)
-  before = exp.evaluate(params, exp.task.heldout_examples(config.eval.num_prompts))
+  heldout = exp.task.heldout_examples(config.eval.num_prompts)
+  before = exp.evaluate(params, heldout)
   log(f"held-out before SFT: {_fmt_eval(before)}")
-  params = warm_start(exp, params, log=log)
+  with guards.StopRequests(log) as stop:
+    params = warm_start(exp, params, log=log, ckpt=ckpt, stop=stop)
+  if params is None:
+    ckpt.close()
+    log(f"stopped by {stop.requested}; run the same command to resume the warm start")
+    return dict(stopped=stop.requested)
   ckpt.save_reference(params)
-  after = exp.evaluate(params, exp.task.heldout_examples(config.eval.num_prompts))
+  ckpt.clear_warm()
+  after = exp.evaluate(params, heldout)
   log(f"held-out after SFT: {_fmt_eval(after)}; saved to {ckpt.reference_dir}")
   ckpt.close()
   return dict(before=before, after=after)
@@ -471,7 +693,11 @@ def evaluate_workdir(
   params = exp.policy.init_params(config.seed, exp.mesh)
   if step is not None or ckpt.latest_step() is not None:
     reference = ckpt.restore_reference(params) if exp.lora is not None else params
-    state, _, meta = ckpt.restore(step, exp.rl_state(params), jax.random.key(config.seed))
+    key = jax.random.key(config.seed)
+    if step is None:  # the newest readable checkpoint
+      state, _, meta, _ = ckpt.restore_newest(exp.rl_state(params), key, log, move_aside=False)
+    else:
+      state, _, meta = ckpt.restore(step, exp.rl_state(params), key)
     params, source = exp.step.policy_params(state, reference), f"checkpoint step {meta['step']}"
   else:
     params, source = ckpt.restore_reference(params), "the warm-start reference policy"

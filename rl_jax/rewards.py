@@ -14,6 +14,11 @@ a reward can hold its own parameters or a model.
 
 The step writes each weighted term's value to the rollout's extras as `reward/<key>` and the
 total as the row's reward; metrics.jsonl logs the mean of every component.
+
+Every output is checked where it enters the step: one finite number per completion (a
+`RewardError` naming the reward otherwise), and a batch taking longer than `rl.reward_timeout_s`
+stops the run with a `RewardError` too. Rewards that run model output (code) belong in a
+sandbox: `rl_jax.sandbox`.
 """
 
 from __future__ import annotations
@@ -21,19 +26,28 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from rl_jax import components
+from rl_jax import components, sandbox
 from rl_jax.tasks import math_answer
 from rl_jax.tasks.base import Example
 
 RewardFn = Callable[[Sequence[Example], Sequence[str]], Any]
 
 # Registered rewards (besides `task`, the run's task's own verifier).
-REWARDS: dict[str, Any] = {"math": math_answer.score_math}
+REWARDS: dict[str, Any] = {
+  "math": math_answer.score_math,
+  "python_unit_tests": sandbox.python_unit_tests,  # runs model code in `rl_jax.sandbox`
+}
+
+
+class RewardError(ValueError):
+  """A reward (or the task's verifier) returned something unusable, or took too long."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,12 +58,14 @@ class Term:
 
 
 class Rewards:
-  """The weighted sum of named reward terms."""
+  """The weighted sum of named reward terms; each term's call on a batch is limited to
+  `timeout_s` seconds (0 = no limit)."""
 
-  def __init__(self, terms: Sequence[Term]):
+  def __init__(self, terms: Sequence[Term], timeout_s: float = 0.0):
     if not terms:
       raise ValueError("at least one reward is needed (config section 'rewards')")
     self.terms = tuple(terms)
+    self.timeout_s = timeout_s
 
   def __call__(
     self, examples: Sequence[Example], completions: Sequence[str]
@@ -60,27 +76,76 @@ class Rewards:
     total = np.zeros(n, np.float32)
     extras: dict[str, np.ndarray] = {}
     for term in self.terms:
-      value, more = _split(term.key, term.fn(examples, completions), n)
+      out = call_with_timeout(term.key, term.fn, (examples, completions), self.timeout_s)
+      value, more = check_output(term.key, out, n)
       extras[f"reward/{term.key}"] = value
       total += term.weight * value
       for name, array in more.items():
         if name in extras:
-          raise ValueError(f"rewards {term.key!r} and another both return {name!r}")
+          raise RewardError(f"rewards {term.key!r} and another both return {name!r}")
         extras[name] = array
     return total, extras
 
 
-def _split(key: str, out, n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def call_with_timeout(key: str, fn, args, timeout_s: float):
+  """`fn(*args)`, or a RewardError if it takes longer than `timeout_s` (0 = no limit). The call
+  runs in a daemon thread, which is abandoned (Python cannot stop it) when it overruns: the
+  run stops, so it does not outlive the process."""
+  if not timeout_s:
+    return fn(*args)
+  box: dict[str, Any] = {}
+
+  def target():
+    try:
+      box["out"] = fn(*args)
+    except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+      box["error"] = e
+
+  t0 = time.monotonic()
+  thread = threading.Thread(target=target, name=f"reward-{key}", daemon=True)
+  thread.start()
+  thread.join(timeout_s)
+  if thread.is_alive():
+    raise RewardError(
+      f"reward {key!r} took longer than rl.reward_timeout_s={timeout_s:g} s on a batch of "
+      f"{len(args[1])} completions (still running after {time.monotonic() - t0:.0f} s)"
+    )
+  if "error" in box:
+    raise box["error"]
+  return box["out"]
+
+
+def check_output(key: str, out, n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """(value float32[n], extras) of a reward's output, checked: a float array [n] or a mapping
+  with a `"reward"` entry and [n]-leading extras; real numbers; finite. RewardError otherwise."""
   if isinstance(out, Mapping):
     if "reward" not in out:
-      raise ValueError(f"reward {key!r} returned {sorted(out)} without a 'reward' entry")
+      raise RewardError(f"reward {key!r} returned {sorted(out)} without a 'reward' entry")
     more = {k: np.asarray(v) for k, v in out.items() if k != "reward"}
     value = out["reward"]
   else:
     value, more = out, {}
-  value = np.asarray(value, np.float32)
-  if value.shape != (n,) or any(v.shape[:1] != (n,) for v in more.values()):
-    raise ValueError(f"reward {key!r} must return [{n}] arrays, got {value.shape}")
+  if value is None:
+    raise RewardError(f"reward {key!r} returned None instead of [{n}] numbers")
+  raw = np.asarray(value)
+  if raw.dtype.kind not in "biuf":
+    raise RewardError(f"reward {key!r} must return real numbers, got dtype {raw.dtype}")
+  if raw.shape != (n,):
+    raise RewardError(
+      f"reward {key!r} must return one value per completion, shape ({n},); got {raw.shape}"
+    )
+  for name, array in more.items():
+    if array.shape[:1] != (n,):
+      raise RewardError(
+        f"reward {key!r}: its output {name!r} must have {n} rows, got shape {array.shape}"
+      )
+  value = raw.astype(np.float32)
+  bad = np.flatnonzero(~np.isfinite(value))
+  if bad.size:
+    raise RewardError(
+      f"reward {key!r} returned {bad.size} non-finite value(s) of {n} (first at completion "
+      f"{bad[0]}: {value[bad[0]]}); a reward must be a finite number for every completion"
+    )
   return value, more
 
 
@@ -123,14 +188,16 @@ def check(section: Sequence[tuple[str, components.Component]]):
   return tuple(out)
 
 
-def build(section: Sequence[tuple[str, components.Component]], task) -> Rewards:
+def build(
+  section: Sequence[tuple[str, components.Component]], task, timeout_s: float = 0.0
+) -> Rewards:
   """The run's rewards from the `rewards` config section; `task` is the run's task (the
   reward `task` is its verifier)."""
   terms = [Term(key, _make(key, c, task), float(c.args.get("weight", 1.0))) for key, c in section]
-  return Rewards(terms)
+  return Rewards(terms, timeout_s)
 
 
-def from_objects(objects, task) -> Rewards:
+def from_objects(objects, task, timeout_s: float = 0.0) -> Rewards:
   """Rewards from objects (a notebook's): {key: weight} for the task's verifier (key "task") or
   {key: (reward_fn, weight)} / {key: reward_fn} (weight 1) for any other reward."""
   terms = []
@@ -143,4 +210,4 @@ def from_objects(objects, task) -> Rewards:
       terms.append(Term(key, value, 1.0))
     else:
       raise ValueError(f"reward {key!r}: give a weight (task), a callable or (callable, weight)")
-  return Rewards(terms)
+  return Rewards(terms, timeout_s)

@@ -158,10 +158,20 @@ class Step:
 
   # --- learn: reference / old / values -> advantages -> update ------------------------------
 
-  def learn(self, state, roll: Rollout, ref_params, behaviour_params, key, timings=None):
+  def learn(
+    self,
+    state,
+    roll: Rollout,
+    ref_params,
+    behaviour_params,
+    key,
+    timings=None,
+    grad_norm_limit=None,
+  ):
     """One update on a scored rollout: the passes the algorithm requires, its advantages, and
-    the jitted update. Returns (state, metrics). With a `timings` dict (benchmarks), waits for
-    the log-prob passes and records their wall time as `timings["reference_s"]`."""
+    the jitted update (skipping unsafe optimizer steps; `grad_norm_limit` bounds the gradient
+    norm). Returns (state, metrics). With a `timings` dict (benchmarks), waits for the log-prob
+    passes and records their wall time as `timings["reference_s"]`."""
     t0 = time.perf_counter()
     algo, shard = self.algo, self.settings.shard
     G = roll.prompt_group_size if self.share_prompt else 1
@@ -206,9 +216,10 @@ class Step:
       TrainBatch(*seqs, loss_mask, adv, old, zeros if ref is None else ref, values, returns)
     )
     frozen = ref_params if self.lora is not None else None  # the base weights under adapters
-    state, m = self.update(state, batch, key, prompt_group_size=G, frozen=frozen)
-    # `finite` (the fraction of updates applied) is in `skipped_updates` already.
-    return state, {k: float(v) for k, v in jax.device_get(m).items() if k != "finite"}
+    state, m = self.update(
+      state, batch, key, prompt_group_size=G, frozen=frozen, grad_norm_limit=grad_norm_limit
+    )
+    return state, {k: float(v) for k, v in jax.device_get(m).items()}
 
   def policy_params(self, state, ref_params):
     """The policy's parameters: `state.params`, or under LoRA the reference (base) weights

@@ -1,8 +1,11 @@
 """Train state and the jitted update steps (RL and supervised warm start).
 
 The update is one jitted function: `num_iterations` epochs x `num_minibatches` minibatches
-run as a `lax.scan` inside it, the state buffers are donated, and an update whose loss or
-gradient is not finite is skipped (parameters and optimizer state kept) and counted.
+run as a `lax.scan` inside it, the state buffers are donated, and an update that is not safe
+to apply is skipped (parameters and optimizer state kept) and counted: its loss or gradient is
+not finite, the parameters or optimizer state it would produce are not finite, it would move
+the parameters by more than `max_update_ratio` times their norm, or its gradient norm is above
+the caller's spike limit. The `skip_reason` metric says which (the `SKIP_*` bits).
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class TrainState(NamedTuple):
   step: jax.Array  # int32, optimizer updates applied or skipped so far
   params: Any  # pure dict of arrays
   opt_state: Any
-  skipped: jax.Array  # int32, updates skipped because the loss or gradient was not finite
+  skipped: jax.Array  # int32, updates skipped as unsafe (see `apply_gradients`)
   critic_params: Any = None  # PPO value model (trunk + value head), None without a critic
   critic_opt_state: Any = None
 
@@ -110,34 +113,86 @@ def _tree_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def _optimizer_step(params, opt_state, grads, tx, ok):
-  safe = jax.tree.map(lambda g: jnp.where(ok, g, jnp.zeros_like(g)), grads)
+# Why an update was skipped: the bits of the `skip_reason` metric (OR-ed over a step's updates).
+SKIP_NONFINITE_GRAD = 1  # the loss or a gradient is not finite
+SKIP_NONFINITE_STATE = 2  # the parameters or optimizer state the update produces are not finite
+SKIP_UPDATE_RATIO = 4  # ||update|| > max_update_ratio * ||parameters||
+SKIP_GRAD_SPIKE = 8  # the gradient norm is above the spike limit (`grad_norm_limit`)
+SKIP_REASONS = {
+  SKIP_NONFINITE_GRAD: "non-finite loss or gradient",
+  SKIP_NONFINITE_STATE: "the update would make the parameters or optimizer state non-finite",
+  SKIP_UPDATE_RATIO: "the update would move the parameters by more than train.max_update_ratio "
+  "times their norm",
+  SKIP_GRAD_SPIKE: "gradient-norm spike (above train.spike_factor x the running median)",
+}
+
+
+def describe_skip(reason: int) -> str:
+  """The `skip_reason` bits in words."""
+  return "; ".join(text for bit, text in SKIP_REASONS.items() if int(reason) & bit) or "none"
+
+
+def _optimizer_step(params, opt_state, grads, tx, grads_ok, max_update_ratio: float):
+  """The candidate (parameters, optimizer state) and whether they are safe: finite, and (with
+  `max_update_ratio` > 0) moved by at most that fraction of the parameters' global norm."""
+  safe = jax.tree.map(lambda g: jnp.where(grads_ok, g, jnp.zeros_like(g)), grads)
   updates, new_opt = tx.update(safe, opt_state, params)
   new_params = optax.apply_updates(params, updates)
-  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-  return keep(new_params, params), keep(new_opt, opt_state)
+  finite = _tree_finite(new_params) & _tree_finite(new_opt)
+  small = jnp.array(True)
+  if max_update_ratio > 0:
+    norm = lambda t: optax.tree.norm(jax.tree.map(lambda x: x.astype(jnp.float32), t))
+    small = norm(updates) <= max_update_ratio * norm(params)
+  return new_params, new_opt, finite, small
 
 
 def apply_gradients(
-  state: TrainState, grads, loss, tx, critic_grads=None, critic_tx=None
+  state: TrainState,
+  grads,
+  loss,
+  tx,
+  critic_grads=None,
+  critic_tx=None,
+  *,
+  max_update_ratio: float = 0.0,
+  grad_norm_limit=None,
 ) -> tuple[TrainState, jax.Array]:
   """One optimizer step (policy, and critic if any), skipped as a whole (state kept,
-  `skipped` + 1) if the loss or any gradient is not finite."""
-  ok = jnp.isfinite(loss) & _tree_finite(grads) & _tree_finite(critic_grads)
-  params, opt_state = _optimizer_step(state.params, state.opt_state, grads, tx, ok)
+  `skipped` + 1) unless it is safe: finite loss and gradients, finite produced parameters and
+  optimizer state, an update no larger than `max_update_ratio` x the parameters' norm (0 = no
+  bound), and a policy gradient norm at most `grad_norm_limit` (None = no bound). Returns
+  (state, reason): the `SKIP_*` bits, 0 when applied."""
+  grads_ok = jnp.isfinite(loss) & _tree_finite(grads) & _tree_finite(critic_grads)
+  params, opt_state, finite, small = _optimizer_step(
+    state.params, state.opt_state, grads, tx, grads_ok, max_update_ratio
+  )
   critic_params, critic_opt = state.critic_params, state.critic_opt_state
   if critic_grads is not None:
-    critic_params, critic_opt = _optimizer_step(
-      critic_params, critic_opt, critic_grads, critic_tx or tx, ok
+    critic_params, critic_opt, c_finite, c_small = _optimizer_step(
+      critic_params, critic_opt, critic_grads, critic_tx or tx, grads_ok, max_update_ratio
     )
+    finite, small = finite & c_finite, small & c_small
+  spike_ok = (
+    jnp.array(True) if grad_norm_limit is None else optax.tree.norm(grads) <= grad_norm_limit
+  )
+  bit = lambda cond, b: jnp.where(cond, 0, b).astype(jnp.int32)
+  reason = jnp.where(
+    grads_ok,
+    bit(finite, SKIP_NONFINITE_STATE)
+    | bit(small, SKIP_UPDATE_RATIO)
+    | bit(spike_ok, SKIP_GRAD_SPIKE),
+    SKIP_NONFINITE_GRAD,
+  ).astype(jnp.int32)
+  ok = reason == 0
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
   return TrainState(
     state.step + 1,
-    params,
-    opt_state,
+    keep(params, state.params),
+    keep(opt_state, state.opt_state),
     state.skipped + (~ok).astype(jnp.int32),
-    critic_params,
-    critic_opt,
-  ), ok
+    keep(critic_params, state.critic_params),
+    keep(critic_opt, state.critic_opt_state),
+  ), reason
 
 
 def rl_loss(
@@ -263,6 +318,7 @@ class UpdateSpec:
   logits_chunk: int
   on_policy: bool
   lora: Any = None  # a lora.LoraConfig: the trained parameters are adapters on frozen weights
+  max_update_ratio: float = 0.0  # skip an update larger than this x the parameters' norm (0: off)
 
 
 def make_rl_update(
@@ -278,12 +334,13 @@ def make_rl_update(
   logits_chunk: int = 0,
   off_policy: bool = False,
   lora=None,
+  max_update_ratio: float = 0.0,
   state_sharding=None,
   batch_sharding=None,
   frozen_sharding=None,
 ) -> Callable:
-  """Returns `update(state, batch, rng, prompt_group_size=1) -> (state, metrics)`, jitted with
-  donated state.
+  """Returns `update(state, batch, rng, prompt_group_size=1, frozen=None, grad_norm_limit=None)
+  -> (state, metrics)`, jitted with donated state.
 
   Each of `num_iterations` epochs shuffles the batch into `num_minibatches` minibatches, one
   optimizer step each. A minibatch is processed as `num_microbatches` micro-batches whose
@@ -308,6 +365,11 @@ def make_rl_update(
   frozen base weights as `frozen` (at `frozen_sharding`); the loss sees the model of
   `lora.merge(frozen, adapters)`, applied unmerged (`lora.attach`), and only the adapters (and
   their optimizer state) are updated.
+
+  Every optimizer step is skipped (`apply_gradients`) when it is unsafe: non-finite, larger
+  than `max_update_ratio` x the parameters' norm, or (with `grad_norm_limit`, a traced scalar
+  the caller may change every call) a gradient norm above the limit. The metrics
+  `skipped_updates` (the running count) and `skip_reason` (the step's `SKIP_*` bits) report it.
   """
   on_policy = num_minibatches == 1 and num_iterations == 1 and not off_policy
   spec = UpdateSpec(
@@ -322,11 +384,12 @@ def make_rl_update(
     logits_chunk,
     on_policy,
     lora,
+    max_update_ratio,
   )
   shardings = {}
   if state_sharding is not None:
     shardings = dict(
-      in_shardings=(state_sharding, batch_sharding, None, frozen_sharding),
+      in_shardings=(state_sharding, batch_sharding, None, frozen_sharding, None),
       out_shardings=(state_sharding, None),
     )
 
@@ -335,10 +398,18 @@ def make_rl_update(
     fn = functools.partial(_update, spec, prompt_group_size=prompt_group_size)
     return jax.jit(fn, donate_argnums=(0,), compiler_options=train_compiler_options(), **shardings)
 
-  def update(state: TrainState, batch: TrainBatch, rng, prompt_group_size: int = 1, frozen=None):
+  def update(
+    state: TrainState,
+    batch: TrainBatch,
+    rng,
+    prompt_group_size: int = 1,
+    frozen=None,
+    grad_norm_limit=None,
+  ):
     if (frozen is None) != (lora is None):
       raise ValueError("the frozen base weights are passed exactly when LoRA is on")
-    return compiled(prompt_group_size)(state, batch, rng, frozen)
+    limit = jnp.float32(jnp.inf if grad_norm_limit is None else grad_norm_limit)
+    return compiled(prompt_group_size)(state, batch, rng, frozen, limit)
 
   update.on_policy = on_policy  # the ratio is exactly 1: old log-probs are not read
   update.jitted = compiled  # prompt_group_size -> the jitted program (tests, jaxprs, caches)
@@ -346,7 +417,13 @@ def make_rl_update(
 
 
 def _update(
-  spec: UpdateSpec, state: TrainState, batch: TrainBatch, rng, frozen, prompt_group_size: int
+  spec: UpdateSpec,
+  state: TrainState,
+  batch: TrainBatch,
+  rng,
+  frozen,
+  grad_norm_limit,
+  prompt_group_size: int,
 ):
   """`num_iterations` epochs of `num_minibatches` optimizer steps, as nested `lax.scan`s.
   `frozen`: the base weights under LoRA adapters (`spec.lora`), else None."""
@@ -369,12 +446,16 @@ def _update(
       groups = jax.random.permutation(rng_e, N // share)
       order = (groups[:, None] * share + jnp.arange(share)).reshape(N)
       mbs = _split(jax.tree.map(lambda x: x[order], batch), spec.num_minibatches)
-    step = functools.partial(_minibatch_step, spec, share=share, frozen=frozen)
+    step = functools.partial(
+      _minibatch_step, spec, share=share, frozen=frozen, grad_norm_limit=grad_norm_limit
+    )
     return jax.lax.scan(step, state, mbs)
 
   state, metrics = jax.lax.scan(epoch, state, jax.random.split(rng, spec.num_iterations))
+  reasons = metrics.pop("skip_reason")
   metrics = jax.tree.map(jnp.mean, metrics)
   metrics["skipped_updates"] = state.skipped
+  metrics["skip_reason"] = sum(jnp.any(reasons & b) * b for b in SKIP_REASONS).astype(jnp.int32)
   return state, metrics
 
 
@@ -459,12 +540,28 @@ def _minibatch_grads(spec: UpdateSpec, params, mb: TrainBatch, share: int, froze
   return (loss, metrics), grads
 
 
-def _minibatch_step(spec: UpdateSpec, state: TrainState, mb: TrainBatch, share: int, frozen=None):
+def _minibatch_step(
+  spec: UpdateSpec,
+  state: TrainState,
+  mb: TrainBatch,
+  share: int,
+  frozen=None,
+  grad_norm_limit=None,
+):
   (loss, metrics), (grads, critic_grads) = _minibatch_grads(
     spec, (state.params, state.critic_params), mb, share, frozen
   )
-  state, ok = apply_gradients(state, grads, loss, spec.tx, critic_grads, spec.critic_tx)
-  metrics = dict(metrics, grad_norm=optax.tree.norm(grads), finite=ok.astype(jnp.float32))
+  state, reason = apply_gradients(
+    state,
+    grads,
+    loss,
+    spec.tx,
+    critic_grads,
+    spec.critic_tx,
+    max_update_ratio=spec.max_update_ratio,
+    grad_norm_limit=grad_norm_limit,
+  )
+  metrics = dict(metrics, grad_norm=optax.tree.norm(grads), skip_reason=reason)
   return state, metrics
 
 
@@ -511,15 +608,21 @@ def sft_loss(graphdef, params, prompt, prompt_mask, target, target_mask):
 
 
 def make_sft_step(
-  graphdef, tx: optax.GradientTransformation, *, state_sharding=None, batch_sharding=None
+  graphdef,
+  tx: optax.GradientTransformation,
+  *,
+  max_update_ratio: float = 0.0,
+  state_sharding=None,
+  batch_sharding=None,
 ) -> Callable:
-  """Returns jitted `step(state, prompt, prompt_mask, target, target_mask) -> (state, metrics)`."""
+  """Returns jitted `step(state, prompt, prompt_mask, target, target_mask) -> (state, metrics)`;
+  unsafe updates are skipped as in the RL update (`apply_gradients`)."""
   grad_fn = jax.value_and_grad(lambda p, *b: sft_loss(graphdef, p, *b), has_aux=True)
 
   def step(state: TrainState, prompt, prompt_mask, target, target_mask):
     (loss, metrics), grads = grad_fn(state.params, prompt, prompt_mask, target, target_mask)
-    state, ok = apply_gradients(state, grads, loss, tx)
-    return state, dict(metrics, grad_norm=optax.tree.norm(grads))
+    state, reason = apply_gradients(state, grads, loss, tx, max_update_ratio=max_update_ratio)
+    return state, dict(metrics, grad_norm=optax.tree.norm(grads), skip_reason=reason)
 
   shardings = {}
   if state_sharding is not None:

@@ -475,7 +475,9 @@ def test_shared_trunk_runs_the_trunk_once_for_both_heads():
     state = trainer.init_state(params, tx, critic, tx if critic else None)
     update = trainer.make_rl_update(graphdef, algo, tx, critic_tx=tx)
     jitted = _jitted_update(update, prompt_group_size=1)
-    dots[name] = _count_dots(jitted.trace(state, batch, jax.random.key(0), None).jaxpr.jaxpr)
+    dots[name] = _count_dots(
+      jitted.trace(state, batch, jax.random.key(0), None, jnp.inf).jaxpr.jaxpr
+    )
   trunk = dots["separate"] - dots["policy only"]  # a second trunk's passes (and its head)
   assert trunk > 10, dots
   assert dots["shared"] - dots["policy only"] <= 3, dots  # the head: forward, 2 in backward

@@ -64,7 +64,9 @@ def test_bad_outputs_are_clear_errors():
   with pytest.raises(ValueError, match="both return 'hit'"):
     twice(EXAMPLES, COMPLETIONS)
   short = rewards.Rewards([rewards.Term("s", lambda e, c: np.zeros(2), 1.0)])
-  with pytest.raises(ValueError, match=r"must return \[3\] arrays"):
+  with pytest.raises(
+    rewards.RewardError, match=r"one value per completion, shape \(3,\); got \(2,\)"
+  ):
     short(EXAMPLES, COMPLETIONS)
   no_reward = rewards.Rewards([rewards.Term("n", lambda e, c: {"score": np.zeros(3)}, 1.0)])
   with pytest.raises(ValueError, match="without a 'reward' entry"):
