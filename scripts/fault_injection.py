@@ -4,7 +4,8 @@
                                     [--kinds warm,checkpoint,random,...] [--config.FIELD=VALUE ...]
 
 Runs `rl-jax train` on a small configuration (the default experiment with the "test" model, a
-60-step warm start and 12 RL steps) once without interruption, then runs the same command in a
+60-step warm start and 60 RL steps, so that most random kills land in the RL steps rather
+than in restarts) once without interruption, then runs the same command in a
 second workdir, kills it with SIGKILL at `--kills` moments and restarts it each time until it
 finishes. Then it compares the two workdirs bit for bit: every row of metrics.jsonl and
 eval.jsonl (all fields but the wall-time ones: keys ending in `_s`, `gen_tokens_per_s`, `time`),
@@ -65,14 +66,14 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The small configuration: 35-50 s compiling, 10-15 s from the compilation cache on 2 cores.
+# The small configuration: 35-50 s compiling, 13-15 s from the compilation cache on 2 cores.
 SMALL_CONFIG = {
   "model.preset": "test",
   "task.max_digits": "2",
   "sft.steps": "60",
   "sft.batch_size": "32",
   "sft.checkpoint_every": "10",
-  "train.steps": "12",
+  "train.steps": "60",
   "rl.prompts_per_step": "4",
   "rl.group_size": "4",
   "eval.every": "4",

@@ -29,6 +29,7 @@ def test_four_kills_leave_the_run_identical_to_an_uninterrupted_one(tmp_path):
   lines = []
   result = fi.run_fault_injection(
     kills=4,
+    config={"train.steps": "12"},
     seed=0,
     workdir_root=str(tmp_path),
     kinds=["warm", "rl", "checkpoint", "final-checkpoint"],
