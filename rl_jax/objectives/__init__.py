@@ -2,9 +2,11 @@
 
 Table of contents:
 
-  advantages     grpo_advantages, rloo_advantages, gae, discounted_returns, whiten
+  advantages     grpo_advantages, rloo_advantages, gae, discounted_returns, whiten,
+                 papo_advantages, uarm_advantages, rcc_advantages, binary_contrastive_advantages
   kl             kl_k1, kl_k2, kl_k3, entropy_from_logits
   policy_losses  ppo_clip, clip_fraction, gspo            (per-token losses)
+  segments       segment_clip, segment_log_ratios, segment_ids_from_delimiters (per-token loss)
   value          clipped_value_loss                        (per-token loss)
   shaping        soft_overlong_penalty, token_level_rewards, sequence_kl_penalized_rewards
   aggregation    aggregate, aggregate_parts, aggregate_with_denominator,
@@ -15,10 +17,16 @@ separate call to `aggregate` (or `aggregate_with_denominator` for exact gradient
 accumulation and data parallelism).
 """
 
+from rl_jax.objectives.advantages import (
+  binary_contrastive_advantages as binary_contrastive_advantages,
+)
 from rl_jax.objectives.advantages import discounted_returns as discounted_returns
 from rl_jax.objectives.advantages import gae as gae
 from rl_jax.objectives.advantages import grpo_advantages as grpo_advantages
+from rl_jax.objectives.advantages import papo_advantages as papo_advantages
+from rl_jax.objectives.advantages import rcc_advantages as rcc_advantages
 from rl_jax.objectives.advantages import rloo_advantages as rloo_advantages
+from rl_jax.objectives.advantages import uarm_advantages as uarm_advantages
 from rl_jax.objectives.advantages import whiten as whiten
 from rl_jax.objectives.aggregation import AGGREGATION_MODES as AGGREGATION_MODES
 from rl_jax.objectives.aggregation import aggregate as aggregate
@@ -66,3 +74,6 @@ __all__ = (
   "aggregate_with_denominator",
   "aggregation_denominator",
 )
+from rl_jax.objectives.segments import segment_clip as segment_clip
+from rl_jax.objectives.segments import segment_ids_from_delimiters as segment_ids_from_delimiters
+from rl_jax.objectives.segments import segment_log_ratios as segment_log_ratios

@@ -13,15 +13,23 @@ from rl_jax.objectives._checks import as_float, check_rank, check_same_shape
 
 
 def _group_stats(r, mask):
-  """(count, mean, centred) over the last axis, restricted to `mask` (None = every entry)."""
+  """(count, mean, centred) over the last axis, restricted to `mask` (None = every entry).
+
+  A group whose (valid) rewards are all equal is centred to exactly 0: its float32 mean can
+  differ from the value in the last bit (eight rewards of 0.7), which a z-score divided by the
+  tiny std plus eps would blow up to advantages of about 0.06."""
+  valid = jnp.ones(r.shape, bool) if mask is None else jnp.asarray(mask) > 0
+  hi = jnp.max(jnp.where(valid, r, -jnp.inf), axis=-1, keepdims=True)
+  lo = jnp.min(jnp.where(valid, r, jnp.inf), axis=-1, keepdims=True)
+  constant = hi <= lo
   if mask is None:
     count = jnp.full(r.shape[:-1] + (1,), r.shape[-1], r.dtype)
     mean = jnp.mean(r, axis=-1, keepdims=True)
-    return count, mean, r - mean
-  m = jnp.asarray(mask, r.dtype)
+    return count, mean, jnp.where(constant, 0.0, r - mean)
+  m = valid.astype(r.dtype)
   count = jnp.sum(m, axis=-1, keepdims=True)
   mean = jnp.sum(r * m, axis=-1, keepdims=True) / jnp.maximum(count, 1.0)
-  return count, mean, jnp.where(m > 0, r - mean, 0.0)
+  return count, mean, jnp.where(valid & ~constant, r - mean, 0.0)
 
 
 def grpo_advantages(
@@ -299,3 +307,202 @@ def whiten(
   if not shift_mean:
     y = y + mean
   return jnp.where(valid, y, 0.0)
+
+
+def papo_advantages(
+  outcome_BxG: jax.Array,
+  process_BxG: jax.Array,
+  *,
+  w_proc: float = 1.0,
+  correct_BxG: jax.Array | None = None,
+  ddof: int = 1,
+  eps: float = 1e-6,
+  mask_BxG: jax.Array | None = None,
+) -> jax.Array:
+  """PAPO: decoupled outcome and process advantages.
+
+  Formula, for each group of G samples:
+
+    A_out  = grpo_advantages(outcome)                       over all samples
+    A_proc = grpo_advantages(process) over the correct samples only,
+             0 for incorrect samples and for groups with fewer than ddof + 1 correct
+    A      = A_out + w_proc * A_proc
+
+  The process score is normalised only among correct samples, so an incorrect answer never
+  earns process credit and the process term cannot be hacked by wrong-but-verbose answers; an
+  all-correct group (whose outcome advantages are all 0) still gets a signal from A_proc.
+
+  Conventions: `correct_BxG` defaults to `outcome > 0.5` (binary outcome rewards);
+  `ddof`, `eps` and the masking are `grpo_advantages`'s, so with a constant process score
+  PAPO equals `grpo_advantages(outcome_BxG)` at both functions' defaults. `w_proc` (default
+  1.0) is a design choice (methods.md B3); the paper adds the two terms.
+
+  Args:
+    outcome_BxG: outcome rewards (e.g. 1 correct, 0 not), shape `[..., G]`.
+    process_BxG: process scores (e.g. share of correct intermediate steps), same shape.
+    w_proc: weight of the process advantage.
+    correct_BxG: optional bool/0-1 correctness; default `outcome_BxG > 0.5`.
+    ddof, eps: as in `grpo_advantages`.
+    mask_BxG: optional 0/1 validity of each entry.
+
+  Returns:
+    adv_BxG, the shape of the rewards.
+
+  References:
+    PAPO, decoupled advantage normalisation for process rewards, arXiv:2603.26535.
+
+  Example:
+    >>> out = jnp.array([[1., 1., 1., 0.]])
+    >>> proc = jnp.array([[1.0, 0.5, 0.0, 1.0]])   # the wrong answer's steps look good
+    >>> papo_advantages(out, proc)
+    Array([[ 1.5, 0.5, -0.5, -1.5]], dtype=float32)
+  """
+  check_rank(outcome_BxG, 1, "outcome_BxG")
+  check_same_shape(outcome_BxG=outcome_BxG, process_BxG=process_BxG)
+  outcome = as_float(outcome_BxG)
+  correct = outcome > 0.5 if correct_BxG is None else jnp.asarray(correct_BxG) > 0
+  valid = correct if mask_BxG is None else correct & (jnp.asarray(mask_BxG) > 0)
+  a_out = grpo_advantages(outcome, ddof=ddof, eps=eps, mask_BxG=mask_BxG)
+  a_proc = grpo_advantages(process_BxG, ddof=ddof, eps=eps, mask_BxG=valid.astype(outcome.dtype))
+  return a_out + w_proc * a_proc
+
+
+def uarm_advantages(
+  reward_median_BxG: jax.Array,
+  interval_width_BxG: jax.Array,
+  *,
+  alpha: float = 0.1,
+  eps: float = 1e-6,
+) -> jax.Array:
+  """UARM: group advantages that trust each reward by the reward model's uncertainty.
+
+  Formula, for each group of G samples with rewards r (the reward model's median) and
+  calibrated interval widths w (at miscoverage `alpha`):
+
+    sigma_i^2 = (w_i / (2 z_{1 - alpha/2}))^2            the noise variance of r_i
+    v         = Var_g(r)                                  (population variance)
+    s^2       = max(v - mean_g(sigma^2), eps)             the signal variance
+    lambda_i  = s^2 / (s^2 + sigma_i^2)                   reliability in (0, 1]
+    mu_w      = sum_g(lambda r) / sum_g(lambda)
+    A_i       = lambda_i (r_i - mu_w) / sqrt(v + eps)
+
+  A sample whose reward is uncertain gets a smaller advantage and weighs less in the baseline;
+  as every width goes to 0 this is GRPO with ddof=0 (eps added to the variance, not the std).
+  The noise-to-variance mapping assumes a Gaussian interval: a design choice (methods.md B1).
+
+  Args:
+    reward_median_BxG: the reward model's median score, shape `[..., G]`.
+    interval_width_BxG: the calibrated interval width (q_hi - q_lo + 2Q), same shape, >= 0.
+    alpha: the miscoverage the interval was calibrated for.
+    eps: floor of the signal variance and added to the variance in the scale.
+
+  Returns:
+    adv_BxG, the shape of the rewards.
+
+  References:
+    UARM, uncertainty-aware reward normalisation, arXiv:2606.19818.
+
+  Example:
+    >>> r = jnp.array([[0.9, 0.3, 0.4, 0.2]])
+    >>> w = jnp.array([[1.2, 0.2, 0.2, 0.2]])
+    >>> jnp.round(uarm_advantages(r, w), 3)   # GRPO: [1.671, -0.557, -0.186, -0.929]
+    Array([[ 0.444, -0.148,  0.189, -0.485]], dtype=float32)
+  """
+  check_rank(reward_median_BxG, 1, "reward_median_BxG")
+  check_same_shape(reward_median_BxG=reward_median_BxG, interval_width_BxG=interval_width_BxG)
+  r, w = as_float(reward_median_BxG), as_float(interval_width_BxG)
+  z = jax.scipy.special.ndtri(1.0 - alpha / 2.0)
+  sigma2 = (w / (2.0 * z)) ** 2
+  mean = jnp.mean(r, axis=-1, keepdims=True)
+  var = jnp.mean((r - mean) ** 2, axis=-1, keepdims=True)
+  s2 = jnp.maximum(var - jnp.mean(sigma2, axis=-1, keepdims=True), eps)
+  lam = s2 / (s2 + sigma2)
+  mu_w = jnp.sum(lam * r, axis=-1, keepdims=True) / jnp.sum(lam, axis=-1, keepdims=True)
+  return lam * (r - mu_w) / jnp.sqrt(var + eps)
+
+
+def rcc_advantages(
+  rewards_BxG: jax.Array,
+  seq_logratio_to_ref_BxG: jax.Array,
+  *,
+  normalize_std: bool = False,
+  eps: float = 1e-6,
+) -> jax.Array:
+  """RCC: reward-confidence correction of the group baseline (Right meets wrong).
+
+  Formula, for each group with rewards r and sequence log-ratios to the reference policy
+  delta_i = log pi(y_i|x) - log pi_ref(y_i|x) (treated as constants: stop-gradient):
+
+    b   = mean_g(r) + 2 Cov_g(r, delta)          (population covariance)
+    A_i = r_i - b                                 (/ (std_g(r) + eps) if normalize_std)
+
+  The covariance term removes the part of the reward the policy already explains by drifting
+  from the reference (samples it grew confident in). With a constant delta this is Dr. GRPO
+  (`grpo_advantages(r, scale_by_std=False)`); the advantages then sum to 0, in general they
+  sum to -2 G Cov.
+
+  Conventions: population statistics (ddof=0) for the covariance and the optional std.
+
+  Args:
+    rewards_BxG: rewards, shape `[..., G]`.
+    seq_logratio_to_ref_BxG: delta, same shape (sequence log-ratio, summed over tokens).
+    normalize_std: divide by the group's reward std (the paper's flag).
+    eps: added to that std.
+
+  Returns:
+    adv_BxG, the shape of the rewards.
+
+  References:
+    Right meets wrong: bilateral context conditioning and reward-confidence correction,
+    arXiv:2603.13134.
+
+  Example:
+    >>> rcc_advantages(jnp.array([[1., 1., 0., 0.]]), jnp.array([[2., 0., 1., -1.]]))
+    Array([[ 0.,  0., -1., -1.]], dtype=float32)
+  """
+  check_rank(rewards_BxG, 1, "rewards_BxG")
+  check_same_shape(rewards_BxG=rewards_BxG, seq_logratio_to_ref_BxG=seq_logratio_to_ref_BxG)
+  r = as_float(rewards_BxG)
+  delta = jax.lax.stop_gradient(as_float(seq_logratio_to_ref_BxG))
+  r_c = r - jnp.mean(r, axis=-1, keepdims=True)
+  cov = jnp.mean(r_c * (delta - jnp.mean(delta, axis=-1, keepdims=True)), axis=-1, keepdims=True)
+  adv = r_c - 2.0 * cov
+  if normalize_std:
+    adv = adv / (jnp.sqrt(jnp.mean(r_c**2, axis=-1, keepdims=True)) + eps)
+  return adv
+
+
+def binary_contrastive_advantages(correct_BxG: jax.Array) -> jax.Array:
+  """The contrastive view of GRPO under binary rewards (Right meets wrong).
+
+  Formula, for a group with n+ correct and n- incorrect samples (G = n+ + n-):
+
+    A_i = +sqrt(n- / n+)  if correct,    A_i = -sqrt(n+ / n-)  otherwise
+
+  which are GRPO's advantages with ddof=0 and eps=0; then for any ratios rho,
+
+    (1/G) sum_i A_i rho_i = (sqrt(n+ n-) / G) (mean_{correct} rho - mean_{incorrect} rho),
+
+  a margin between right and wrong answers. A group with a single outcome gets 0.
+
+  Args:
+    correct_BxG: bool or 0/1, shape `[..., G]`.
+
+  Returns:
+    adv_BxG, float32.
+
+  References:
+    Right meets wrong, arXiv:2603.13134.
+
+  Example:
+    >>> binary_contrastive_advantages(jnp.array([[1, 0, 0, 0]]))
+    Array([[ 1.7320508 , -0.57735026, -0.57735026, -0.57735026]], dtype=float32)
+  """
+  check_rank(correct_BxG, 1, "correct_BxG")
+  c = jnp.asarray(correct_BxG) > 0
+  n_pos = jnp.sum(c, axis=-1, keepdims=True).astype(jnp.float32)
+  n_neg = c.shape[-1] - n_pos
+  mixed = (n_pos > 0) & (n_neg > 0)
+  pos = jnp.sqrt(n_neg / jnp.maximum(n_pos, 1.0))
+  neg = -jnp.sqrt(n_pos / jnp.maximum(n_neg, 1.0))
+  return jnp.where(mixed, jnp.where(c, pos, neg), 0.0)
