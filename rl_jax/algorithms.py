@@ -18,6 +18,7 @@ the step never branch on a method's name. A new method is a new preset function 
 | reinforce_pp | whitened return-to-go of token rewards | clip 0.2 | token_mean | k1 in reward |
 | reinforce_pp_baseline | same, group mean first | clip 0.2 | token_mean | k1 in reward |
 | ppo | GAE (critic), whitened | clip 0.2, dual 3 | token_mean | k1 in reward; value loss |
+| rcc | r - mean_g r - 2 Cov_g(r, log pi/pi_ref) | clip 0.2 / 0.28 | token_mean | none |
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class Algorithm:
     critic: train a value model (PPO); the advantages then receive its values.
     shared_trunk: the value head sits on the policy's own trunk.
     value_clip_eps, vf_coef: the clipped value loss's range and weight.
+    normalize_std: RCC: divide the corrected advantages by the group's reward std.
     needs: what the step must compute beyond what the fields above imply: "ref_logp"
       (reference log-probs even with kl_coef 0), or "extra:<name>" (a named per-row extra
       the rollout or the rewards must provide).
@@ -114,6 +116,7 @@ class Algorithm:
   shared_trunk: bool = False
   value_clip_eps: float = 0.2
   vf_coef: float = 1.0
+  normalize_std: bool = False
   needs: frozenset[str] = frozenset()
 
   def __post_init__(self):
@@ -214,6 +217,28 @@ def leave_one_out(rewards_BxG, mask_BxG, algo):
   """RLOO: G/(G-1) (r - mean_g)."""
   del algo
   return adv_lib.rloo_advantages(rewards_BxG, mask_BxG=mask_BxG)
+
+
+def reward_confidence_corrected(algo: Algorithm, inputs: AdvantageInputs) -> jax.Array:
+  """RCC (Right meets wrong, arXiv:2603.13134): `objectives.advantages.rcc_advantages` with
+  delta = sum_t mask (logp - ref_logp), the sampled sequence's log-ratio to the reference
+  (behaviour log-probs: a constant of the update)."""
+  mask = jnp.asarray(inputs.loss_mask_NxT, jnp.float32)
+  delta_N = jnp.sum(mask * (inputs.logp_NxT - inputs.ref_logp_NxT), axis=-1)
+  index = inputs.group_index_BxG
+  valid = index >= 0
+  take = lambda x_N: jnp.where(valid, x_N[jnp.maximum(index, 0)], 0.0)
+  rewards_N = sequence_rewards(algo, inputs)
+  adv_BxG = adv_lib.rcc_advantages(
+    take(rewards_N),
+    take(delta_N),
+    normalize_std=algo.normalize_std,
+    eps=algo.std_eps,
+    mask_BxG=valid.astype(jnp.float32),
+  )
+  N = rewards_N.shape[0]
+  adv_N = jnp.zeros((N,), jnp.float32).at[jnp.where(valid, index, N)].set(adv_BxG, mode="drop")
+  return adv_N[:, None] * mask
 
 
 def _token_rewards(algo: Algorithm, inputs: AdvantageInputs, rewards_N) -> jax.Array:
@@ -457,6 +482,27 @@ def ppo(
   )
 
 
+def rcc(
+  *,
+  kl_coef: float = 0.0,
+  clip_eps_low: float = 0.2,
+  clip_eps_high: float = 0.28,
+  aggregation: str = "token_mean",
+  normalize_std: bool = False,
+  entropy_coef: float = 0.0,
+) -> Algorithm:
+  """RCC (Right meets wrong, arXiv:2603.13134): the group baseline corrected by the covariance
+  of reward and sequence log-ratio to the reference, A = r - mean_g(r) - 2 Cov_g(r, delta);
+  the paper's clip 0.2 / 0.28; reference log-probs are computed even without a KL term."""
+  return Algorithm(
+    name="rcc",
+    advantages=reward_confidence_corrected,
+    policy_loss=clipped_loss,
+    needs=frozenset({"ref_logp"}),
+    **locals(),
+  )
+
+
 PRESETS: dict[str, Callable[..., Algorithm]] = {
   "ppo": ppo,
   "grpo": grpo,
@@ -467,6 +513,7 @@ PRESETS: dict[str, Callable[..., Algorithm]] = {
   "rloo": rloo,
   "reinforce_pp": reinforce_pp,
   "reinforce_pp_baseline": reinforce_pp_baseline,
+  "rcc": rcc,
 }
 
 

@@ -427,6 +427,7 @@ def rcc_advantages(
   *,
   normalize_std: bool = False,
   eps: float = 1e-6,
+  mask_BxG: jax.Array | None = None,
 ) -> jax.Array:
   """RCC: reward-confidence correction of the group baseline (Right meets wrong).
 
@@ -448,6 +449,8 @@ def rcc_advantages(
     seq_logratio_to_ref_BxG: delta, same shape (sequence log-ratio, summed over tokens).
     normalize_std: divide by the group's reward std (the paper's flag).
     eps: added to that std.
+    mask_BxG: optional 0/1 validity of each entry (groups padded to a common G): statistics
+      over the valid entries only, 0 on padding.
 
   Returns:
     adv_BxG, the shape of the rewards.
@@ -464,12 +467,15 @@ def rcc_advantages(
   check_same_shape(rewards_BxG=rewards_BxG, seq_logratio_to_ref_BxG=seq_logratio_to_ref_BxG)
   r = as_float(rewards_BxG)
   delta = jax.lax.stop_gradient(as_float(seq_logratio_to_ref_BxG))
-  r_c = r - jnp.mean(r, axis=-1, keepdims=True)
-  cov = jnp.mean(r_c * (delta - jnp.mean(delta, axis=-1, keepdims=True)), axis=-1, keepdims=True)
+  m = jnp.ones_like(r) if mask_BxG is None else (jnp.asarray(mask_BxG) > 0).astype(r.dtype)
+  count = jnp.maximum(jnp.sum(m, axis=-1, keepdims=True), 1.0)
+  mean = lambda x: jnp.sum(x * m, axis=-1, keepdims=True) / count
+  r_c = r - mean(r)
+  cov = mean(r_c * (delta - mean(delta)))
   adv = r_c - 2.0 * cov
   if normalize_std:
-    adv = adv / (jnp.sqrt(jnp.mean(r_c**2, axis=-1, keepdims=True)) + eps)
-  return adv
+    adv = adv / (jnp.sqrt(mean(r_c**2)) + eps)
+  return adv * m
 
 
 def binary_contrastive_advantages(correct_BxG: jax.Array) -> jax.Array:

@@ -145,3 +145,15 @@ def test_constant_groups_of_inexact_rewards_get_exactly_zero():
     np.testing.assert_array_equal(grpo_advantages(r, ddof=ddof), 0.0)
   mask = jnp.array([[1.0, 1, 1, 1, 1, 1, 1, 1]]).at[0, 0].set(0)
   np.testing.assert_array_equal(grpo_advantages(r.at[0, 0].set(5.0), mask_BxG=mask), 0.0)
+
+
+def test_rcc_on_padded_groups_equals_each_group_alone():
+  r = jnp.array([[1.0, 0.0, 1.0, 9.0], [0.5, 0.2, 0.1, 0.4]])
+  delta = jnp.array([[0.3, -0.2, 1.0, 7.0], [1.0, 2.0, -1.0, 0.0]])
+  mask = jnp.array([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+  adv = rcc_advantages(r, delta, mask_BxG=mask, normalize_std=True)
+  np.testing.assert_allclose(
+    adv[0, :3], rcc_advantages(r[:1, :3], delta[:1, :3], normalize_std=True)[0], rtol=1e-6
+  )
+  assert adv[0, 3] == 0
+  np.testing.assert_allclose(adv[1], rcc_advantages(r[1:], delta[1:], normalize_std=True)[0])
