@@ -37,35 +37,14 @@ def test_one_token_segments_are_the_token_level_loss(reduce):
 
 def test_one_segment_with_mean_ratio_is_gspo():
   logp, old, mask, adv = _data()
-  got = segments.segment_clip(
-    logp,
-    old,
-    adv,
-    mask,
-    jnp.zeros((N, T), jnp.int32),
-    num_segments=1,
-    eps_low=3e-4,
-    eps_high=4e-4,
+  one = jnp.zeros((N, T), jnp.int32)
+  seg = lambda lp: segments.segment_clip(
+    lp, old, adv, mask, one, num_segments=1, eps_low=3e-4, eps_high=4e-4
   )
-  np.testing.assert_allclose(got, gspo(logp, old, adv, mask), rtol=1e-6)
+  ref = lambda lp: gspo(lp, old, adv, mask)
+  np.testing.assert_allclose(seg(logp), ref(logp), rtol=1e-6)
   grad = lambda f: jax.grad(lambda lp: jnp.sum(f(lp)))(logp)
-  np.testing.assert_allclose(
-    grad(
-      lambda lp: segments.segment_clip(
-        lp,
-        old,
-        adv,
-        mask,
-        jnp.zeros((N, T), jnp.int32),
-        num_segments=1,
-        eps_low=3e-4,
-        eps_high=4e-4,
-      )
-    ),
-    grad(lambda lp: gspo(lp, old, adv, mask)),
-    rtol=1e-5,
-    atol=1e-7,
-  )
+  np.testing.assert_allclose(grad(seg), grad(ref), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("reduce", ["mean", "sum"])
