@@ -187,18 +187,24 @@ def w1_step(async_rollout: bool = False):
   examples = [Example(prompt=" ".join(map(str, row)), answer="") for row in prompts]
   sampling = SamplingConfig(max_new_tokens=64, temperature=1.0, top_p=1.0, stop_ids=())
   settings = rollouts.RolloutSettings(sampling, group_size=8, prompt_len=PROMPT)
+  step, tx = _grpo_step(policy, settings, lambda step, rnd: examples, off_policy=async_rollout)
+  return step, trainer.init_state(params, tx), jax.tree.map(jnp.copy, params)
+
+
+def _grpo_step(policy, settings, draw, **update_options):
+  """(the W1 / W5 GRPO step, beta 0.04, on the `_even_fraction` reward; its optimizer)."""
   tx = trainer.make_optimizer(learning_rate=1e-5, max_grad_norm=None)
   step = Step.create(
     policy,
     algorithms.grpo(kl_coef=0.04, clip_eps_low=0.2, clip_eps_high=0.2),
     rollouts.group(settings),
     rewards_lib.Rewards([rewards_lib.Term("even", _even_fraction, 1.0)]),
-    lambda step, rnd: examples,
+    draw,
     settings,
     tx,
-    off_policy=async_rollout,
+    **update_options,
   )
-  return step, trainer.init_state(params, tx), jax.tree.map(jnp.copy, params)
+  return step, tx
 
 
 def w1_grpo_step(steps: int = 10, warmup: int = 2, async_rollout: bool = False) -> dict:
@@ -263,18 +269,8 @@ def w5_lora_grpo(
   sampling = SamplingConfig(max_new_tokens=64, temperature=1.0, top_p=0.95, stop_ids=())
   settings = rollouts.RolloutSettings(sampling, group_size=4, prompt_len=64)
   lora = lora_lib.LoraConfig(rank=16, alpha=32.0)
-  tx = trainer.make_optimizer(learning_rate=1e-5, max_grad_norm=None)
-  step = Step.create(
-    policy,
-    algorithms.grpo(kl_coef=0.04, clip_eps_low=0.2, clip_eps_high=0.2),
-    rollouts.group(settings),
-    rewards_lib.Rewards([rewards_lib.Term("even", _even_fraction, 1.0)]),
-    lambda i, rnd: [examples[(8 * i + j) % 16] for j in range(8)],
-    settings,
-    tx,
-    lora=lora,
-    logits_chunk=chunk,
-  )
+  draw = lambda i, rnd: [examples[(8 * i + j) % 16] for j in range(8)]
+  step, tx = _grpo_step(policy, settings, draw, lora=lora, logits_chunk=chunk)
   state = trainer.init_state(lora_lib.init_adapters(params, lora, SEED), tx)
   totals, gens = [], []
   for i in range(steps + warmup):

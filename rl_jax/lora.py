@@ -66,18 +66,27 @@ def init_adapters(params, cfg: LoraConfig, seed: int = 0) -> dict:
   return adapters
 
 
-def merge(params, adapters, cfg: LoraConfig):
-  """The adapted parameters: each targeted kernel W + (alpha / rank) A @ B, in W's dtype."""
+def _map_targets(params, adapters, fn):
+  """`params` with each targeted kernel `w` (its layer has adapters `ad`) replaced by
+  `fn(w, ad)`."""
 
   def adapt(key_path, w):
     parts = path_str(key_path).split("/")
     name = "/".join(parts[:-1])
     if parts[-1] != "kernel" or name not in adapters:
       return w
-    ad = adapters[name]
-    return (w.astype(jnp.float32) + cfg.scale * ad["a"] @ ad["b"]).astype(w.dtype)
+    return fn(w, adapters[name])
 
   return jax.tree_util.tree_map_with_path(adapt, params)
+
+
+def merge(params, adapters, cfg: LoraConfig):
+  """The adapted parameters: each targeted kernel W + (alpha / rank) A @ B, in W's dtype."""
+  return _map_targets(
+    params,
+    adapters,
+    lambda w, ad: (w.astype(jnp.float32) + cfg.scale * ad["a"] @ ad["b"]).astype(w.dtype),
+  )
 
 
 def attach(params, adapters, cfg: LoraConfig):
@@ -85,16 +94,7 @@ def attach(params, adapters, cfg: LoraConfig):
   the model applies it unmerged, x W + (alpha / rank) (x A) B. The same function as `merge`'s
   parameters, without the merged kernels or their full weight gradients (the learner's form;
   `merge` stays the sampler's and the export's)."""
-
-  def adapt(key_path, w):
-    parts = path_str(key_path).split("/")
-    name = "/".join(parts[:-1])
-    if parts[-1] != "kernel" or name not in adapters:
-      return w
-    ad = adapters[name]
-    return LoraKernel(w, ad["a"], ad["b"], cfg.scale)
-
-  return jax.tree_util.tree_map_with_path(adapt, params)
+  return _map_targets(params, adapters, lambda w, ad: LoraKernel(w, ad["a"], ad["b"], cfg.scale))
 
 
 def num_params(adapters) -> int:
