@@ -171,13 +171,14 @@ def sequence_rewards(algo: Algorithm, inputs: AdvantageInputs) -> jax.Array:
   return rewards
 
 
-def per_group(fn: Callable[..., jax.Array], algo: Algorithm, rewards_N, group_index_BxG):
-  """Runs a group estimator `fn(rewards_BxG, mask_BxG, algo) -> adv_BxG` on the declared groups
-  (`group_index_BxG`: rows of each group, padded to the largest group with -1) and returns each
+def per_group(fn: Callable[..., jax.Array], algo: Algorithm, rewards_N, group_index_BxG, *others_N):
+  """Runs a group estimator `fn(rewards_BxG, mask_BxG, algo, *others_BxG) -> adv_BxG` on the
+  declared groups (`group_index_BxG`: rows of each group, padded to the largest group with -1;
+  `others_N`: more per-row arrays the estimator reads, gathered the same way) and returns each
   row's advantage [N] (0 for rows in no group)."""
   mask_BxG = group_index_BxG >= 0
-  rewards_BxG = jnp.where(mask_BxG, rewards_N[jnp.maximum(group_index_BxG, 0)], 0.0)
-  adv_BxG = fn(rewards_BxG, mask_BxG.astype(jnp.float32), algo)
+  take = lambda x_N: jnp.where(mask_BxG, x_N[jnp.maximum(group_index_BxG, 0)], 0.0)
+  adv_BxG = fn(take(rewards_N), mask_BxG.astype(jnp.float32), algo, *map(take, others_N))
   N = rewards_N.shape[0]
   scatter = jnp.where(mask_BxG, group_index_BxG, N)  # padding goes out of bounds: dropped
   return jnp.zeros((N,), jnp.float32).at[scatter].set(adv_BxG, mode="drop")
@@ -225,19 +226,10 @@ def reward_confidence_corrected(algo: Algorithm, inputs: AdvantageInputs) -> jax
   (behaviour log-probs: a constant of the update)."""
   mask = jnp.asarray(inputs.loss_mask_NxT, jnp.float32)
   delta_N = jnp.sum(mask * (inputs.logp_NxT - inputs.ref_logp_NxT), axis=-1)
-  index = inputs.group_index_BxG
-  valid = index >= 0
-  take = lambda x_N: jnp.where(valid, x_N[jnp.maximum(index, 0)], 0.0)
-  rewards_N = sequence_rewards(algo, inputs)
-  adv_BxG = adv_lib.rcc_advantages(
-    take(rewards_N),
-    take(delta_N),
-    normalize_std=algo.normalize_std,
-    eps=algo.std_eps,
-    mask_BxG=valid.astype(jnp.float32),
+  rcc = lambda r, m, a, delta: adv_lib.rcc_advantages(
+    r, delta, normalize_std=a.normalize_std, eps=a.std_eps, mask_BxG=m
   )
-  N = rewards_N.shape[0]
-  adv_N = jnp.zeros((N,), jnp.float32).at[jnp.where(valid, index, N)].set(adv_BxG, mode="drop")
+  adv_N = per_group(rcc, algo, sequence_rewards(algo, inputs), inputs.group_index_BxG, delta_N)
   return adv_N[:, None] * mask
 
 
