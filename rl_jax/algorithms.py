@@ -19,6 +19,8 @@ the step never branch on a method's name. A new method is a new preset function 
 | reinforce_pp_baseline | same, group mean first | clip 0.2 | token_mean | k1 in reward |
 | ppo | GAE (critic), whitened | clip 0.2, dual 3 | token_mean | k1 in reward; value loss |
 | rcc | r - mean_g r - 2 Cov_g(r, log pi/pi_ref) | clip 0.2 / 0.28 | token_mean | none |
+| papo | z(outcome) + w_proc z(process among correct) | clip 0.2 | seq_mean_token_mean | none |
+| uarm | reliability-weighted z-score (RM interval) | clip 0.2 | seq_mean_token_mean | none |
 """
 
 from __future__ import annotations
@@ -87,6 +89,8 @@ class Algorithm:
     shared_trunk: the value head sits on the policy's own trunk.
     value_clip_eps, vf_coef: the clipped value loss's range and weight.
     normalize_std: RCC: divide the corrected advantages by the group's reward std.
+    w_proc: PAPO: the weight of the process advantage.
+    uarm_alpha: UARM: the miscoverage the reward model's intervals were calibrated for.
     needs: what the step must compute beyond what the fields above imply: "ref_logp"
       (reference log-probs even with kl_coef 0), or "extra:<name>" (a named per-row extra
       the rollout or the rewards must provide).
@@ -117,6 +121,8 @@ class Algorithm:
   value_clip_eps: float = 0.2
   vf_coef: float = 1.0
   normalize_std: bool = False
+  w_proc: float = 1.0
+  uarm_alpha: float = 0.1
   needs: frozenset[str] = frozenset()
 
   def __post_init__(self):
@@ -231,6 +237,32 @@ def reward_confidence_corrected(algo: Algorithm, inputs: AdvantageInputs) -> jax
   )
   adv_N = per_group(rcc, algo, sequence_rewards(algo, inputs), inputs.group_index_BxG, delta_N)
   return adv_N[:, None] * mask
+
+
+def process_decoupled(algo: Algorithm, inputs: AdvantageInputs) -> jax.Array:
+  """PAPO (arXiv:2603.26535): `objectives.advantages.papo_advantages` of the row's reward (the
+  outcome) and the extra `process` (a process score), correctness from the extra `correct`;
+  A = A_out + w_proc A_proc, the process term among the group's correct rows only."""
+  papo = lambda r, m, a, process, correct: adv_lib.papo_advantages(
+    r, process, w_proc=a.w_proc, correct_BxG=correct, ddof=a.std_ddof, eps=a.std_eps, mask_BxG=m
+  )
+  process_N = jnp.asarray(inputs.extras["process"], jnp.float32)
+  correct_N = jnp.asarray(inputs.extras["correct"], jnp.float32)
+  rewards_N = sequence_rewards(algo, inputs)
+  adv_N = per_group(papo, algo, rewards_N, inputs.group_index_BxG, process_N, correct_N)
+  return adv_N[:, None] * inputs.loss_mask_NxT
+
+
+def uncertainty_weighted(algo: Algorithm, inputs: AdvantageInputs) -> jax.Array:
+  """UARM (arXiv:2606.19818): `objectives.advantages.uarm_advantages` of the row's reward (a
+  reward model's median) and the extra `rm_interval_width` (its calibrated interval's width
+  at miscoverage `uarm_alpha`)."""
+  uarm = lambda r, m, a, width: adv_lib.uarm_advantages(
+    r, width, alpha=a.uarm_alpha, eps=a.std_eps, mask_BxG=m
+  )
+  width_N = jnp.asarray(inputs.extras["rm_interval_width"], jnp.float32)
+  adv_N = per_group(uarm, algo, sequence_rewards(algo, inputs), inputs.group_index_BxG, width_N)
+  return adv_N[:, None] * inputs.loss_mask_NxT
 
 
 def _token_rewards(algo: Algorithm, inputs: AdvantageInputs, rewards_N) -> jax.Array:
@@ -495,6 +527,52 @@ def rcc(
   )
 
 
+def papo(
+  *,
+  w_proc: float = 1.0,
+  kl_coef: float = 0.0,
+  clip_eps_low: float = 0.2,
+  clip_eps_high: float = 0.2,
+  aggregation: str = "seq_mean_token_mean",
+  std_ddof: int = 1,
+  entropy_coef: float = 0.0,
+  kl_in_reward: bool = False,
+) -> Algorithm:
+  """PAPO (arXiv:2603.26535): outcome z-score over the group plus `w_proc` times the process
+  score's z-score among the group's correct rows; GRPO's loss otherwise (no KL by default). The
+  rewards must give the extras `correct` and `process` (the `steps` task's verifier does): the
+  row's reward is the outcome, so the process score must not also be a weighted reward term."""
+  return Algorithm(
+    name="papo",
+    advantages=process_decoupled,
+    policy_loss=clipped_loss,
+    needs=frozenset({"extra:correct", "extra:process"}),
+    **locals(),
+  )
+
+
+def uarm(
+  *,
+  uarm_alpha: float = 0.1,
+  kl_coef: float = 0.0,
+  clip_eps_low: float = 0.2,
+  clip_eps_high: float = 0.2,
+  aggregation: str = "seq_mean_token_mean",
+  entropy_coef: float = 0.0,
+  kl_in_reward: bool = False,
+) -> Algorithm:
+  """UARM (arXiv:2606.19818): group advantages weighted by each reward's reliability, from a
+  calibrated quantile reward model's interval width (the extra `rm_interval_width`); the row's
+  reward is the model's median. GRPO's loss otherwise (no KL by default)."""
+  return Algorithm(
+    name="uarm",
+    advantages=uncertainty_weighted,
+    policy_loss=clipped_loss,
+    needs=frozenset({"extra:rm_interval_width"}),
+    **locals(),
+  )
+
+
 PRESETS: dict[str, Callable[..., Algorithm]] = {
   "ppo": ppo,
   "grpo": grpo,
@@ -506,6 +584,8 @@ PRESETS: dict[str, Callable[..., Algorithm]] = {
   "reinforce_pp": reinforce_pp,
   "reinforce_pp_baseline": reinforce_pp_baseline,
   "rcc": rcc,
+  "papo": papo,
+  "uarm": uarm,
 }
 
 

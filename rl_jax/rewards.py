@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from rl_jax import components, sandbox
-from rl_jax.tasks import math_answer
+from rl_jax.tasks import math_answer, steps
 from rl_jax.tasks.base import Example
 
 RewardFn = Callable[[Sequence[Example], Sequence[str]], Any]
@@ -43,6 +43,7 @@ RewardFn = Callable[[Sequence[Example], Sequence[str]], Any]
 REWARDS: dict[str, Any] = {
   "math": math_answer.score_math,
   "python_unit_tests": sandbox.python_unit_tests,  # runs model code in `rl_jax.sandbox`
+  "step_process": steps.process_score,  # the `steps` task's process rubric as a reward
 }
 
 

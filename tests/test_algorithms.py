@@ -19,12 +19,13 @@ from rl_jax.types import TrainBatch
 PRESETS = sorted(algorithms.PRESETS)
 
 
-def _inputs(rewards_N, mask, logp, ref=None, values=None, group_size=None):
+def _inputs(rewards_N, mask, logp, ref=None, values=None, group_size=None, extras=None):
   """AdvantageInputs of consecutive groups of `group_size` rows (default: one group)."""
   rewards_N = jnp.asarray(rewards_N, jnp.float32)
   N = rewards_N.shape[0]
   G = group_size or N
   return AdvantageInputs(
+    extras=extras or {},
     rewards_N=rewards_N,
     loss_mask_NxT=jnp.asarray(mask, jnp.float32),
     logp_NxT=jnp.asarray(logp),
@@ -43,7 +44,8 @@ def test_every_preset_builds_and_is_loss_minus_mean_adv_at_ratio_one(name):
   mask = np.arange(T)[None] < rng.integers(1, T + 1, N)[:, None]
   rewards = rng.random(N).astype(np.float32)
   values = rng.normal(size=(N, T)) * mask
-  inputs = _inputs(rewards, mask, np.zeros((N, T)), np.zeros((N, T)), values, group_size=4)
+  extras = {name: jnp.asarray(rng.random(N), jnp.float32) for name in algo.required_extras}
+  inputs = _inputs(rewards, mask, np.zeros((N, T)), np.zeros((N, T)), values, 4, extras)
   adv, _ = compute_advantages(algo, inputs)
   assert adv.shape == (N, T) and np.all(np.asarray(adv)[~mask] == 0)
   batch = TrainBatch(

@@ -28,3 +28,14 @@ def dot_generals(jaxpr):
       yield eqn
     for sub in jax.extend.core.jaxprs_in_params(eqn.params):
       yield from dot_generals(sub)
+
+
+def interval_reward(examples, completions):
+  """A stand-in for a calibrated quantile reward model: the median score is the completion's
+  length / 10 and the interval width grows with the prompt's length."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  return {
+    "reward": np.array([len(c) / 10 for c in completions], np.float32),
+    "rm_interval_width": np.array([0.05 * len(e.prompt) for e in examples], np.float32),
+  }

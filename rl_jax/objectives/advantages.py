@@ -373,6 +373,7 @@ def uarm_advantages(
   *,
   alpha: float = 0.1,
   eps: float = 1e-6,
+  mask_BxG: jax.Array | None = None,
 ) -> jax.Array:
   """UARM: group advantages that trust each reward by the reward model's uncertainty.
 
@@ -395,6 +396,8 @@ def uarm_advantages(
     interval_width_BxG: the calibrated interval width (q_hi - q_lo + 2Q), same shape, >= 0.
     alpha: the miscoverage the interval was calibrated for.
     eps: floor of the signal variance and added to the variance in the scale.
+    mask_BxG: optional 0/1 validity of each entry (groups padded to a common G): the group
+      statistics run over valid entries; padding gets advantage 0.
 
   Returns:
     adv_BxG, the shape of the rewards.
@@ -411,13 +414,18 @@ def uarm_advantages(
   check_rank(reward_median_BxG, 1, "reward_median_BxG")
   check_same_shape(reward_median_BxG=reward_median_BxG, interval_width_BxG=interval_width_BxG)
   r, w = as_float(reward_median_BxG), as_float(interval_width_BxG)
+  m = jnp.ones_like(r) if mask_BxG is None else (jnp.asarray(mask_BxG) > 0).astype(r.dtype)
+  count = jnp.maximum(jnp.sum(m, axis=-1, keepdims=True), 1.0)
+  mean_g = lambda x: jnp.sum(m * x, axis=-1, keepdims=True) / count
   z = jax.scipy.special.ndtri(1.0 - alpha / 2.0)
   sigma2 = (w / (2.0 * z)) ** 2
-  mean = jnp.mean(r, axis=-1, keepdims=True)
-  var = jnp.mean((r - mean) ** 2, axis=-1, keepdims=True)
-  s2 = jnp.maximum(var - jnp.mean(sigma2, axis=-1, keepdims=True), eps)
-  lam = s2 / (s2 + sigma2)
-  mu_w = jnp.sum(lam * r, axis=-1, keepdims=True) / jnp.sum(lam, axis=-1, keepdims=True)
+  mean = mean_g(r)
+  var = mean_g((r - mean) ** 2)
+  s2 = jnp.maximum(var - mean_g(sigma2), eps)
+  lam = m * s2 / (s2 + sigma2)
+  mu_w = jnp.sum(lam * r, axis=-1, keepdims=True) / jnp.maximum(
+    jnp.sum(lam, axis=-1, keepdims=True), eps
+  )
   return lam * (r - mu_w) / jnp.sqrt(var + eps)
 
 

@@ -1,6 +1,7 @@
 """Tasks: prompt sources with train / held-out splits, and their verifiers.
 
-Registered names (`task.name`): the embedded procedural tasks `arithmetic` and `countdown`,
+Registered names (`task.name`): the embedded procedural tasks `arithmetic`, `countdown` and
+`steps` (chained addition with one running sum per line, scored for outcome and process),
 `jsonl` (question / answer pairs from JSONL files) and `tfds` (a prepared TFDS dataset in a
 local data directory); any other task by import path (`task.name=my_pkg.tasks:make_task`).
 """
@@ -10,12 +11,14 @@ from rl_jax.tasks.arithmetic import ArithmeticTask
 from rl_jax.tasks.base import Example, Task, max_lengths_of, sft_target
 from rl_jax.tasks.countdown import CountdownTask
 from rl_jax.tasks.jsonl import JsonlTask
+from rl_jax.tasks.steps import StepsTask
 from rl_jax.tasks.tfds_source import TfdsTask
 
 TASKS = {
   "arithmetic": ArithmeticTask,
   "countdown": CountdownTask,
   "jsonl": JsonlTask,
+  "steps": StepsTask,
   "tfds": TfdsTask,
 }
 
@@ -40,6 +43,7 @@ __all__ = [
   "CountdownTask",
   "Example",
   "JsonlTask",
+  "StepsTask",
   "Task",
   "TfdsTask",
   "build",

@@ -157,3 +157,13 @@ def test_rcc_on_padded_groups_equals_each_group_alone():
   )
   assert adv[0, 3] == 0
   np.testing.assert_allclose(adv[1], rcc_advantages(r[1:], delta[1:], normalize_std=True)[0])
+
+
+def test_uarm_on_padded_groups_equals_each_group_alone():
+  r = jnp.array([[0.9, 0.3, 0.4, 5.0], [0.9, 0.3, 0.4, 0.2]])
+  w = jnp.array([[1.2, 0.2, 0.2, 9.0], [1.2, 0.2, 0.2, 0.2]])
+  mask = jnp.array([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+  adv = uarm_advantages(r, w, mask_BxG=mask)
+  np.testing.assert_allclose(adv[0, :3], uarm_advantages(r[:1, :3], w[:1, :3])[0], rtol=1e-5)
+  assert adv[0, 3] == 0
+  np.testing.assert_allclose(adv[1], uarm_advantages(r[1:], w[1:])[0], rtol=1e-6)
