@@ -21,6 +21,7 @@ the step never branch on a method's name. A new method is a new preset function 
 | rcc | r - mean_g r - 2 Cov_g(r, log pi/pi_ref) | clip 0.2 / 0.28 | token_mean | none |
 | papo | z(outcome) + w_proc z(process among correct) | clip 0.2 | seq_mean_token_mean | none |
 | uarm | reliability-weighted z-score (RM interval) | clip 0.2 | seq_mean_token_mean | none |
+| segment | group z-score | clip 0.2 on per-segment (line) ratios | seq_mean_token_mean | none |
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 
 from rl_jax.objectives import advantages as adv_lib
 from rl_jax.objectives import kl as kl_lib
-from rl_jax.objectives import policy_losses, shaping
+from rl_jax.objectives import policy_losses, segments, shaping
 from rl_jax.objectives.aggregation import AGGREGATION_MODES
 
 
@@ -53,7 +54,9 @@ class AdvantageInputs(NamedTuple):
 
 # (algorithm, inputs) -> adv_NxT, or (adv_NxT, returns_NxT) for estimators with value targets
 AdvantageFn = Callable[["Algorithm", AdvantageInputs], Any]
-# (algorithm, logp_NxT, old_logp_NxT, adv_NxT, loss_mask_NxT) -> per-token loss [N, T]
+# (algorithm, logp_NxT, old_logp_NxT, adv_NxT, loss_mask_NxT) -> per-token loss [N, T]; a loss
+# whose algorithm needs per-token extras ([N, T], e.g. "extra:segment_ids") also receives them
+# as the keyword `extras` ({name: array})
 PolicyLossFn = Callable[..., jax.Array]
 KLFn = Callable[[jax.Array, jax.Array], jax.Array]  # (logp, ref_logp) -> per-token
 
@@ -91,6 +94,11 @@ class Algorithm:
     normalize_std: RCC: divide the corrected advantages by the group's reward std.
     w_proc: PAPO: the weight of the process advantage.
     uarm_alpha: UARM: the miscoverage the reward model's intervals were calibrated for.
+    segment_delimiters, segment_token_ids: segment-level losses: a generated token ends a
+      segment when its text contains one of the delimiters or its id is listed (the step
+      derives the extra `segment_ids` from them; neither: one segment per completion).
+    segment_reduce: "mean" or "sum" of a segment's token log-ratios (its log-ratio).
+    max_segments: K, the segments per row (static); later segments merge into the K-th.
     needs: what the step must compute beyond what the fields above imply: "ref_logp"
       (reference log-probs even with kl_coef 0), or "extra:<name>" (a named per-row extra
       the rollout or the rewards must provide).
@@ -123,6 +131,10 @@ class Algorithm:
   normalize_std: bool = False
   w_proc: float = 1.0
   uarm_alpha: float = 0.1
+  segment_delimiters: tuple[str, ...] = ()
+  segment_token_ids: tuple[int, ...] = ()
+  segment_reduce: str = "mean"
+  max_segments: int = 16
   needs: frozenset[str] = frozenset()
 
   def __post_init__(self):
@@ -139,6 +151,12 @@ class Algorithm:
       raise ValueError("algorithm.dynamic_sampling_max_rounds must be >= 0")
     if self.clip_eps_low < 0 or self.clip_eps_high < 0:
       raise ValueError("algorithm.clip_eps_low and clip_eps_high must be >= 0")
+    if self.segment_reduce not in ("mean", "sum"):
+      raise ValueError(
+        f"algorithm.segment_reduce must be 'mean' or 'sum', got {self.segment_reduce!r}"
+      )
+    if self.max_segments < 1:
+      raise ValueError(f"algorithm.max_segments must be >= 1, got {self.max_segments}")
     unknown = {n for n in self.needs if n != "ref_logp" and not n.startswith("extra:")}
     if unknown:
       raise ValueError(f"algorithm.needs has {sorted(unknown)}; use 'ref_logp' or 'extra:<name>'")
@@ -346,6 +364,43 @@ def gspo_token_loss(algo: Algorithm, logp, old_logp, adv, mask) -> jax.Array:
     eps_high=algo.clip_eps_high,
     token_level=True,
   )
+
+
+def segment_loss(algo: Algorithm, logp, old_logp, adv, mask, *, extras) -> jax.Array:
+  """Segment-level clipped loss (GPG, arXiv:2512.10365): `objectives.segments.segment_clip`
+  over the extra `segment_ids`, segments past `max_segments` merged into the last."""
+  ids = jnp.minimum(extras["segment_ids"], algo.max_segments - 1)
+  return segments.segment_clip(
+    logp,
+    old_logp,
+    adv,
+    mask,
+    ids,
+    num_segments=algo.max_segments,
+    reduce=algo.segment_reduce,
+    eps_low=algo.clip_eps_low,
+    eps_high=algo.clip_eps_high,
+  )
+
+
+def parse_delimiters(spec: str) -> tuple[str, ...]:
+  """Delimiters from a config string: `|`-separated, with the escapes `\\n`, `\\t` and
+  `\\|` read (so a shell can write them): `"\\n|<step>"` -> ("\n", "<step>"); "" -> ()."""
+  out, cur, i = [], "", 0
+  while i < len(spec):
+    c = spec[i]
+    if c == "\\" and i + 1 < len(spec) and spec[i + 1] in "nt|\\":
+      cur += {"n": "\n", "t": "\t"}.get(spec[i + 1], spec[i + 1])
+      i += 2
+      continue
+    if c == "|":
+      out.append(cur)
+      cur = ""
+    else:
+      cur += c
+    i += 1
+  out.append(cur)
+  return tuple(d for d in out if d)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -573,6 +628,45 @@ def uarm(
   )
 
 
+def segment(
+  *,
+  segment_delimiters: str = "\\n",
+  segment_token_ids: str = "",
+  segment_reduce: str = "mean",
+  max_segments: int = 16,
+  kl_coef: float = 0.0,
+  clip_eps_low: float = 0.2,
+  clip_eps_high: float = 0.2,
+  aggregation: str = "seq_mean_token_mean",
+  std_ddof: int = 1,
+  entropy_coef: float = 0.0,
+  kl_in_reward: bool = False,
+) -> Algorithm:
+  """Segment-level policy gradient (GPG for Transformers, arXiv:2512.10365): GRPO's advantages
+  with one clipped ratio per segment, exp(mean (or sum) of the segment's token log-ratios).
+  Segments end at generated tokens containing a delimiter (`segment_delimiters`, "|"-separated,
+  default a newline: one segment per line) or with an id in `segment_token_ids` (comma-separated).
+  One-token segments are GRPO's token-level loss; no delimiters (one segment per completion)
+  with "mean" is GSPO's sequence ratio. At ratio 1 (one on-policy update) every segmentation
+  has the same gradient; they differ once the ratio moves (several minibatches or epochs)."""
+  kwargs = dict(locals())
+  kwargs["segment_delimiters"] = parse_delimiters(segment_delimiters)
+  ids = [s.strip() for s in segment_token_ids.split(",") if s.strip()]
+  try:
+    kwargs["segment_token_ids"] = tuple(int(s) for s in ids)
+  except ValueError:
+    raise ValueError(
+      f"algorithm.segment_token_ids must be comma-separated integers, got {segment_token_ids!r}"
+    ) from None
+  return Algorithm(
+    name="segment",
+    advantages=group_zscore,
+    policy_loss=segment_loss,
+    needs=frozenset({"extra:segment_ids"}),
+    **kwargs,
+  )
+
+
 PRESETS: dict[str, Callable[..., Algorithm]] = {
   "ppo": ppo,
   "grpo": grpo,
@@ -586,6 +680,7 @@ PRESETS: dict[str, Callable[..., Algorithm]] = {
   "rcc": rcc,
   "papo": papo,
   "uarm": uarm,
+  "segment": segment,
 }
 
 

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rl_jax import algorithms, rollouts, trainer
+from rl_jax import algorithms, rollouts, tokenizers, trainer
 from rl_jax import lora as lora_lib
 from rl_jax.objectives.shaping import soft_overlong_penalty
 from rl_jax.rewards import Rewards
@@ -71,6 +71,7 @@ class Step:
   sampler_logp_exact: bool
   share_prompt: bool = True
   lora: Any = None
+  _segment_end_ids: tuple[int, ...] | None = None  # cached token ids that end a segment
 
   @classmethod
   def create(
@@ -138,7 +139,22 @@ class Step:
       extras["reward/overlong"] = np.asarray(penalty)
       shaped = total + extras["reward/overlong"]
     extras["reward"] = np.asarray(shaped, np.float32)
+    if self.algo.requires("extra:segment_ids") and "segment_ids" not in extras:
+      extras["segment_ids"] = self.segment_ids(roll)
     return dataclasses.replace(roll, extras=extras)
+
+  def segment_ids(self, roll: Rollout) -> np.ndarray:
+    """int32 [N, T]: each completion token's segment, a new one after every generated token
+    that ends a segment (`algo.segment_delimiters` in its text, or an id in
+    `algo.segment_token_ids`); one segment per row without either."""
+    if self._segment_end_ids is None:
+      found = tokenizers.ids_containing(self.policy.tokenizer, self.algo.segment_delimiters)
+      self._segment_end_ids = tuple(sorted(set(found) | set(self.algo.segment_token_ids)))
+    tokens, mask = np.asarray(roll.completion_NxT), np.asarray(roll.loss_mask_NxT)
+    if not self._segment_end_ids:
+      return np.zeros(tokens.shape, np.int32)
+    ends = np.isin(tokens, self._segment_end_ids) & mask
+    return (np.cumsum(ends, axis=1) - ends).astype(np.int32)
 
   def collect_round(self, params, step: int, rnd: int, key) -> Rollout:
     examples = self.draw(step, rnd)
@@ -212,9 +228,14 @@ class Step:
       extras={k: jnp.asarray(roll.extras[k]) for k in algo.required_extras},
     )
     adv, returns = _advantages(algo, inputs)
-    batch = shard(
-      TrainBatch(*seqs, loss_mask, adv, old, zeros if ref is None else ref, values, returns)
-    )
+    T = loss_mask.shape[1]
+    token_extras = {  # per-token extras (segment ids) travel with the batch to the loss
+      k: np.asarray(roll.extras[k])
+      for k in algo.required_extras
+      if np.ndim(roll.extras[k]) == 2 and np.shape(roll.extras[k])[1] == T
+    }
+    ref = zeros if ref is None else ref
+    batch = shard(TrainBatch(*seqs, loss_mask, adv, old, ref, values, returns, token_extras))
     frozen = ref_params if self.lora is not None else None  # the base weights under adapters
     state, m = self.update(
       state, batch, key, prompt_group_size=G, frozen=frozen, grad_norm_limit=grad_norm_limit

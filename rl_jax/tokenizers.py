@@ -210,6 +210,24 @@ class HFTokenizer:
     return self.hf.decode(kept, skip_special_tokens=True)
 
 
+def ids_containing(tokenizer, texts: Iterable[str]) -> tuple[int, ...]:
+  """The ids whose own text (`tokenizer.decode([id])`) contains one of `texts`: the tokens that
+  carry a delimiter such as a newline, whatever else they merge with. Special and stop ids
+  decode to nothing and are never included."""
+  texts = tuple(t for t in texts if t)
+  if not texts:
+    return ()
+  vocab = int(tokenizer.vocab_size)
+  hf = getattr(tokenizer, "hf", None)
+  if hf is not None:  # one batched call instead of a Python loop over ~150k ids
+    pieces = hf.batch_decode([[i] for i in range(vocab)], skip_special_tokens=True)
+    stops = set(tokenizer.stop_ids) | {tokenizer.pad_id}
+    pieces = ["" if i in stops else p for i, p in enumerate(pieces)]
+  else:
+    pieces = [tokenizer.decode([i]) for i in range(vocab)]
+  return tuple(i for i, p in enumerate(pieces) if any(t in p for t in texts))
+
+
 def _generation_config_eos_ids(path: str) -> list[int]:
   """The `eos_token_id` (an int or a list of ints) of the generation config at `path`, if any."""
   if not os.path.isfile(path):

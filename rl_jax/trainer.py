@@ -248,7 +248,8 @@ def rl_loss(
   logp = stats.logp_NxT
   mask = mb.loss_mask_NxT.astype(jnp.float32)
   old = jax.lax.stop_gradient(logp) if on_policy else mb.old_logp_NxT
-  per_token = algo.policy_loss(algo, logp, old, mb.adv_NxT, mask)
+  extras = {"extras": mb.token_extras} if mb.token_extras else {}  # per-token extras it needs
+  per_token = algo.policy_loss(algo, logp, old, mb.adv_NxT, mask, **extras)
   mode, const = algo.aggregation, algo.aggregation_constant
   if denominator is None:
     denominator = aggregation_denominator(mask, mode, constant=const)

@@ -80,3 +80,4 @@ class TrainBatch(NamedTuple):
   ref_logp_NxT: Any  # float32 reference log-probs (zeros when nothing needs them)
   old_values_NxT: Any = None  # critic values at sampling time (PPO)
   returns_NxT: Any = None  # value targets (PPO)
+  token_extras: Any = None  # {name: [N, T]} per-token extras the algorithm reads (segment ids)

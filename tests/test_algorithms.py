@@ -45,6 +45,10 @@ def test_every_preset_builds_and_is_loss_minus_mean_adv_at_ratio_one(name):
   rewards = rng.random(N).astype(np.float32)
   values = rng.normal(size=(N, T)) * mask
   extras = {name: jnp.asarray(rng.random(N), jnp.float32) for name in algo.required_extras}
+  token_extras = {}
+  if "segment_ids" in extras:  # per-token: non-decreasing segment ids along each row
+    token_extras["segment_ids"] = np.sort(rng.integers(0, 3, (N, T)), axis=1).astype(np.int32)
+    extras["segment_ids"] = jnp.asarray(token_extras["segment_ids"])
   inputs = _inputs(rewards, mask, np.zeros((N, T)), np.zeros((N, T)), values, 4, extras)
   adv, _ = compute_advantages(algo, inputs)
   assert adv.shape == (N, T) and np.all(np.asarray(adv)[~mask] == 0)
@@ -57,6 +61,7 @@ def test_every_preset_builds_and_is_loss_minus_mean_adv_at_ratio_one(name):
     adv,
     np.zeros((N, T), np.float32),
     np.zeros((N, T), np.float32),
+    token_extras=token_extras,
   )
   no_kl = dataclasses.replace(algo, kl_coef=0.0, aggregation_constant=T)
   loss, m = trainer.rl_loss(graphdef, params, batch, no_kl, temperature=1.0, on_policy=True)
