@@ -165,7 +165,8 @@ class Experiment:
     return jax.jit(init, out_shardings=shardings)(params), shardings
 
   def evaluate(self, params, examples: list[Example]) -> dict[str, float]:
-    """Greedy accuracy and mean task reward on `examples` (padded to the batch sharding)."""
+    """Greedy accuracy, mean task reward and the mean of each other numeric component of the
+    verifier (`<name>_mean`) on `examples` (padded to the batch sharding)."""
     div = parallel.batch_divisor(self.mesh)
     padded = examples + examples[: (-len(examples)) % div]
     prompts = tokenizers.encode_left_padded(
@@ -188,6 +189,10 @@ class Experiment:
     )
     if "correct" in scores:
       result["accuracy"] = float(np.mean(scores["correct"]))
+    for name, value in scores.items():  # the verifier's other components (process scores, ...)
+      value = np.asarray(value)
+      if name not in ("reward", "correct") and value.ndim == 1 and value.dtype.kind in "biuf":
+        result[f"{name}_mean"] = float(np.mean(value))
     return result
 
 

@@ -22,6 +22,7 @@ from rl_jax.sampling import SamplingConfig
 from rl_jax.step import Step
 from rl_jax.tasks import StepsTask
 from rl_jax.tasks.base import Example
+from rl_jax.tasks.steps import SKIP
 from rl_jax.types import Rollout, TrainBatch
 
 # --- the steps task ----------------------------------------------------------------------------
@@ -39,6 +40,7 @@ def test_steps_demonstrations_and_slips():
   assert task.sft_target(_ex(58, 67, 5, 1, slip=0)) == "15\n20\n21"
   assert task.sft_target(_ex(58, 67, 5, 1, slip=1)) == "125\n120\n121"  # 125 + 5 no carry: 120
   assert task.sft_target(_ex(58, 67, 5, 1, slip=2)) == "125\n130\n131"  # 130 + 1 has no carry
+  assert task.sft_target(_ex(58, 67, 5, 1, slip=SKIP)) == "131"  # no work shown
 
 
 def test_steps_verifier_scores_outcome_and_process():
@@ -60,13 +62,15 @@ def test_steps_verifier_scores_outcome_and_process():
 
 
 def test_steps_splits_are_disjoint_and_lengths_exact():
-  task = StepsTask(sft_slip_prob=0.3)
+  task = StepsTask(sft_slip_prob=0.3, sft_skip_prob=0.5)
   held = {e.prompt for e in task.heldout_examples(300)}
   assert len(held) == 300 and held == {e.prompt for e in task.heldout_examples(300)}
+  assert all(e.meta[1] == -1 for e in task.heldout_examples(300))
   train = task.train_examples(np.random.default_rng(0), 5000)
   assert not held & {e.prompt for e in train}
-  slipped = [e for e in train if e.meta[1] >= 0]
-  assert 0.25 < len(slipped) / len(train) < 0.35
+  flaws = np.array([e.meta[1] for e in train])
+  assert 0.27 < np.mean(flaws >= 0) < 0.33  # slipped
+  assert 0.32 < np.mean(flaws == SKIP) < 0.38  # skipped: half of the 70% that did not slip
   tok = tokenizers.CharTokenizer(task.alphabet())
   # 99+99+99+99= is 12 characters + BOS; 198\n297\n396 is 11 + EOS
   assert task.max_lengths(tok) == (13, 12)

@@ -11,10 +11,13 @@ wrong; extra lines count as wrong ones). Process rewards of this kind (a program
 are what PAPO (methods.md B3) decouples from the outcome; `process_score` is the same rubric as
 a reward of its own, for the naive baseline that adds it to the outcome.
 
-Warm-start demonstrations can be flawed: with probability `sft_slip_prob` one line (uniform
-among the k - 1) forgets its carries (`carry_free_sum`), and the lines after it continue
-correctly from the wrong value, as a person who slipped once would. Such a demonstration has
-the right process up to the slip and a wrong answer.
+Warm-start demonstrations can be flawed in two ways. With probability `sft_slip_prob` one line
+(uniform among the k - 1) forgets its carries (`carry_free_sum`), and the lines after it
+continue correctly from the wrong value, as a person who slipped once would: the right process
+up to the slip and a wrong answer. With probability `sft_skip_prob` (of the demonstrations that
+did not slip) the work is skipped: the right answer alone, process score 0. A policy imitating
+both is sometimes right without showing its work, which an outcome reward cannot tell apart
+from right with work, and a process score among the correct answers can.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from rl_jax.tasks.arithmetic import _mix, carry_free_sum
 from rl_jax.tasks.base import Example, max_lengths_of
 
 ALPHABET = "0123456789+=\n"
+SKIP = -2  # the flaw of a demonstration that shows no work
 
 
 class StepsTask:
@@ -42,6 +46,7 @@ class StepsTask:
     max_digits: int = 2,
     heldout_fraction: float = 1 / 16,
     sft_slip_prob: float = 0.0,
+    sft_skip_prob: float = 0.0,
   ):
     if num_terms < 3:
       raise ValueError(f"task.num_terms must be >= 3 (one intermediate line), got {num_terms}")
@@ -51,6 +56,9 @@ class StepsTask:
       raise ValueError(f"task.heldout_fraction must be in (0, 1), got {heldout_fraction}")
     if not 0 <= sft_slip_prob <= 1:
       raise ValueError(f"task.sft_slip_prob must be in [0, 1], got {sft_slip_prob}")
+    if not 0 <= sft_skip_prob <= 1:
+      raise ValueError(f"task.sft_skip_prob must be in [0, 1], got {sft_skip_prob}")
+    self.sft_skip_prob = sft_skip_prob
     self.num_terms, self.max_digits = num_terms, max_digits
     self.heldout_fraction, self.sft_slip_prob = heldout_fraction, sft_slip_prob
 
@@ -64,22 +72,24 @@ class StepsTask:
     d = rng.integers(1, self.max_digits + 1, (n, self.num_terms))
     lo = np.where(d == 1, 0, 10 ** (d - 1))
     terms = rng.integers(lo, 10**d)
-    return terms, rng.random(n), rng.integers(0, self.num_terms - 1, n)
+    u = rng.random(n)
+    line = rng.integers(0, self.num_terms - 1, n)
+    skip = rng.random(n) < self.sft_skip_prob
+    # the flaw of each demonstration: the line that slips, SKIP (no work shown) or -1 (none)
+    flaw = np.where(u < self.sft_slip_prob, line, np.where(skip, SKIP, -1))
+    return terms, flaw
 
-  def _example(self, terms, slip_line: int = -1) -> Example:
+  def _example(self, terms, flaw: int = -1) -> Example:
     terms = tuple(int(t) for t in terms)
     prompt = "+".join(map(str, terms)) + "="
-    return Example(prompt=prompt, answer=str(sum(terms)), meta=(terms, slip_line))
+    return Example(prompt=prompt, answer=str(sum(terms)), meta=(terms, flaw))
 
   def train_examples(self, rng: np.random.Generator, n: int) -> list[Example]:
     out: list[Example] = []
     while len(out) < n:
-      terms, u, line = self._draw(rng, 2 * (n - len(out)) + 8)
+      terms, flaw = self._draw(rng, 2 * (n - len(out)) + 8)
       keep = ~self._is_heldout(terms)
-      out.extend(
-        self._example(t, int(j) if s < self.sft_slip_prob else -1)
-        for t, s, j in zip(terms[keep], u[keep], line[keep])
-      )
+      out.extend(self._example(t, int(f)) for t, f in zip(terms[keep], flaw[keep]))
     return out[:n]
 
   def heldout_examples(self, n: int) -> list[Example]:
@@ -88,7 +98,7 @@ class StepsTask:
     for _ in range(64):
       if len(out) >= n:
         break
-      terms, _, _ = self._draw(rng, 4 * n)
+      terms, _ = self._draw(rng, 4 * n)
       for t in terms[self._is_heldout(terms)]:
         if tuple(t) not in seen:
           seen.add(tuple(t))
@@ -112,8 +122,10 @@ class StepsTask:
 
   def sft_target(self, example: Example) -> str:
     """The running sums, one per line; a slipped demonstration forgets the carries on one line
-    and continues from there."""
+    and continues from there; a skipping one writes the answer alone."""
     terms, slip_line = example.meta
+    if slip_line == SKIP:
+      return str(sum(terms))
     lines, total = [], terms[0]
     for j, t in enumerate(terms[1:]):
       total = int(carry_free_sum(total, t)) if j == slip_line else total + t
