@@ -266,3 +266,17 @@ def test_right_padded_with_hf(tmp_path):
   tokens, mask = encode_right_padded(tok, ["the cat sat", "a"], 3)
   np.testing.assert_array_equal(tokens, [[8, 9, 10], [13, 2, 0]])  # no BOS, no template
   np.testing.assert_array_equal(mask, [[1, 1, 1], [1, 1, 0]])
+
+
+def test_ids_containing_a_delimiter(tmp_path):
+  """Segment delimiters as token ids: every token whose text contains one (here "at" in cat,
+  sat and mat), never special or stop tokens; the same walk for the character tokenizer."""
+  from rl_jax.tokenizers import ids_containing
+
+  tok = HFTokenizer.from_folder(_save(tmp_path / "a", generation_eos=[ID["<end>"]]))
+  assert ids_containing(tok, ["at"]) == (ID["cat"], ID["sat"], ID["mat"])
+  assert ids_containing(tok, ["<end>", "<eos>", "<pad>"]) == ()
+  assert ids_containing(tok, ["dog", ""]) == (ID["dog"],)
+  assert ids_containing(tok, []) == ()
+  char = CharTokenizer("ab\n")
+  assert ids_containing(char, ["\n"]) == (5,)
