@@ -94,7 +94,9 @@ def grpo_advantages(
   if not scale_by_std:
     return jnp.where(defined, centred, 0.0)
   var = jnp.sum(centred**2, axis=-1, keepdims=True) / jnp.maximum(count - ddof, 1.0)
-  return jnp.where(defined, centred / (jnp.sqrt(var) + eps), 0.0)
+  scale = jnp.sqrt(var) + eps
+  scale = jnp.where(scale > 0, scale, 1.0)  # a constant group with eps=0: 0 / 1, not 0 / 0
+  return jnp.where(defined, centred / scale, 0.0)
 
 
 def rloo_advantages(rewards_BxG: jax.Array, *, mask_BxG: jax.Array | None = None) -> jax.Array:

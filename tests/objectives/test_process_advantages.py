@@ -167,3 +167,10 @@ def test_uarm_on_padded_groups_equals_each_group_alone():
   np.testing.assert_allclose(adv[0, :3], uarm_advantages(r[:1, :3], w[:1, :3])[0], rtol=1e-5)
   assert adv[0, 3] == 0
   np.testing.assert_allclose(adv[1], uarm_advantages(r[1:], w[1:])[0], rtol=1e-6)
+
+
+def test_constant_group_gets_zero_even_with_eps_zero():
+  r = jnp.array([[0.7] * 8, [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]])
+  adv = grpo_advantages(r, eps=0.0)
+  assert np.all(np.isfinite(adv)) and np.all(adv[0] == 0)
+  np.testing.assert_allclose(np.abs(adv[1]), np.sqrt(7 / 8) * 2 / 2, rtol=1e-6)
