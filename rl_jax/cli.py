@@ -6,6 +6,13 @@
   rl-jax eval  --workdir=DIR [--step=N]  greedy held-out accuracy of a saved policy
   rl-jax checkpoints --workdir=DIR       list DIR's checkpoints: complete, corrupt, in progress
   rl-jax config [--config=...]           print the resolved config and exit
+  rl-jax train-rm --data=RECORDS.jsonl --out=DIR [--config=...] [--init_from=WORKDIR]
+                  [--rm.FIELD=VALUE ...] [--config.FIELD=VALUE ...]
+                                         train + calibrate a quantile reward model (UARM) on
+                                         JSONL records {prompt, completion, score}; the run
+                                         config gives its model shape and tokenizer, WORKDIR's
+                                         warm-start policy its initial trunk, --rm.FIELD any
+                                         rl_jax.reward_model.TrainSettings field
   rl-jax bench [--workloads=w1,w2,w3] [--json=FILE]   the performance workloads (benchmarks/)
 
 Running `train` again on a DIR that has checkpoints resumes from the newest readable one, with
@@ -40,7 +47,7 @@ def parse_args(argv: list[str]):
   command, rest = argv[0], argv[1:]
   if command == "bench":
     return command, None, None, {}, {"argv": rest}
-  if command not in ("train", "sft", "eval", "config", "checkpoints"):
+  if command not in ("train", "sft", "eval", "config", "checkpoints", "train-rm"):
     raise SystemExit(f"rl-jax: unknown command {command!r}\n{USAGE}")
   config_path, workdir, overrides, extra = None, None, {}, {}
   i = 0
@@ -65,6 +72,10 @@ def parse_args(argv: list[str]):
       workdir = value
     elif name.startswith("config."):
       overrides[name[len("config.") :]] = value
+    elif command == "train-rm" and name in ("data", "out", "init_from"):
+      extra[name] = value
+    elif command == "train-rm" and name.startswith("rm."):
+      extra.setdefault("rm", {})[name[len("rm.") :]] = value
     elif name == "step" and command == "eval":
       if not value.isdigit():
         raise SystemExit(
@@ -132,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
       loop.evaluate_workdir(workdir, overrides, step=extra.get("step"))
       return 0
     cfg, path = resolve_config(config_path, overrides)
+    if command == "train-rm":
+      return train_rm(cfg, extra)
     if command == "config":
       print(config_lib.to_json(cfg))
       return 0
@@ -149,9 +162,74 @@ def main(argv: list[str] | None = None) -> int:
   except (config_lib.ConfigError, CheckpointError, rewards.RewardError) as e:
     print(f"rl-jax {command}: error: {e}", file=sys.stderr)
     return 2
+  except ValueError as e:  # bad records or settings (train-rm): one line, not a traceback
+    if command != "train-rm":
+      raise
+    print(f"rl-jax {command}: error: {e}", file=sys.stderr)
+    return 2
   except guards.TrainingDiverged as e:
     print(f"rl-jax {command}: error: {e}", file=sys.stderr)
     return guards.DIVERGED_EXIT
+
+
+def _rm_settings(values: dict[str, str]):
+  """`reward_model.TrainSettings` from --rm.FIELD=VALUE flags (strings converted to each
+  field's type); ValueError naming a bad field or value."""
+  import dataclasses
+
+  from rl_jax import reward_model
+
+  fields = {f.name: f for f in dataclasses.fields(reward_model.TrainSettings)}
+  kwargs = {}
+  for name, value in values.items():
+    if name not in fields:
+      raise ValueError(f"--rm.{name}: no such setting; choose one of {sorted(fields)}")
+    kind = type(fields[name].default)
+    try:
+      kwargs[name] = kind(value)
+    except ValueError:
+      raise ValueError(f"--rm.{name}={value!r} is not a valid {kind.__name__}") from None
+  return reward_model.TrainSettings(**kwargs)
+
+
+def train_rm(cfg, extra: dict) -> int:
+  """`rl-jax train-rm`: train and calibrate a quantile reward model and save it to --out."""
+  from rl_jax import checkpoint, reward_model, tasks
+  from rl_jax import policy as policy_lib
+
+  if not extra.get("data") or not extra.get("out"):
+    raise ValueError("rl-jax train-rm needs --data=RECORDS.jsonl and --out=DIR")
+  settings = _rm_settings(extra.get("rm", {}))
+  records = reward_model.load_records(extra["data"])
+  policy = policy_lib.build(cfg.model, tasks.build(cfg.task))
+  spec = reward_model.tokenizer_spec(policy.tokenizer, cfg.model.tokenizer)
+  for i, r in enumerate(records):  # every text must be encodable (a clear error, not a crash)
+    try:
+      policy.tokenizer.encode(r.prompt + r.completion)
+    except ValueError as e:
+      raise ValueError(f"{extra['data']}: record {i}: {e}") from None
+  policy_params = None
+  if extra.get("init_from"):
+    ckpt = checkpoint.Checkpointer(extra["init_from"])
+    policy_params = ckpt.restore_reference(policy.init_params(cfg.seed))
+    ckpt.close()
+    print(f"trunk initialised from the warm-start policy in {extra['init_from']}", flush=True)
+  model = reward_model.train(
+    records,
+    model_cfg=policy.model_cfg,
+    tokenizer_spec=spec,
+    settings=settings,
+    policy_params=policy_params,
+    log=lambda m: print(m, flush=True),
+  )
+  model.save(extra["out"])
+  cal = model.report["calibration"]
+  print(
+    f"saved to {extra['out']}: calibration coverage {cal['coverage']:.1%} on {cal['n']} "
+    f"records, mean interval width {cal['mean_width']:.3f} (serve it with "
+    f"--config.rewards.rm.name=reward_model --config.rewards.rm.path={extra['out']})"
+  )
+  return 0
 
 
 if __name__ == "__main__":

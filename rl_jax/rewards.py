@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from rl_jax import components, sandbox
+from rl_jax import components, reward_model, sandbox
 from rl_jax.tasks import math_answer, steps
 from rl_jax.tasks.base import Example
 
@@ -43,6 +43,7 @@ RewardFn = Callable[[Sequence[Example], Sequence[str]], Any]
 REWARDS: dict[str, Any] = {
   "math": math_answer.score_math,
   "python_unit_tests": sandbox.python_unit_tests,  # runs model code in `rl_jax.sandbox`
+  "reward_model": reward_model.RewardModelScore,  # a saved quantile reward model (UARM)
   "step_process": steps.process_score,  # the `steps` task's process rubric as a reward
 }
 

@@ -7,6 +7,7 @@ Table of contents:
   kl             kl_k1, kl_k2, kl_k3, entropy_from_logits
   policy_losses  ppo_clip, clip_fraction, gspo            (per-token losses)
   segments       segment_clip, segment_log_ratios, segment_ids_from_delimiters (per-token loss)
+  quantile       pinball_loss, quantile_levels, cqr_scores, cqr_rank, cqr_offset (UARM's RM)
   value          clipped_value_loss                        (per-token loss)
   shaping        soft_overlong_penalty, token_level_rewards, sequence_kl_penalized_rewards
   aggregation    aggregate, aggregate_parts, aggregate_with_denominator,
@@ -40,6 +41,7 @@ from rl_jax.objectives.kl import kl_k3 as kl_k3
 from rl_jax.objectives.policy_losses import clip_fraction as clip_fraction
 from rl_jax.objectives.policy_losses import gspo as gspo
 from rl_jax.objectives.policy_losses import ppo_clip as ppo_clip
+from rl_jax.objectives.quantile import pinball_loss as pinball_loss
 from rl_jax.objectives.shaping import sequence_kl_penalized_rewards as sequence_kl_penalized_rewards
 from rl_jax.objectives.shaping import soft_overlong_penalty as soft_overlong_penalty
 from rl_jax.objectives.shaping import token_level_rewards as token_level_rewards

@@ -194,7 +194,8 @@ class _ApproxChecker(doctest.OutputChecker):
 
 
 @pytest.mark.parametrize(
-  "module", ["advantages", "kl", "policy_losses", "value", "aggregation", "shaping", "segments"]
+  "module",
+  ["advantages", "kl", "policy_losses", "value", "aggregation", "shaping", "segments", "quantile"],
 )
 def test_docstring_examples(module):
   mod = importlib.import_module(f"rl_jax.objectives.{module}")
