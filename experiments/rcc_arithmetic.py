@@ -42,8 +42,10 @@ def main(argv=None) -> int:
   title = f"arithmetic: group-mean baseline vs RCC, {args.steps} steps"
   panels = [("accuracy", "held-out accuracy")]
   arms_lib.plot(results, os.path.join(args.out, "rcc_arithmetic.png"), panels, title)
-  kl = {
-    n: sum(r.get("kl", 0.0) for r in res["train"]) / len(res["train"]) for n, res in results.items()
+  kl = {  # logged where the reference is read (the RCC arms); Dr. GRPO does not compute it
+    n: sum(r["kl"] for r in res["train"]) / len(res["train"])
+    for n, res in results.items()
+    if res["overrides"].get("algorithm.name") == "rcc"
   }
   text = arms_lib.table(results, [("accuracy", "held-out accuracy %")])
   text += "\nMean KL to the reference over training (k3): "
