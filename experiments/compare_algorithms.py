@@ -34,16 +34,14 @@ DEFAULT_PRESETS = (
 )
 
 
-def preset_overrides(preset: str) -> dict[str, str]:
+def preset_overrides(preset: str, task: str = "arithmetic") -> dict[str, str]:
   """The config overrides of a preset's arm (`dapo_no_ds`: DAPO without dynamic sampling)."""
   if preset == "ppo":
     return {"algorithm.name": "ppo", "train.critic_learning_rate": "1e-3"}  # as experiments/ppo.py
-  if preset in ("dapo", "dapo_no_ds"):  # as experiments/dapo.py, overlong ramp past the answers
-    out = {
-      "algorithm.name": "dapo",
-      "sampling.max_new_tokens": "8",
-      "algorithm.overlong_cache_len": "3",
-    }
+  if preset in ("dapo", "dapo_no_ds"):
+    out = {"algorithm.name": "dapo"}
+    if task == "arithmetic":  # as experiments/dapo.py: the overlong ramp past the answers
+      out.update({"sampling.max_new_tokens": "8", "algorithm.overlong_cache_len": "3"})
     if preset == "dapo_no_ds":
       out["algorithm.dynamic_sampling"] = "false"
     return out
@@ -63,7 +61,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   common = dict(s.split("=", 1) for s in args.set)
   common["eval.every"] = str(args.eval_every)
-  arms = {p: preset_overrides(p) for p in args.presets.split(",") if p}
+  arms = {p: preset_overrides(p, args.task) for p in args.presets.split(",") if p}
   base = "countdown.py" if args.task == "countdown" else "default.py"
   results = arms_lib.run_arms(base, arms, steps=args.steps, out=args.out, common=common)
   title = f"{args.task}: presets from one warm start, {args.steps} steps"
