@@ -7,7 +7,9 @@ budget from one warm start on the step-lines task.
 
 The ratio must move for the granularity to matter: at ratio 1 every segmentation has the same
 gradient. Each rollout batch is therefore split into 4 minibatches (four optimizer steps, the
-last three off-policy). Writes OUT/segment_steps.png and OUT/segment_steps.md.
+last three off-policy), at a quarter of the default learning rate (5e-5: four steps of it per
+batch; at 2e-4 every arm over-stepped, docs/papo_segment.md). Writes OUT/segment_steps.png and
+OUT/segment_steps.md.
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ def main(argv=None) -> int:
   parser.add_argument("--steps", type=int, default=200)
   parser.add_argument("--eval_every", type=int, default=25)
   parser.add_argument("--minibatches", type=int, default=4)
+  parser.add_argument("--learning_rate", default="5e-5")
   parser.add_argument("--out", default=os.path.join("runs", "segment_steps"))
   parser.add_argument("--set", action="append", default=[], help="extra override FIELD=VALUE")
   args = parser.parse_args(argv)
   common = dict(s.split("=", 1) for s in args.set)
   common["eval.every"] = str(args.eval_every)
   common["train.num_minibatches"] = str(args.minibatches)
+  common["train.learning_rate"] = args.learning_rate
   chosen = {a: ARMS[a] for a in args.arms.split(",") if a}
   results = arms_lib.run_arms("steps.py", chosen, steps=args.steps, out=args.out, common=common)
   panels = [("accuracy", "held-out accuracy"), ("process_mean", "held-out process score")]

@@ -1,7 +1,8 @@
 """Tasks: prompt sources with train / held-out splits, and their verifiers.
 
-Registered names (`task.name`): the embedded procedural tasks `arithmetic`, `countdown` and
-`steps` (chained addition with one running sum per line, scored for outcome and process),
+Registered names (`task.name`): the embedded procedural tasks `arithmetic`, `countdown`,
+`steps` (chained addition with one running sum per line, scored for outcome and process) and
+`driving` (lane plans scored by a small simulator, a continuous reward by difficulty level),
 `jsonl` (question / answer pairs from JSONL files) and `tfds` (a prepared TFDS dataset in a
 local data directory); any other task by import path (`task.name=my_pkg.tasks:make_task`).
 """
@@ -10,6 +11,7 @@ from rl_jax import components
 from rl_jax.tasks.arithmetic import ArithmeticTask
 from rl_jax.tasks.base import Example, Task, max_lengths_of, sft_target
 from rl_jax.tasks.countdown import CountdownTask
+from rl_jax.tasks.driving import DrivingTask
 from rl_jax.tasks.jsonl import JsonlTask
 from rl_jax.tasks.steps import StepsTask
 from rl_jax.tasks.tfds_source import TfdsTask
@@ -17,6 +19,7 @@ from rl_jax.tasks.tfds_source import TfdsTask
 TASKS = {
   "arithmetic": ArithmeticTask,
   "countdown": CountdownTask,
+  "driving": DrivingTask,
   "jsonl": JsonlTask,
   "steps": StepsTask,
   "tfds": TfdsTask,
@@ -41,6 +44,7 @@ __all__ = [
   "TASKS",
   "ArithmeticTask",
   "CountdownTask",
+  "DrivingTask",
   "Example",
   "JsonlTask",
   "StepsTask",
