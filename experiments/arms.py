@@ -20,6 +20,30 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 
+def command_line(argv, doc: str, arms: Mapping[str, Mapping[str, str]], name: str, **flags):
+  """The command line every arms experiment shares: --arms (a comma list of `arms`' names),
+  --steps, --eval_every, --out (default runs/`name`) and repeatable --set FIELD=VALUE; `flags`
+  adds experiment flags as {name: default} (their values arrive as strings, meant as config
+  values). Returns (args, common overrides with eval.every, {arm: overrides} chosen)."""
+  import argparse  # pylint: disable=import-outside-toplevel
+
+  parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+  parser.add_argument("--arms", default=",".join(arms))
+  parser.add_argument("--steps", type=int, default=200)
+  parser.add_argument("--eval_every", type=int, default=25)
+  parser.add_argument("--out", default=os.path.join("runs", name))
+  parser.add_argument("--set", action="append", default=[], help="extra override FIELD=VALUE")
+  for flag, default in flags.items():
+    parser.add_argument(f"--{flag}", default=str(default))
+  args = parser.parse_args(argv)
+  unknown = [a for a in args.arms.split(",") if a and a not in arms]
+  if unknown:
+    parser.error(f"unknown arms {unknown}; choose from {sorted(arms)}")
+  common = dict(s.split("=", 1) for s in args.set)
+  common["eval.every"] = str(args.eval_every)
+  return args, common, {a: arms[a] for a in args.arms.split(",") if a}
+
+
 def config(base: str, overrides: Mapping[str, str]):
   """The validated RunConfig of experiments/`base` with `overrides` (FIELD -> string)."""
   from rl_jax import config as config_lib

@@ -11,7 +11,6 @@ step) and OUT/papo_steps.md (the final table). docs/papo_segment.md records a ru
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -26,16 +25,7 @@ ARMS = {
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--arms", default=",".join(ARMS))
-  parser.add_argument("--steps", type=int, default=200)
-  parser.add_argument("--eval_every", type=int, default=25)
-  parser.add_argument("--out", default=os.path.join("runs", "papo_steps"))
-  parser.add_argument("--set", action="append", default=[], help="extra override FIELD=VALUE")
-  args = parser.parse_args(argv)
-  common = dict(s.split("=", 1) for s in args.set)
-  common["eval.every"] = str(args.eval_every)
-  chosen = {a: ARMS[a] for a in args.arms.split(",") if a}
+  args, common, chosen = arms_lib.command_line(argv, __doc__, ARMS, "papo_steps")
   results = arms_lib.run_arms("steps.py", chosen, steps=args.steps, out=args.out, common=common)
   panels = [
     ("accuracy", "held-out accuracy"),

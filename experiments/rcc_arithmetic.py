@@ -12,7 +12,6 @@ advantage r - mean_g r). Writes OUT/rcc_arithmetic.png and OUT/rcc_arithmetic.md
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -28,16 +27,7 @@ ARMS = {
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--arms", default=",".join(ARMS))
-  parser.add_argument("--steps", type=int, default=200)
-  parser.add_argument("--eval_every", type=int, default=25)
-  parser.add_argument("--out", default=os.path.join("runs", "rcc_arithmetic"))
-  parser.add_argument("--set", action="append", default=[], help="extra override FIELD=VALUE")
-  args = parser.parse_args(argv)
-  common = dict(s.split("=", 1) for s in args.set)
-  common["eval.every"] = str(args.eval_every)
-  chosen = {a: ARMS[a] for a in args.arms.split(",") if a}
+  args, common, chosen = arms_lib.command_line(argv, __doc__, ARMS, "rcc_arithmetic")
   results = arms_lib.run_arms("default.py", chosen, steps=args.steps, out=args.out, common=common)
   title = f"arithmetic: group-mean baseline vs RCC, {args.steps} steps"
   panels = [("accuracy", "held-out accuracy")]

@@ -14,7 +14,6 @@ OUT/segment_steps.md.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -29,20 +28,11 @@ ARMS = {
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--arms", default=",".join(ARMS))
-  parser.add_argument("--steps", type=int, default=200)
-  parser.add_argument("--eval_every", type=int, default=25)
-  parser.add_argument("--minibatches", type=int, default=4)
-  parser.add_argument("--learning_rate", default="5e-5")
-  parser.add_argument("--out", default=os.path.join("runs", "segment_steps"))
-  parser.add_argument("--set", action="append", default=[], help="extra override FIELD=VALUE")
-  args = parser.parse_args(argv)
-  common = dict(s.split("=", 1) for s in args.set)
-  common["eval.every"] = str(args.eval_every)
-  common["train.num_minibatches"] = str(args.minibatches)
+  args, common, chosen = arms_lib.command_line(
+    argv, __doc__, ARMS, "segment_steps", minibatches=4, learning_rate="5e-5"
+  )
+  common["train.num_minibatches"] = args.minibatches
   common["train.learning_rate"] = args.learning_rate
-  chosen = {a: ARMS[a] for a in args.arms.split(",") if a}
   results = arms_lib.run_arms("steps.py", chosen, steps=args.steps, out=args.out, common=common)
   panels = [("accuracy", "held-out accuracy"), ("process_mean", "held-out process score")]
   title = f"step-lines task: token / line / sequence ratios, {args.steps} steps"
