@@ -140,3 +140,11 @@ def table(results: Mapping[str, dict], columns: Sequence[tuple[str, str]]) -> st
     cells = [f"{last[k]:.1%}" if h.endswith("%") else f"{last[k]:.3f}" for k, h in columns]
     lines.append(f"| {name} | " + " | ".join(cells) + f" | {r['wall_s']:.0f} | {r['step_s']:.2f} |")
   return "\n".join(lines) + "\n"
+
+
+def write(out: str, name: str, text: str) -> int:
+  """Writes the table `text` to OUT/`name`.md, prints it, and returns 0 (the exit status)."""
+  with open(os.path.join(out, f"{name}.md"), "w") as f:
+    f.write(text)
+  print(text)
+  return 0

@@ -68,10 +68,7 @@ def main(argv=None) -> int:
   panels = [("accuracy", "held-out greedy accuracy")]
   arms_lib.plot(results, os.path.join(args.out, "compare.png"), panels, title)
   table = _table(results, args)
-  with open(os.path.join(args.out, "compare.md"), "w") as f:
-    f.write(table)
-  print(table)
-  return 0
+  return arms_lib.write(args.out, "compare", table)
 
 
 def _table(results, args) -> str:

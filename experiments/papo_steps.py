@@ -47,10 +47,7 @@ def main(argv=None) -> int:
     f"Step-lines task, {args.steps} RL steps per arm from one warm start (before RL: accuracy "
     f"{before['accuracy']:.1%}, process {before['process_mean']:.3f}).\n\n" + text
   )
-  with open(os.path.join(args.out, "papo_steps.md"), "w") as f:
-    f.write(text)
-  print(text)
-  return 0
+  return arms_lib.write(args.out, "papo_steps", text)
 
 
 if __name__ == "__main__":

@@ -40,10 +40,7 @@ def main(argv=None) -> int:
   text = arms_lib.table(results, [("accuracy", "held-out accuracy %")])
   text += "\nMean KL to the reference over training (k3): "
   text += ", ".join(f"{k} {v:.4f}" for k, v in kl.items()) + "\n"
-  with open(os.path.join(args.out, "rcc_arithmetic.md"), "w") as f:
-    f.write(text)
-  print(text)
-  return 0
+  return arms_lib.write(args.out, "rcc_arithmetic", text)
 
 
 if __name__ == "__main__":

@@ -48,10 +48,7 @@ def main(argv=None) -> int:
     f"{k} {v:.3f}" for k, v in clip.items()
   )
   text += "\n"
-  with open(os.path.join(args.out, "segment_steps.md"), "w") as f:
-    f.write(text)
-  print(text)
-  return 0
+  return arms_lib.write(args.out, "segment_steps", text)
 
 
 if __name__ == "__main__":

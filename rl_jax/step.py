@@ -28,6 +28,7 @@ import numpy as np
 
 from rl_jax import algorithms, rollouts, tokenizers, trainer
 from rl_jax import lora as lora_lib
+from rl_jax.objectives import segments
 from rl_jax.objectives.shaping import soft_overlong_penalty
 from rl_jax.rewards import Rewards
 from rl_jax.tasks.base import Example
@@ -150,11 +151,11 @@ class Step:
     if self._segment_end_ids is None:
       found = tokenizers.ids_containing(self.policy.tokenizer, self.algo.segment_delimiters)
       self._segment_end_ids = tuple(sorted(set(found) | set(self.algo.segment_token_ids)))
-    tokens, mask = np.asarray(roll.completion_NxT), np.asarray(roll.loss_mask_NxT)
+    tokens = np.asarray(roll.completion_NxT)
     if not self._segment_end_ids:
       return np.zeros(tokens.shape, np.int32)
-    ends = np.isin(tokens, self._segment_end_ids) & mask
-    return (np.cumsum(ends, axis=1) - ends).astype(np.int32)
+    ids = segments.segment_ids_from_delimiters(tokens, self._segment_end_ids, roll.loss_mask_NxT)
+    return np.asarray(ids)
 
   def collect_round(self, params, step: int, rnd: int, key) -> Rollout:
     examples = self.draw(step, rnd)
