@@ -35,6 +35,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from rl_jax import distributed
 from rl_jax.parallel import path_str
 
 
@@ -193,7 +194,7 @@ class Checkpointer:
     last good checkpoint."""
     if not _all_finite(state):
       raise CheckpointError(f"refusing to checkpoint step {step}: the state has non-finite values")
-    arrays = _flatten(dict(state=state, rng=jax.random.key_data(rng_key)))
+    arrays = _flatten(dict(state=state, rng=_key_data(rng_key)))
     args = ocp.args.Composite(state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta))
     self._guard(f"checkpoint step {step}", lambda: self.manager.save(step, args=args))
 
@@ -212,9 +213,7 @@ class Checkpointer:
       raise CheckpointError(
         f"no checkpoint for step {step} in {self.directory}; available: {self.all_steps()}"
       )
-    target = _flatten(
-      dict(state=_abstract(target_state), rng=_abstract(jax.random.key_data(rng_template)))
-    )
+    target = _flatten(dict(state=_abstract(target_state), rng=_key_data(rng_template)))
     try:
       out = self.manager.restore(
         step,
@@ -227,8 +226,8 @@ class Checkpointer:
         f"cannot read checkpoint step {step} in {self.directory}: {type(e).__name__}: {e}"
       ) from e
     _check_shapes(target, out.state, f"checkpoint step {step}")
-    tree = _unflatten(dict(state=target_state, rng=jax.random.key_data(rng_template)), out.state)
-    rng = jax.random.wrap_key_data(tree["rng"], impl=jax.random.key_impl(rng_template))
+    tree = _unflatten(dict(state=target_state, rng=_key_data(rng_template)), out.state)
+    rng = jax.random.wrap_key_data(np.asarray(tree["rng"]), impl=jax.random.key_impl(rng_template))
     return tree["state"], rng, dict(out.meta)
 
   def read_meta(self, step: int | None = None) -> dict:
@@ -249,6 +248,7 @@ class Checkpointer:
 
   def save_reference(self, params) -> None:
     """Saves the frozen reference policy once (synchronously)."""
+    distributed.barrier("rl_jax.save_reference")  # every process decides on the same folder
     if os.path.exists(self.reference_dir):
       return
     with ocp.StandardCheckpointer() as ckptr:
@@ -313,7 +313,10 @@ class Checkpointer:
       self._guard("the warm-start checkpoint", self._warm.wait_until_finished, self.warm_dir)
       self._warm.close()
       self._warm = None
-    shutil.rmtree(self.warm_dir, ignore_errors=True)
+    distributed.barrier("rl_jax.clear_warm")
+    if distributed.is_primary():
+      shutil.rmtree(self.warm_dir, ignore_errors=True)
+    distributed.barrier("rl_jax.clear_warm.done")
 
   # --- recovery ------------------------------------------------------------------------------
 
@@ -345,12 +348,15 @@ class Checkpointer:
     return None
 
   def _move_aside(self, directory: str, step: int) -> str:
-    os.makedirs(self.corrupt_dir, exist_ok=True)
     dest = os.path.join(
       self.corrupt_dir,
       f"{os.path.basename(directory)}-{step}-{time.strftime('%Y%m%d-%H%M%S')}",
     )
-    shutil.move(os.path.join(directory, str(step)), dest)
+    distributed.barrier(f"rl_jax.move_aside.{step}")  # every process has failed to read it
+    if distributed.is_primary():
+      os.makedirs(self.corrupt_dir, exist_ok=True)
+      shutil.move(os.path.join(directory, str(step)), dest)
+    distributed.barrier(f"rl_jax.move_aside.{step}.done")
     return dest
 
   def restore_newest(self, target_state, rng_template, log: Callable[[str], None], move_aside=True):
@@ -384,7 +390,8 @@ def _remove_partial(directory: str) -> list[str]:
   if os.path.isdir(directory):
     for name in os.listdir(directory):
       if _TMP_MARK in name:
-        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+        if distributed.is_primary():  # one process deletes (the folder is shared)
+          shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
         removed.append(name.split(_TMP_MARK)[0] or name)
   return removed
 
@@ -440,6 +447,12 @@ def _verify(step_dir: str) -> dict[str, Any]:
 
 def _size(path: str) -> int:
   return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def _key_data(key) -> np.ndarray:
+  """A PRNG key's raw data on the host: the same value on every process, written once (a
+  per-process device array would be ambiguous in a multi-process checkpoint)."""
+  return np.asarray(jax.random.key_data(key))
 
 
 def _all_finite(tree) -> bool:

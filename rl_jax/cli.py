@@ -20,6 +20,12 @@ the same config (only the fields in rl_jax.config.RESUMABLE_FIELDS may change, u
 --allow_config_change). Without --workdir a fresh run gets `runs/<experiment>-<date-time>`.
 
 SIGTERM or Ctrl-C stops `train` and `sft` at the next step boundary with a checkpoint (exit 0).
+
+Several hosts: run the same command on every host (tpu/README.md). `train` and `sft` join a
+multi-process run when JAX_COORDINATOR_ADDRESS (with JAX_NUM_PROCESSES and JAX_PROCESS_ID) or
+--config.distributed.* name a coordinator, or on a detected TPU pod / SLURM / Open MPI launch;
+--workdir is then required and must be a folder every host sees. A signal to any host stops
+all of them at the same step.
 Exit status: 0 done or stopped by a signal, 2 a bad config, flag or checkpoint (one line),
 3 a run stopped as diverged (too many consecutive updates skipped as unsafe).
 
@@ -148,6 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     if command == "config":
       print(config_lib.to_json(cfg))
       return 0
+    from rl_jax import distributed
+
+    config_lib.validate(cfg)  # before joining other processes: a bad value fails alone, fast
+    try:
+      multiprocess = distributed.initialize(cfg.distributed)
+    except ValueError as e:
+      raise config_lib.ConfigError(f"config field 'distributed': {e}") from None
+    if multiprocess and workdir is None:
+      raise config_lib.ConfigError(
+        "a multi-process run needs --workdir (the same shared folder on every host)"
+      )
     if workdir is None:
       stem = os.path.splitext(os.path.basename(path))[0]
       workdir = os.path.join("runs", f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")

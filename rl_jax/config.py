@@ -119,6 +119,27 @@ class MeshConfig:
   data: int = -1  # -1 = all devices left over
   fsdp: int = 1
   tensor: int = 1
+  # Multi-slice (or multi-node GPU) runs: the data axis is split into `dcn_data` outer replicas,
+  # one per slice (granule), so that only the data-parallel gradient reduction crosses the
+  # data-centre network. 1 = one slice.
+  dcn_data: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+  """Multi-process runs (`rl_jax.distributed`): every host runs the same command.
+
+  initialize: "auto" joins a multi-process run when a coordinator is given (here or in
+    JAX_COORDINATOR_ADDRESS) or a multi-host cluster is detected (TPU pod slice, SLURM, Open
+    MPI); "on" always calls `jax.distributed.initialize` (JAX detects the rest); "off" never.
+  coordinator_address: "host:port" of process 0 (default: JAX_COORDINATOR_ADDRESS).
+  num_processes, process_id: default JAX_NUM_PROCESSES / JAX_PROCESS_ID, else detected.
+  """
+
+  initialize: str = "auto"
+  coordinator_address: str = ""
+  num_processes: int = 0  # 0 = from the environment or detected
+  process_id: int = -1  # -1 = from the environment or detected
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +165,7 @@ class RunConfig:
   eval: EvalConfig = EvalConfig()
   checkpoint: CheckpointConfig = CheckpointConfig()
   mesh: MeshConfig = MeshConfig()
+  distributed: DistributedConfig = DistributedConfig()
   log: LogConfig = LogConfig()
 
   def to_dict(self) -> dict[str, Any]:
@@ -387,6 +409,12 @@ def validate(c: RunConfig, num_devices: int | None = None) -> None:
     "mesh",
     "may have at most one axis set to -1",
   )
+  _require(c.mesh.dcn_data >= 1, "mesh.dcn_data", f"must be >= 1, got {c.mesh.dcn_data}")
+  _require(
+    c.distributed.initialize in ("auto", "on", "off"),
+    "distributed.initialize",
+    f"must be 'auto', 'on' or 'off', got {c.distributed.initialize!r}",
+  )
   _require(c.lora.rank >= 0, "lora.rank", f"must be >= 0 (0 = off), got {c.lora.rank}")
   try:
     lora_config(c)
@@ -487,6 +515,11 @@ def mesh_shape(m: MeshConfig, num_devices: int) -> dict[str, int]:
       f"config field 'mesh' (data={sizes['data']}, fsdp={sizes['fsdp']}, "
       f"tensor={sizes['tensor']}) uses {total} devices but {num_devices} are "
       f"available; set one axis to -1 or make the product {num_devices}"
+    )
+  if sizes["data"] % m.dcn_data:
+    raise ConfigError(
+      f"config field 'mesh.dcn_data'={m.dcn_data} must divide mesh.data={sizes['data']} "
+      "(each slice holds mesh.data / mesh.dcn_data data-parallel replicas)"
     )
   return sizes
 
@@ -645,6 +678,8 @@ RESUMABLE_FIELDS = (
   "sft.checkpoint_every",
   "rl.reward_timeout_s",
   "log.*",
+  "mesh.*",  # where arrays live, not what is computed: a run resumes onto another mesh
+  "distributed.*",  # or another number of processes
 )
 
 

@@ -53,6 +53,9 @@ class StopRequests:
     if threading.current_thread() is threading.main_thread():
       for sig in (signal.SIGTERM, signal.SIGINT):
         self._previous[sig] = signal.signal(sig, self._handle)
+        # Restart system calls the signal interrupts: a blocking call in C++ (a cross-process
+        # collective of a multi-host run) must not fail with EINTR; the handler only sets a flag.
+        signal.siginterrupt(sig, False)
     return self
 
   def __exit__(self, *exc) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 
 from rl_jax import (
   algorithms,
+  distributed,
   guards,
   logprobs,
   parallel,
@@ -69,7 +70,8 @@ class Experiment:
     (a notebook's) replace the config's components (which are then only recorded)."""
     c = config
     devices = list(jax.devices() if devices is None else devices)
-    mesh = parallel.make_mesh(config_lib.mesh_shape(c.mesh, len(devices)), devices)
+    sizes = config_lib.mesh_shape(c.mesh, len(devices))
+    mesh = parallel.make_mesh(sizes, devices, dcn_data=c.mesh.dcn_data)
     _check_batch_divisible(c, parallel.batch_divisor(mesh))
     try:
       task = task if task is not None else tasks.build(c.task)
@@ -176,12 +178,17 @@ class Experiment:
     out = generate(
       self.policy.graphdef, params, *self.shard(prompts), jax.random.key(0), cfg=greedy
     )
-    tokens, lengths = jax.device_get((out.tokens_NxT, out.lengths_N))
+    tokens, lengths = distributed.fetch((out.tokens_NxT, out.lengths_N))
     texts = [self.policy.tokenizer.decode(row) for row in tokens[: len(examples)]]
-    scores = rewards.call_with_timeout(
-      "task", self.task.score, (examples, texts), self.config.rl.reward_timeout_s
-    )
-    rewards.check_output("task", scores, len(examples))
+
+    def score(rows: slice):  # this process's share of the rows (all of them in one process)
+      part = rewards.call_with_timeout(
+        "task", self.task.score, (examples[rows], texts[rows]), self.config.rl.reward_timeout_s
+      )
+      rewards.check_output("task", part, len(examples[rows]))
+      return {k: np.asarray(v) for k, v in part.items()}
+
+    scores = distributed.split_rows(score, len(examples))
     result = dict(
       reward_mean=float(np.mean(scores["reward"])),
       n=len(examples),
@@ -292,7 +299,7 @@ def warm_start(
       if new:
         _check_sft_skips(exp.config, done, new, done - since, int(m["skip_reason"]), log)
       since = done
-    stopping = stop is not None and stop.requested and done < c.steps  # else RL stops it
+    stopping = stop is not None and done < c.steps and _stop_agreed(stop)  # else RL stops it
     if ckpt is not None and done < c.steps and (saving or stopping):
       ckpt.save_warm(done, state)
     if stopping:
@@ -337,12 +344,12 @@ def run(
   boundary with a checkpoint (the summary's `stopped` names the signal); a run whose updates
   keep being skipped as unsafe raises `guards.TrainingDiverged`."""
   t_start = time.time()
+  if not distributed.is_primary():  # process 0 speaks and writes for a multi-process run
+    log, stream = _silent, open(os.devnull, "w")  # noqa: SIM115 - lives as long as the run
   components = dict(task=task, rewards=rewards, algorithm=algorithm, rollout=rollout)
   exp, ckpt, changes = _open(config, workdir, components, allow_config_change, log)
   c, t = config, config.train
-  writer = MetricsWriter(
-    workdir, tensorboard=c.log.tensorboard, wandb_project=c.log.wandb_project, config=c.to_dict()
-  )
+  writer = _writer(workdir, c)
   log(
     f"rl_jax: {exp.step.algo.name} on {exp.task.name} | model {c.model.preset} "
     f"({exp.policy.model_cfg.num_params() / 1e6:.2f} M params) | {jax.device_count()} "
@@ -350,7 +357,7 @@ def run(
   )
   heldout = exp.task.heldout_examples(c.eval.num_prompts)
   guard = guards.SkipGuard(t.max_consecutive_skips, t.spike_factor, t.spike_window)
-  with guards.StopRequests(log) as stop:
+  with guards.StopRequests(log if distributed.is_primary() else _print) as stop:
     try:
       init = _initial_state(exp, ckpt, writer, heldout, log, stop)
       if init is None:  # stopped by a signal during the warm start (its checkpoint is saved)
@@ -401,14 +408,61 @@ def _open(config, workdir: str, components: dict, allow_config_change: bool, log
   return exp, ckpt, changes
 
 
+def _silent(msg: str) -> None:
+  pass
+
+
+class _NullWriter:
+  """The metrics writer of a process that is not the primary one: writes nothing."""
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+
+  def write(self, step, metrics) -> None:
+    pass
+
+  write_eval = write
+
+  def truncate_from(self, step) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
+def _writer(workdir: str, c):
+  if not distributed.is_primary():
+    return _NullWriter(workdir)
+  return MetricsWriter(
+    workdir, tensorboard=c.log.tensorboard, wandb_project=c.log.wandb_project, config=c.to_dict()
+  )
+
+
+def _stop_agreed(stop: guards.StopRequests) -> bool:
+  """Whether to stop at this step boundary. With several processes: whether any process had
+  been asked to before it reached the boundary (a signal may reach only one host of a pod),
+  the same answer on every process; a signal that arrives meanwhile counts at the next one."""
+  requested = stop.requested is not None
+  if not distributed.is_multiprocess():
+    return requested
+  agreed = distributed.any_process(requested)
+  if agreed and stop.requested is None:
+    stop.requested = "a signal on another process"
+  return agreed
+
+
 def _steps(exp, ckpt, writer, progress, guard, stop, state, ref_params, root_key, heldout, start):
   """The RL steps from `start` + 1; returns the last step run (early when a signal asked the
   run to stop: that step is then checkpointed). One-step-off mode: step n+1's rollout is
   collected in a background thread, from a copy of the parameters before update n, while
-  update n runs."""
+  update n runs. With several processes it is collected before update n instead (the same
+  parameters, so the same numbers): a second thread could issue collectives in a different
+  order on different hosts."""
   step, t = exp.step, exp.config.train
   keys = lambda n: jax.random.split(jax.random.fold_in(root_key, n))  # (sample, update) keys
-  pool = concurrent.futures.ThreadPoolExecutor(1) if t.async_rollout else None
+  pool = None
+  if t.async_rollout:
+    pool = _InlineExecutor() if distributed.is_multiprocess() else _thread_pool()
   pending, n = None, start
   try:
     for n in range(start + 1, t.steps + 1):
@@ -419,7 +473,9 @@ def _steps(exp, ckpt, writer, progress, guard, stop, state, ref_params, root_key
       )
       pending = None
       t_rollout = time.time() - t0
-      if pool is not None and n < t.steps and not stop.requested:
+      # (several processes: a signal is acted on only once agreed, at the step's end)
+      keep_on = distributed.is_multiprocess() or stop.requested is None
+      if pool is not None and n < t.steps and keep_on:
         nxt = step.policy_params(state, ref_params)
         if step.lora is None:  # the update donates the parameters: sample from a copy
           nxt = jax.tree.map(jnp.copy, nxt)
@@ -446,7 +502,7 @@ def _steps(exp, ckpt, writer, progress, guard, stop, state, ref_params, root_key
         exp, ckpt, writer, progress, state, ref_params, root_key, heldout, n
       )
       ckpt.check()  # an asynchronous save's failure stops the run here, in one line
-      if stop.requested:
+      if _stop_agreed(stop):
         if not saved:
           _save(exp, ckpt, progress, state, root_key, n)
         break
@@ -456,6 +512,22 @@ def _steps(exp, ckpt, writer, progress, guard, stop, state, ref_params, root_key
     if pool is not None:
       pool.shutdown()
   return n
+
+
+def _thread_pool():
+  return concurrent.futures.ThreadPoolExecutor(1)
+
+
+class _InlineExecutor:
+  """`submit` runs the call at once (multi-process one-step-off mode: a fixed order)."""
+
+  def submit(self, fn, *args) -> concurrent.futures.Future:
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    future.set_result(fn(*args))
+    return future
+
+  def shutdown(self) -> None:
+    pass
 
 
 def _stopped(workdir, ckpt, writer, t_start, signal_name, where, log) -> dict[str, Any]:
@@ -477,8 +549,9 @@ def _finish(workdir, ckpt, writer, summary: dict) -> None:
   except CheckpointError:
     pass  # the error being raised matters more; the previous checkpoint is intact
   writer.close()
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  if distributed.is_primary():
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
 
 
 def _check_resume(ckpt: Checkpointer, config, workdir: str, allow: bool, log) -> dict:
@@ -509,7 +582,9 @@ def _check_resume(ckpt: Checkpointer, config, workdir: str, allow: bool, log) ->
 
 def _record_config(workdir: str, config, changes: dict, start: int) -> None:
   """Writes config.json (once the run has started or resumed) and appends each change of it
-  to config_history.jsonl."""
+  to config_history.jsonl (process 0 of a multi-process run)."""
+  if not distributed.is_primary():
+    return
   path = os.path.join(workdir, "config.json")
   previous = _read_json(path)
   if previous is not None:
@@ -605,7 +680,10 @@ def _save(exp, ckpt, progress, state, root_key, n) -> bool:
 
 
 def _summary(workdir: str, t_start: float, log, **extra) -> dict[str, Any]:
-  """Held-out accuracy before and after RL, the reward plot, and summary.json."""
+  """Held-out accuracy before and after RL, the reward plot, and summary.json (written by
+  process 0 of a multi-process run; the others return what they know)."""
+  if not distributed.is_primary():
+    return dict(extra, wall_s=time.time() - t_start, workdir=workdir)
   evals = read_jsonl(os.path.join(workdir, "eval.jsonl"))
   summary: dict[str, Any] = dict(extra)
   if evals:
@@ -647,6 +725,8 @@ def run_sft_only(
   config_lib.validate(config, jax.device_count())
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise config_lib.ConfigError(f"--workdir {workdir!r} is a file, not a directory")
+  if not distributed.is_primary():
+    log = _silent
   exp = Experiment.build(config)
   ckpt = Checkpointer(workdir)
   if ckpt.has_reference():

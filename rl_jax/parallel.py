@@ -32,15 +32,35 @@ TRANSFORMER_RULES: tuple[tuple[str, P], ...] = (
 )
 
 
-def make_mesh(sizes: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A mesh with axes (data, fsdp, tensor) of the given sizes, GSPMD (Auto) axis types."""
+def make_mesh(
+  sizes: dict[str, int], devices: Sequence[jax.Device] | None = None, *, dcn_data: int = 1
+) -> Mesh:
+  """A mesh with axes (data, fsdp, tensor) of the given sizes, GSPMD (Auto) axis types.
+
+  `dcn_data` > 1 (multi-slice): the data axis is `dcn_data` outer blocks, one per slice (TPU
+  devices' `slice_index`; a process where devices report one slice, as on GPU nodes), so fsdp
+  and tensor collectives stay inside a slice and only the data-parallel reduction crosses the
+  data-centre network."""
   devices = list(jax.devices() if devices is None else devices)
   shape = tuple(sizes[a] for a in AXES)
   if int(np.prod(shape)) != len(devices):
     raise ValueError(
       f"mesh {dict(zip(AXES, shape))} needs {int(np.prod(shape))} devices, have {len(devices)}"
     )
-  return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+  axis_types = (AxisType.Auto,) * len(AXES)
+  if dcn_data == 1:
+    return jax.make_mesh(shape, AXES, axis_types=axis_types, devices=devices)
+  from jax.experimental import mesh_utils
+
+  if shape[0] % dcn_data:
+    raise ValueError(f"mesh.dcn_data={dcn_data} does not divide the data axis ({shape[0]})")
+  ici = (shape[0] // dcn_data,) + shape[1:]
+  slices = {getattr(d, "slice_index", None) for d in devices}
+  by_process = None in slices or len(slices) == 1  # no TPU slices: a process is a granule
+  grid = mesh_utils.create_hybrid_device_mesh(
+    ici, (dcn_data, 1, 1), devices, process_is_granule=by_process
+  )
+  return Mesh(grid, AXES, axis_types=axis_types)
 
 
 def path_str(path) -> str:
@@ -91,8 +111,11 @@ def batch_divisor(mesh: Mesh) -> int:
 
 
 def shard_batch(tree, mesh: Mesh):
-  """Places host arrays with their leading axis split over data x fsdp."""
-  return jax.device_put(tree, batch_sharding(mesh))
+  """Places host arrays with their leading axis split over data x fsdp (in a multi-process run
+  each process transfers only its own devices' rows: `distributed.put`)."""
+  from rl_jax import distributed
+
+  return distributed.put(tree, batch_sharding(mesh))
 
 
 def state_shardings(state, mesh: Mesh, rules=TRANSFORMER_RULES):

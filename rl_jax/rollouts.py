@@ -142,8 +142,11 @@ def build(component: components.Component, settings: RolloutSettings) -> Rollout
 
 
 def to_host(roll: Rollout) -> Rollout:
-  """The record with every array on the host (one transfer)."""
-  return jax.device_get(roll)
+  """The record with every array on the host (one transfer; every process gets the global
+  record in a multi-process run)."""
+  from rl_jax import distributed
+
+  return distributed.fetch(roll)
 
 
 def group_index(group_id_N, row_valid_N=None) -> np.ndarray:

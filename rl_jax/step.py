@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rl_jax import algorithms, rollouts, tokenizers, trainer
+from rl_jax import algorithms, distributed, rollouts, tokenizers, trainer
 from rl_jax import lora as lora_lib
 from rl_jax.objectives import segments
 from rl_jax.objectives.shaping import soft_overlong_penalty
@@ -129,7 +129,10 @@ class Step:
     comp = np.where(roll.completion_mask_NxT, roll.completion_NxT, self.policy.pad_id)
     texts = [tok.decode(row) for row in comp]
     row_examples = [examples[i] for i in np.asarray(roll.example_index_N)]
-    total, parts = self.rewards(row_examples, texts)
+    # Each process scores its share of the rows (all of them in a one-process run).
+    total, parts = distributed.split_rows(
+      lambda rows: self.rewards(row_examples[rows], texts[rows]), len(texts)
+    )
     extras = dict(roll.extras, **parts, total_reward=total)
     shaped = total
     if self.algo.overlong_cache_len is not None:
@@ -241,7 +244,7 @@ class Step:
     state, m = self.update(
       state, batch, key, prompt_group_size=G, frozen=frozen, grad_norm_limit=grad_norm_limit
     )
-    return state, {k: float(v) for k, v in jax.device_get(m).items()}
+    return state, {k: float(v) for k, v in distributed.fetch(m).items()}
 
   def policy_params(self, state, ref_params):
     """The policy's parameters: `state.params`, or under LoRA the reference (base) weights
