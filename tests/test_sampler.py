@@ -333,6 +333,27 @@ def test_top_p_is_per_row_and_composes_with_top_k():
   np.testing.assert_array_equal(_kept(filter_logits(logits, 2, 0.9)), [[1, 0, 1, 0], [0, 1, 0, 0]])
 
 
+@pytest.mark.parametrize("top_k", [0, 2, 40])
+@pytest.mark.parametrize("scale", [3.0, 0.3], ids=["peaked", "flat"])
+def test_the_samplers_own_probabilities_give_the_same_nucleus(top_k, scale):
+  """The sampler passes exp(log_softmax) it already has instead of a second softmax (renormalised
+  after top-k): the same kept set, on rows from peaked to flat, with the hand-made rows too."""
+  rng = np.random.default_rng(int(scale * 10) + top_k)
+  logits = jnp.asarray(rng.normal(size=(16, 3000)) * scale, jnp.float32)
+  probs = jnp.exp(jax.nn.log_softmax(logits, axis=-1))
+  widths = []
+  for top_p in (0.5, 0.9, 0.99):
+    plain = _kept(filter_logits(logits, top_k, top_p))
+    given = _kept(filter_logits(logits, top_k, top_p, probs_NxV=probs))
+    np.testing.assert_array_equal(given, plain)
+    widths.append(plain.sum(-1))
+  assert np.max(widths) > 1 and np.min(widths) < 3000  # the nucleus is neither 1 nor all
+  hand = jnp.asarray(np.log([[0.25, 0.1, 0.5, 0.15], [0.05, 0.9, 0.03, 0.02]]), jnp.float32)
+  hand_probs = jnp.exp(jax.nn.log_softmax(hand, axis=-1))
+  got = _kept(filter_logits(hand, 2, 0.6, probs_NxV=hand_probs))
+  np.testing.assert_array_equal(got, [[0, 0, 1, 0], [0, 1, 0, 0]])
+
+
 @pytest.mark.parametrize("scale", [8.0, 0.3], ids=["peaked", "flat"])
 @pytest.mark.parametrize("top_p", [0.5, 0.9, 0.95])
 def test_top_p_cutoff_equals_the_sorted_cutoff(scale, top_p):
