@@ -8,6 +8,9 @@ Layout in a workdir:
   reference/            the frozen reference policy (the warm-start result), saved once
   corrupt/              checkpoints that could not be read, moved aside on resume
 
+The workdir may be a bucket (`gs://...`): Orbax writes there through TensorStore, and the few
+file operations of this module go through `rl_jax.storage`.
+
 A save that fails (a full disk, no permission) raises `CheckpointStorageError` with one line:
 the partial directory is removed and the previous checkpoint is left as it was. A checkpoint
 that cannot be read on resume is moved to corrupt/ and the newest readable one is used.
@@ -24,7 +27,6 @@ import errno
 import gc
 import logging
 import os
-import shutil
 import sys
 import threading
 import time
@@ -35,7 +37,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from rl_jax import distributed
+from rl_jax import distributed, storage
 from rl_jax.parallel import path_str
 
 
@@ -144,11 +146,11 @@ class Checkpointer:
   in progress in `<workdir>/warm_start`, and the reference policy in `<workdir>/reference`."""
 
   def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
-    self.workdir = os.path.abspath(workdir)
-    self.directory = os.path.join(self.workdir, "checkpoints")
-    self.reference_dir = os.path.join(self.workdir, "reference")
-    self.warm_dir = os.path.join(self.workdir, "warm_start")
-    self.corrupt_dir = os.path.join(self.workdir, "corrupt")
+    self.workdir = storage.absolute(workdir)  # a local folder or a bucket (gs://...)
+    self.directory = storage.join(self.workdir, "checkpoints")
+    self.reference_dir = storage.join(self.workdir, "reference")
+    self.warm_dir = storage.join(self.workdir, "warm_start")
+    self.corrupt_dir = storage.join(self.workdir, "corrupt")
     self.async_save = async_save
     logging.getLogger("absl").addFilter(_QUIET)
     self.manager = self._manager(self.directory, keep)
@@ -249,13 +251,13 @@ class Checkpointer:
   def save_reference(self, params) -> None:
     """Saves the frozen reference policy once (synchronously)."""
     distributed.barrier("rl_jax.save_reference")  # every process decides on the same folder
-    if os.path.exists(self.reference_dir):
+    if storage.exists(self.reference_dir):
       return
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(self.reference_dir, _flatten(params))
 
   def has_reference(self) -> bool:
-    return os.path.exists(self.reference_dir)
+    return storage.exists(self.reference_dir)
 
   def restore_reference(self, target_params):
     if not self.has_reference():
@@ -280,7 +282,7 @@ class Checkpointer:
 
   def latest_warm_step(self) -> int | None:
     """The step of the newest warm-start checkpoint, or None."""
-    return self._warm_manager().latest_step() if os.path.isdir(self.warm_dir) else None
+    return self._warm_manager().latest_step() if storage.isdir(self.warm_dir) else None
 
   def save_warm(self, step: int, state) -> None:
     """Saves the warm start's train state after `step` supervised steps (asynchronously)."""
@@ -315,7 +317,7 @@ class Checkpointer:
       self._warm = None
     distributed.barrier("rl_jax.clear_warm")
     if distributed.is_primary():
-      shutil.rmtree(self.warm_dir, ignore_errors=True)
+      storage.rmtree(self.warm_dir)
     distributed.barrier("rl_jax.clear_warm.done")
 
   # --- recovery ------------------------------------------------------------------------------
@@ -348,14 +350,13 @@ class Checkpointer:
     return None
 
   def _move_aside(self, directory: str, step: int) -> str:
-    dest = os.path.join(
+    dest = storage.join(
       self.corrupt_dir,
-      f"{os.path.basename(directory)}-{step}-{time.strftime('%Y%m%d-%H%M%S')}",
+      f"{storage.basename(directory)}-{step}-{time.strftime('%Y%m%d-%H%M%S')}",
     )
     distributed.barrier(f"rl_jax.move_aside.{step}")  # every process has failed to read it
     if distributed.is_primary():
-      os.makedirs(self.corrupt_dir, exist_ok=True)
-      shutil.move(os.path.join(directory, str(step)), dest)
+      storage.move(storage.join(directory, str(step)), dest)
     distributed.barrier(f"rl_jax.move_aside.{step}.done")
     return dest
 
@@ -387,19 +388,16 @@ class Checkpointer:
 def _remove_partial(directory: str) -> list[str]:
   """Deletes the in-progress (temporary) step directories Orbax left in `directory`."""
   removed = []
-  if os.path.isdir(directory):
-    for name in os.listdir(directory):
-      if _TMP_MARK in name:
-        if distributed.is_primary():  # one process deletes (the folder is shared)
-          shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
-        removed.append(name.split(_TMP_MARK)[0] or name)
+  for name in storage.listdir(directory):
+    if _TMP_MARK in name:
+      if distributed.is_primary():  # one process deletes (the folder is shared)
+        storage.rmtree(storage.join(directory, name))
+      removed.append(name.split(_TMP_MARK)[0] or name)
   return removed
 
 
 def _complete_steps(directory: str) -> list[int]:
-  if not os.path.isdir(directory):
-    return []
-  return [int(n) for n in os.listdir(directory) if n.isdigit()]
+  return [int(n) for n in storage.listdir(directory) if n.isdigit()]
 
 
 def describe(workdir: str, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
@@ -408,12 +406,10 @@ def describe(workdir: str, log: Callable[[str], None] = print) -> list[dict[str,
   reading each one in full. Returns the rows it printed."""
   rows = []
   for phase, sub in (("rl", "checkpoints"), ("warm start", "warm_start")):
-    directory = os.path.join(workdir, sub)
-    if not os.path.isdir(directory):
-      continue
-    for name in sorted(os.listdir(directory), key=lambda n: (len(n), n)):
-      path = os.path.join(directory, name)
-      if not os.path.isdir(path):
+    directory = storage.join(workdir, sub)
+    for name in sorted(storage.listdir(directory), key=lambda n: (len(n), n)):
+      path = storage.join(directory, name)
+      if not storage.isdir(path):
         continue
       step = name.split(_TMP_MARK)[0]
       if _TMP_MARK in name:
@@ -422,15 +418,16 @@ def describe(workdir: str, log: Callable[[str], None] = print) -> list[dict[str,
         row = dict(phase=phase, step=int(name), **_verify(path))
       else:
         continue
-      row["bytes"] = _size(path)
+      row["bytes"] = storage.size(path)
       rows.append(row)
       detail = f" ({row['error']})" if "error" in row else ""
       size = f"{row['bytes'] / 1e6:9.1f} MB"
       log(f"{phase:10s} step {row['step']!s:>7}  {row['state']:11s} {size}{detail}")
-  ref = os.path.join(workdir, "reference")
-  if os.path.isdir(ref):
-    log(f"{'reference':10s} {'':12s} present     {_size(ref) / 1e6:9.1f} MB")
-  if not rows and not os.path.isdir(ref):
+  ref = storage.join(workdir, "reference")
+  has_ref = storage.isdir(ref)
+  if has_ref:
+    log(f"{'reference':10s} {'':12s} present     {storage.size(ref) / 1e6:9.1f} MB")
+  if not rows and not has_ref:
     log(f"no checkpoints in {workdir}")
   return rows
 
@@ -439,14 +436,10 @@ def _verify(step_dir: str) -> dict[str, Any]:
   """Reads every array of one step directory back (no model needed)."""
   try:
     with _Quiet(), ocp.StandardCheckpointer() as ckptr:
-      ckptr.restore(os.path.join(step_dir, "state"))
+      ckptr.restore(storage.join(step_dir, "state"))
     return dict(state="complete")
   except Exception as e:  # noqa: BLE001 - any failure to read is corruption
     return dict(state="corrupt", error=_first_line(e.__cause__ or e, 160))
-
-
-def _size(path: str) -> int:
-  return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
 def _key_data(key) -> np.ndarray:

@@ -18,14 +18,15 @@
 Running `train` again on a DIR that has checkpoints resumes from the newest readable one, with
 the same config (only the fields in rl_jax.config.RESUMABLE_FIELDS may change, unless
 --allow_config_change). Without --workdir a fresh run gets `runs/<experiment>-<date-time>`.
+A workdir may be a bucket, --workdir=gs://BUCKET/PATH (pip install -e '.[gcs]').
 
 SIGTERM or Ctrl-C stops `train` and `sft` at the next step boundary with a checkpoint (exit 0).
 
 Several hosts: run the same command on every host (tpu/README.md). `train` and `sft` join a
 multi-process run when JAX_COORDINATOR_ADDRESS (with JAX_NUM_PROCESSES and JAX_PROCESS_ID) or
 --config.distributed.* name a coordinator, or on a detected TPU pod / SLURM / Open MPI launch;
---workdir is then required and must be a folder every host sees. A signal to any host stops
-all of them at the same step.
+--workdir is then required and must be a folder every host sees (or a bucket). A signal to
+any host stops all of them at the same step.
 Exit status: 0 done or stopped by a signal, 2 a bad config, flag or checkpoint (one line),
 3 a run stopped as diverged (too many consecutive updates skipped as unsafe).
 
@@ -126,16 +127,20 @@ def main(argv: list[str] | None = None) -> int:
 
     return bench.main(extra["argv"])
   from rl_jax import config as config_lib
-  from rl_jax import guards, rewards
+  from rl_jax import guards, rewards, storage
   from rl_jax.checkpoint import CheckpointError
 
   try:
-    if workdir is not None and os.path.exists(workdir) and not os.path.isdir(workdir):
-      raise config_lib.ConfigError(f"--workdir {workdir!r} is a file, not a directory")
+    if workdir is not None:
+      problem = storage.unusable(workdir)
+      if problem:
+        raise config_lib.ConfigError(f"--workdir {workdir!r}: {problem}")
+      if storage.exists(workdir) and not storage.isdir(workdir):
+        raise config_lib.ConfigError(f"--workdir {workdir!r} is a file, not a directory")
     if command == "checkpoints":
       if not workdir:
         raise SystemExit("rl-jax checkpoints: --workdir=DIR is required")
-      if not os.path.isdir(workdir):
+      if not storage.isdir(workdir):
         raise CheckpointError(f"{workdir} does not exist")
       from rl_jax import checkpoint
 

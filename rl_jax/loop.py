@@ -30,6 +30,7 @@ from rl_jax import (
   parallel,
   rewards,
   rollouts,
+  storage,
   tasks,
   tokenizers,
   trainer,
@@ -393,7 +394,7 @@ def _open(config, workdir: str, components: dict, allow_config_change: bool, log
   """(experiment, checkpointer, config changes) of a run about to start or resume in
   `workdir`: everything checked before anything is written."""
   config_lib.validate(config, jax.device_count())
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  if storage.exists(workdir) and not storage.isdir(workdir):
     raise config_lib.ConfigError(f"--workdir {workdir!r} is a file, not a directory")
   exp = Experiment.build(config, **components)
   c = config
@@ -424,6 +425,9 @@ class _NullWriter:
   write_eval = write
 
   def truncate_from(self, step) -> None:
+    pass
+
+  def flush(self) -> None:
     pass
 
   def close(self) -> None:
@@ -504,6 +508,7 @@ def _steps(exp, ckpt, writer, progress, guard, stop, state, ref_params, root_key
       ckpt.check()  # an asynchronous save's failure stops the run here, in one line
       if _stop_agreed(stop):
         if not saved:
+          writer.flush()
           _save(exp, ckpt, progress, state, root_key, n)
         break
   finally:
@@ -550,8 +555,7 @@ def _finish(workdir, ckpt, writer, summary: dict) -> None:
     pass  # the error being raised matters more; the previous checkpoint is intact
   writer.close()
   if distributed.is_primary():
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+    storage.write_text(storage.join(workdir, "summary.json"), json.dumps(summary, indent=2))
 
 
 def _check_resume(ckpt: Checkpointer, config, workdir: str, allow: bool, log) -> dict:
@@ -563,7 +567,7 @@ def _check_resume(ckpt: Checkpointer, config, workdir: str, allow: bool, log) ->
   if ckpt.latest_step() is not None:
     saved = ckpt.read_meta().get("config", {})
   elif ckpt.latest_warm_step() is not None:
-    saved = _read_json(os.path.join(workdir, "config.json"))
+    saved = _read_json(storage.join(workdir, "config.json"))
   if saved is None:
     return {}
   changes = config_lib.changed_fields(saved, config.to_dict())
@@ -585,32 +589,30 @@ def _record_config(workdir: str, config, changes: dict, start: int) -> None:
   to config_history.jsonl (process 0 of a multi-process run)."""
   if not distributed.is_primary():
     return
-  path = os.path.join(workdir, "config.json")
+  path = storage.join(workdir, "config.json")
   previous = _read_json(path)
   if previous is not None:
     changes = {**config_lib.changed_fields(previous, config.to_dict()), **changes}
   if changes:
     row = dict(time=time.strftime("%Y-%m-%dT%H:%M:%S"), resumed_at_step=start, changed=changes)
-    with open(os.path.join(workdir, "config_history.jsonl"), "a") as f:
-      f.write(json.dumps(row, default=str) + "\n")
-  with open(path, "w") as f:
-    f.write(config_lib.to_json(config))
+    history = storage.join(workdir, "config_history.jsonl")
+    storage.append_text(history, json.dumps(row, default=str) + "\n")
+  storage.write_text(path, config_lib.to_json(config))
 
 
 def _read_json(path: str):
-  if not os.path.exists(path):
+  if not storage.exists(path):
     return None
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(storage.read_text(path))
   except (OSError, ValueError):
     return None
 
 
 def _recent_grad_norms(workdir: str, n: int) -> list[float]:
   """The last `n` logged gradient norms of steps whose update was applied (spike guard)."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  rows = read_jsonl(path) if os.path.exists(path) else []
+  path = storage.join(workdir, "metrics.jsonl")
+  rows = read_jsonl(path) if storage.exists(path) else []
   norms = [r["grad_norm"] for r in rows if r.get("grad_norm") is not None]
   return norms[-n:]
 
@@ -664,6 +666,7 @@ def _maybe_eval_and_save(exp, ckpt, writer, progress, state, ref_params, root_ke
     writer.write_eval(n, result)
     progress.log(f"held-out at step {n}: {_fmt_eval(result)}")
   if n % c.checkpoint.every == 0 or n == c.train.steps:
+    writer.flush()  # a bucket workdir: the step's rows are uploaded before its checkpoint
     return _save(exp, ckpt, progress, state, root_key, n)
   return False
 
@@ -684,7 +687,7 @@ def _summary(workdir: str, t_start: float, log, **extra) -> dict[str, Any]:
   process 0 of a multi-process run; the others return what they know)."""
   if not distributed.is_primary():
     return dict(extra, wall_s=time.time() - t_start, workdir=workdir)
-  evals = read_jsonl(os.path.join(workdir, "eval.jsonl"))
+  evals = read_jsonl(storage.join(workdir, "eval.jsonl"))
   summary: dict[str, Any] = dict(extra)
   if evals:
     first, final = evals[0], evals[-1]
@@ -700,8 +703,7 @@ def _summary(workdir: str, t_start: float, log, **extra) -> dict[str, Any]:
     f"done in {format_duration(time.time() - t_start)} ({skipped} update(s) skipped as unsafe); "
     f"metrics, checkpoints and reward.png in {workdir}"
   )
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  storage.write_text(storage.join(workdir, "summary.json"), json.dumps(summary, indent=2))
   return summary
 
 
@@ -723,7 +725,7 @@ def run_sft_only(
   Checkpointed every `sft.checkpoint_every` steps and resumable; SIGTERM / SIGINT stop it at a
   step boundary after a save."""
   config_lib.validate(config, jax.device_count())
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  if storage.exists(workdir) and not storage.isdir(workdir):
     raise config_lib.ConfigError(f"--workdir {workdir!r} is a file, not a directory")
   if not distributed.is_primary():
     log = _silent
@@ -734,7 +736,7 @@ def run_sft_only(
       f"{ckpt.reference_dir} already holds a warm-start policy; use a new --workdir"
     )
   changes = _check_resume(ckpt, config, workdir, allow_config_change, log)
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   _record_config(workdir, config, changes, 0)
   params = exp.policy.init_params(config.seed, exp.mesh)
   heldout = exp.task.heldout_examples(config.eval.num_prompts)
@@ -766,11 +768,10 @@ def evaluate_workdir(
   Uses the checkpoint at `step` (default: the latest); with no RL checkpoint, the warm-start
   reference policy. The run's own `config.json` defines the model and task.
   """
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = storage.join(workdir, "config.json")
+  if not storage.exists(path):
     raise CheckpointError(f"{workdir} has no config.json: is it an rl_jax workdir?")
-  with open(path) as f:
-    cd = json.load(f)
+  cd = json.loads(storage.read_text(path))
   cd = config_lib.apply_overrides(ml_collections.ConfigDict(cd), overrides or {})
   config = config_lib.from_configdict(cd)
   exp = Experiment.build(config)

@@ -25,6 +25,7 @@ dropped from both JSONL files and TensorBoard is told to purge events from step 
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import numbers
@@ -33,6 +34,8 @@ import sys
 import time
 from collections.abc import Mapping
 from typing import Any, TextIO
+
+from rl_jax import storage
 
 __all__ = [
   "MetricsWriter",
@@ -103,8 +106,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
   ignored; a malformed line anywhere else raises ``ValueError`` naming the line.
   Non-finite values written by :class:`MetricsWriter` come back as ``None``.
   """
-  with open(path, encoding="utf-8") as f:
-    lines = f.read().splitlines()
+  lines = storage.read_text(os.fspath(path)).splitlines()
   rows: list[dict] = []
   last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
   for i, line in enumerate(lines):
@@ -131,7 +133,10 @@ class MetricsWriter:
   """Writes scalar metrics to JSONL (always), TensorBoard (default) and W&B (optional).
 
   Args:
-    workdir: run folder; ``metrics.jsonl``, ``eval.jsonl`` and ``tensorboard/`` go here.
+    workdir: run folder; ``metrics.jsonl``, ``eval.jsonl`` and ``tensorboard/`` go here. A
+      bucket (``gs://...``) works too: the files are written in a local staging folder and
+      uploaded whole by ``flush`` (the loop calls it before every checkpoint), at most
+      ``storage.SYNC_SECONDS`` after a write, and by ``close``.
     tensorboard: also write TensorBoard event files (tags ``train/<name>``, ``eval/<name>``).
     wandb_project: also log to this Weights & Biases project (needs ``pip install wandb``).
     config: run configuration, passed to W&B and stored as TensorBoard text.
@@ -153,10 +158,15 @@ class MetricsWriter:
     config: dict | None = None,
   ):
     self.workdir = os.fspath(workdir)
-    os.makedirs(self.workdir, exist_ok=True)
-    self.metrics_path = os.path.join(self.workdir, METRICS_FILE)
-    self.eval_path = os.path.join(self.workdir, EVAL_FILE)
-    self.tensorboard_dir = os.path.join(self.workdir, TENSORBOARD_DIR)
+    storage.makedirs(self.workdir)
+    self._staging = storage.Staging(self.workdir)
+    for name in (METRICS_FILE, EVAL_FILE):  # a resumed run on a bucket appends to its rows
+      self._staging.pull(name)
+    self._pushed_at = time.monotonic()
+    local = self._staging.local  # the workdir itself unless it is a bucket
+    self.metrics_path = os.path.join(local, METRICS_FILE)
+    self.eval_path = os.path.join(local, EVAL_FILE)
+    self.tensorboard_dir = os.path.join(local, TENSORBOARD_DIR)
     self._config = dict(config) if config is not None else None
     self._files: dict[str, TextIO] = {}
     self._closed = False
@@ -184,7 +194,8 @@ class MetricsWriter:
           f"MetricsWriter(wandb_project={wandb_project!r}) needs Weights & Biases, "
           "which is not installed: `pip install wandb` (or leave wandb_project unset)"
         ) from e
-      self._wandb_run = wandb.init(project=wandb_project, config=self._config, dir=self.workdir)
+      wandb_dir = None if self._staging.staged else self.workdir  # W&B keeps its own copy
+      self._wandb_run = wandb.init(project=wandb_project, config=self._config, dir=wandb_dir)
 
   # -- public API ------------------------------------------------------------------------
 
@@ -234,10 +245,13 @@ class MetricsWriter:
         self._tb = None
 
   def flush(self) -> None:
+    """Flushes every sink; with a bucket workdir, uploads the files that changed."""
     for handle in self._files.values():
       handle.flush()
     if self._tb is not None:
       self._tb.flush()
+    self._staging.push()
+    self._pushed_at = time.monotonic()
 
   def close(self) -> None:
     """Flushes and closes every sink; safe to call twice."""
@@ -255,6 +269,7 @@ class MetricsWriter:
     if self._wandb_run is not None:
       self._wandb_run.finish()
       self._wandb_run = None
+    self._staging.close()
 
   def __enter__(self) -> MetricsWriter:
     return self
@@ -299,6 +314,8 @@ class MetricsWriter:
         tb.add_scalar(f"{prefix}/{name}", float(value), step)
     if self._wandb_run is not None:
       self._wandb_run.log({f"{prefix}/{k}": v for k, v in values.items()}, step=step)
+    if self._staging.staged and time.monotonic() - self._pushed_at > storage.SYNC_SECONDS:
+      self.flush()
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,12 +357,13 @@ def plot_rewards(workdir: str, out: str | None = None) -> str:
   from matplotlib.figure import Figure
 
   workdir = os.fspath(workdir)
-  metrics_path = os.path.join(workdir, METRICS_FILE)
-  eval_path = os.path.join(workdir, EVAL_FILE)
-  if not os.path.exists(metrics_path) and not os.path.exists(eval_path):
+  metrics_path = storage.join(workdir, METRICS_FILE)
+  eval_path = storage.join(workdir, EVAL_FILE)
+  has_metrics, has_evals = storage.exists(metrics_path), storage.exists(eval_path)
+  if not has_metrics and not has_evals:
     raise FileNotFoundError(f"no {METRICS_FILE} or {EVAL_FILE} in {workdir}")
-  train = read_jsonl(metrics_path) if os.path.exists(metrics_path) else []
-  evals = read_jsonl(eval_path) if os.path.exists(eval_path) else []
+  train = read_jsonl(metrics_path) if has_metrics else []
+  evals = read_jsonl(eval_path) if has_evals else []
 
   train_reward = _series(train, "reward_mean")
   eval_reward = _series(evals, "reward_mean")
@@ -394,10 +412,15 @@ def plot_rewards(workdir: str, out: str | None = None) -> str:
     if ax.get_legend_handles_labels()[0]:
       ax.legend(loc="best")
   axes[-1].set_xlabel("step")
-  fig.suptitle(f"rl_jax run: {os.path.basename(os.path.abspath(workdir))}")
+  fig.suptitle(f"rl_jax run: {storage.basename(storage.absolute(workdir))}")
   fig.tight_layout()
 
-  out = os.fspath(out) if out is not None else os.path.join(workdir, PLOT_FILE)
+  out = os.fspath(out) if out is not None else storage.join(workdir, PLOT_FILE)
+  if storage.is_remote(out):
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    storage.write_bytes(out, buffer.getvalue())
+    return out
   parent = os.path.dirname(out)
   if parent:
     os.makedirs(parent, exist_ok=True)

@@ -151,7 +151,7 @@ def test_setup_installs_on_every_worker_and_copies_the_data(sh, tmp_path):
   assert "tar -xzf rl_jax-code.tar.gz -C rl_jax" in _remote(cmds[2])
   # the package, with jax[tpu], in a Python 3.11 venv
   install = shlex.split(_remote(cmds[3]).split("uv pip install")[1])
-  assert install == ["--python", ".venv/bin/python", "-e", ".[hf]", "jax[tpu]"]
+  assert install == ["--python", ".venv/bin/python", "-e", ".[hf,gcs]", "jax[tpu]"]
   assert "uv venv --python 3.11 .venv" in _remote(cmds[3])
   remote = [_remote(c) for c in gcloud if c[4] == "ssh"]
   assert any(
@@ -201,6 +201,16 @@ def test_launch_runs_rl_jax_train_on_all_workers(sh):
     "--config.distributed.initialize=on",
   ]
   assert start.startswith("cd rl_jax && ")
+
+
+def test_launch_takes_a_bucket_workdir(sh):
+  args = [*TRAIN_ARGS[:-1], "--workdir=gs://my-bucket/runs/llama8b-grpo"]
+  start = _remote(_commands(sh("launch.sh", *SLICE, "--", *args))[1])
+  words = shlex.split(start.split("nohup ")[1].split(" >> ")[0])
+  assert words[-2:] == [
+    "--workdir=gs://my-bucket/runs/llama8b-grpo",
+    "--config.distributed.initialize=on",
+  ]
 
 
 FAKE_RL_JAX = """#!/usr/bin/env bash
@@ -351,7 +361,6 @@ def test_without_dry_run_the_scripts_do_call_gcloud(sh):
     ("launch.sh", ["--zone=us-central2-b", "--", *TRAIN_ARGS]),
     ("launch.sh", [*SLICE, "--", *TRAIN_ARGS[:-1]]),  # no --workdir
     ("launch.sh", [*SLICE, "--bogus"]),
-    ("launch.sh", [*SLICE, "--", *TRAIN_ARGS[:-1], "--workdir=gs://b/r"]),  # not supported yet
     ("logs.sh", ["--zone=us-central2-b"]),
     ("logs.sh", [*SLICE, "--worker=x"]),
     ("teardown.sh", ["rl-pod"]),

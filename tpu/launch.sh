@@ -16,7 +16,8 @@ field yourself (JAX reads the slice's hosts from the TPU metadata).
   RL_JAX_ARGS     the arguments of `rl-jax train`, the same on every worker: everything after
                   `--`; --config..., --workdir and --allow_config_change are also recognised
                   without it. --workdir is required and must be shared by all workers: a
-                  folder mounted at the same path everywhere (gcsfuse, NFS); not gs:// yet.
+                  bucket folder (gs://BUCKET/runs/NAME, needs the gcs extra: setup.sh's
+                  default) or a folder mounted at the same path everywhere (NFS, gcsfuse).
                   Relative paths (--config.model.path=models/X) are read in ~/rl_jax.
   --env=VAR=VALUE an environment variable for rl-jax on every worker (e.g. XLA_FLAGS=...,
                   LIBTPU_INIT_ARGS=..., HF_HUB_OFFLINE=1)
@@ -87,9 +88,6 @@ for ((i = 0; i < ${#RL_ARGS[@]}; i++)); do
 done
 [[ -n $workdir ]] ||
   usage_error "--workdir=DIR is required: a folder all workers share at the same path"
-[[ $workdir != gs://* ]] ||
-  usage_error "--workdir=$workdir: gs:// workdirs are not supported yet;" \
-    "mount the bucket (setup.sh --mount) and pass its folder"
 [[ $distributed == 1 ]] || RL_ARGS+=(--config.distributed.initialize=on)
 
 train=()

@@ -4,7 +4,7 @@
 
 usage() {
   cat <<'EOF'
-usage: tpu/setup.sh NAME --zone=ZONE [--git=URL] [--ref=REF] [--python=3.11] [--extras=hf]
+usage: tpu/setup.sh NAME --zone=ZONE [--git=URL] [--ref=REF] [--python=3.11] [--extras=hf,gcs]
                     [--pip=PACKAGE]... [--copy=SRC:DEST]... [--mount=gs://BUCKET[/DIR]:DEST]...
                     [--no-check] [--project=PROJECT] [--dry-run]
 
@@ -37,7 +37,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 GIT_URL=""
 REF=""
 PYTHON=3.11
-EXTRAS=hf
+EXTRAS=hf,gcs
 PIP=()
 COPIES=()
 MOUNTS=()
