@@ -41,7 +41,7 @@ class ModelConfig:
   family: str = "embedded"  # model family (rl_jax.policy.FAMILIES): embedded, hf
   path: str | None = None  # family hf: a local Hugging Face checkpoint folder
   dtype: str = "float32"  # activations and matmuls: float32, or bfloat16 (mixed precision)
-  param_dtype: str = "float32"  # stored parameters (the optimizer's master weights)
+  param_dtype: str = "float32"  # stored parameters (float32 masters: train.master_weights)
   tokenizer: str = "char"  # "char" (from the task's alphabet) or a folder with tokenizer.json
   chat_template: bool | None = None  # None: use the tokenizer's chat template if it has one
 
@@ -68,6 +68,9 @@ class TrainConfig:
   critic_learning_rate: float | None = None  # PPO critic (None = learning_rate)
   share_prompt: bool = True  # compute each group's prompt once in the update and log-prob passes
   logits_chunk: int = 0  # > 0: log-softmax over this many completion positions at a time
+  # model.param_dtype bfloat16: the optimizer updates float32 master copies (in its state; its
+  # moments float32 too) and the stored weights are their rounding. False: bfloat16 throughout.
+  master_weights: bool = True
   async_rollout: bool = False  # one-step-off: sample step n+1 while step n's update runs
   # Divergence guards (rl_jax.trainer.apply_gradients): an unsafe update is skipped with a warning.
   max_update_ratio: float = 1.0  # skip an update moving params by > this x their norm (0 = off)

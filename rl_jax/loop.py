@@ -95,14 +95,17 @@ class Experiment:
       return task.train_examples(rng, c.rl.prompts_per_step)
 
     t = c.train
-    make_tx = lambda lr: trainer.make_optimizer(
+    masters = _master_weights(c)
+    make_tx = lambda lr, master: trainer.make_optimizer(
       learning_rate=lr,
       warmup_steps=t.warmup_steps,
       weight_decay=t.weight_decay,
       max_grad_norm=t.max_grad_norm,
+      master_weights=master,
     )
-    tx = make_tx(t.learning_rate)
-    critic_tx = make_tx(t.critic_learning_rate or t.learning_rate) if algo.critic else None
+    tx = make_tx(t.learning_rate, masters and lora is None)  # LoRA's adapters are float32
+    critic_lr = t.critic_learning_rate or t.learning_rate
+    critic_tx = make_tx(critic_lr, masters) if algo.critic else None
     exp = cls(c, mesh, task, policy, None, tx, critic_tx, lora)
     exp.step = Step.create(
       policy,
@@ -262,7 +265,11 @@ def warm_start(
   resumes from its newest warm-start checkpoint and saves one every `sft.checkpoint_every`
   steps; with `stop`, a signal ends it at a step boundary after a save (returns None)."""
   c = exp.config.sft
-  tx = trainer.make_optimizer(learning_rate=c.learning_rate, warmup_steps=c.warmup_steps)
+  tx = trainer.make_optimizer(
+    learning_rate=c.learning_rate,
+    warmup_steps=c.warmup_steps,
+    master_weights=_master_weights(exp.config),
+  )
   state, state_sh = exp.init_state(params, tx)
   step_fn = trainer.make_sft_step(
     exp.policy.graphdef,
@@ -407,6 +414,11 @@ def _open(config, workdir: str, components: dict, allow_config_change: bool, log
       f"nothing to resume. Raise --config.train.steps above {latest} to continue the run"
     )
   return exp, ckpt, changes
+
+
+def _master_weights(c) -> bool:
+  """Whether the optimizers keep float32 masters: parameters stored below float32."""
+  return c.train.master_weights and c.model.param_dtype != "float32"
 
 
 def _silent(msg: str) -> None:

@@ -68,6 +68,47 @@ class TrainState(NamedTuple):
   critic_opt_state: Any = None
 
 
+class MasterWeights(NamedTuple):
+  """The optimizer state of `with_master_weights`: float32 copies of the parameters, and the
+  wrapped optimizer's state over them."""
+
+  master: Any
+  inner: Any
+
+
+def with_master_weights(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`tx` run on float32 master copies of the parameters, kept in the optimizer state: for
+  parameters stored in bfloat16 (`model.param_dtype`). The gradients are cast to float32, `tx`
+  updates the masters (its moments are float32 too), and the stored parameters become the
+  masters rounded to their dtype (`master_params`). Without masters an update smaller than
+  half a bfloat16 ulp of its weight (2^-9 relative: most of them at RL learning rates) is
+  rounded away at every step; with them it accumulates."""
+
+  def init(params):
+    master = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
+    return MasterWeights(master, tx.init(master))
+
+  def update(grads, state: MasterWeights, params=None):
+    grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
+    updates, inner = tx.update(grads, state.inner, state.master)
+    master = optax.apply_updates(state.master, updates)
+    if params is not None:  # the step from the stored parameters to the rounded masters
+      updates = jax.tree.map(
+        lambda m, p: m.astype(p.dtype).astype(jnp.float32) - p.astype(jnp.float32), master, params
+      )
+    return updates, MasterWeights(master, inner)
+
+  return optax.GradientTransformation(init, update)
+
+
+def master_params(opt_state, params):
+  """The parameters an update leaves: with `with_master_weights`, its masters rounded to the
+  stored dtypes (exactly, not through `params + update`); otherwise None."""
+  if not isinstance(opt_state, MasterWeights):
+    return None
+  return jax.tree.map(lambda m, p: m.astype(p.dtype), opt_state.master, params)
+
+
 def make_optimizer(
   *,
   learning_rate: float,
@@ -76,9 +117,11 @@ def make_optimizer(
   b1: float = 0.9,
   b2: float = 0.999,
   max_grad_norm: float | None = 1.0,
+  master_weights: bool = False,
 ) -> optax.GradientTransformation:
   """AdamW with linear warmup to a constant rate (constant so that a run's schedule does not
-  depend on its total length: resuming with more steps continues the same trajectory)."""
+  depend on its total length: resuming with more steps continues the same trajectory); with
+  `master_weights`, on float32 masters (`with_master_weights`)."""
   schedule = (
     optax.linear_schedule(0.0, learning_rate, warmup_steps) if warmup_steps else learning_rate
   )
@@ -88,7 +131,8 @@ def make_optimizer(
     )
   parts = [optax.clip_by_global_norm(max_grad_norm)] if max_grad_norm else []
   parts.append(optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay))
-  return optax.chain(*parts)
+  tx = optax.chain(*parts)
+  return with_master_weights(tx) if master_weights else tx
 
 
 def init_state(
@@ -144,7 +188,9 @@ def _optimizer_step(params, opt_state, grads, tx, grads_ok, max_update_ratio: fl
   loss non-finite: that update is skipped, and the checkpointer refuses to save such a state."""
   safe = jax.tree.map(lambda g: jnp.where(grads_ok, g, jnp.zeros_like(g)), grads)
   updates, new_opt = tx.update(safe, opt_state, params)
-  new_params = optax.apply_updates(params, updates)
+  new_params = master_params(new_opt, params)
+  if new_params is None:
+    new_params = optax.apply_updates(params, updates)
   norm = lambda t: optax.tree.norm(jax.tree.map(lambda x: x.astype(jnp.float32), t))
   update_norm = norm(updates)
   finite = jnp.isfinite(update_norm) & jnp.isfinite(norm(grads))

@@ -7,9 +7,10 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from tests_support import dot_generals
 
-from rl_jax import loop
+from rl_jax import loop, trainer
 from rl_jax.logprobs import completion_logprobs
 from rl_jax.metrics import read_jsonl
 from rl_jax.models import transformer
@@ -62,3 +63,71 @@ def test_a_bf16_run_trains(small_config, tmp_path):
   rows = read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
   assert [r["step"] for r in rows] == [1, 2]
   assert all(np.isfinite(r["loss"]) and r["skipped_updates"] == 0 for r in rows)
+
+
+def test_master_weights_keep_the_updates_bfloat16_rounds_away():
+  """SGD at lr 1e-3 on a weight of 1.0 with gradient 1: each step (-0.001) is below half a
+  bfloat16 ulp at 1.0 (2^-8), so bfloat16 alone never moves; float32 masters reach 0.99 after 10
+  steps and the stored weight is its rounding, 253 / 256 = 0.98828125."""
+  grads = {"w": jnp.ones((1,), jnp.bfloat16)}
+  for masters, expected in ((False, 1.0), (True, 0.98828125)):
+    tx = trainer.with_master_weights(optax.sgd(1e-3)) if masters else optax.sgd(1e-3)
+    state = trainer.init_state({"w": jnp.ones((1,), jnp.bfloat16)}, tx)
+    for _ in range(10):
+      state, reason = trainer.apply_gradients(state, grads, jnp.float32(0.0), tx)
+      assert int(reason) == 0
+    assert state.params["w"].dtype == jnp.bfloat16
+    assert float(state.params["w"][0]) == expected
+  master = state.opt_state.master["w"]
+  assert master.dtype == jnp.float32
+  np.testing.assert_allclose(float(master[0]), 0.99, rtol=1e-6)
+
+
+def test_master_weights_over_float32_parameters_change_nothing():
+  """Over float32 parameters the masters are the parameters: the same AdamW trajectory, bit
+  for bit."""
+  rng = np.random.default_rng(0)
+  params = {"a": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32), "b": jnp.zeros((4,))}
+  plain = trainer.make_optimizer(learning_rate=1e-2, weight_decay=0.1)
+  wrapped = trainer.make_optimizer(learning_rate=1e-2, weight_decay=0.1, master_weights=True)
+  states = [trainer.init_state(params, tx) for tx in (plain, wrapped)]
+  for i in range(3):
+    g = jax.tree.map(lambda x, i=i: jnp.full_like(x, 0.5 - i), params)
+    states = [
+      trainer.apply_gradients(s, g, jnp.float32(0), tx)[0]
+      for s, tx in zip(states, (plain, wrapped))
+    ]
+  for k in params:
+    np.testing.assert_array_equal(states[0].params[k], states[1].params[k])
+    np.testing.assert_array_equal(states[1].opt_state.master[k], states[1].params[k])
+
+
+def test_a_bfloat16_storage_run_keeps_float32_masters(small_config, tmp_path):
+  """`model.param_dtype=bfloat16`: the checkpointed parameters are bfloat16, the optimizer's
+  masters and moments float32, and the parameters are exactly the masters rounded."""
+  from rl_jax.checkpoint import Checkpointer
+
+  over = {"model.param_dtype": "bfloat16", "train.steps": 2, "eval.every": 0}
+  # a dense reward (minus 0.1 a character): the groups' rewards differ, the update moves
+  over.update({"rewards.brevity.name": "test_components:brevity", "rewards.brevity.weight": 1})
+  cfg = small_config(**over)
+  loop.run(cfg, str(tmp_path), log=lambda m: None, stream=io.StringIO())
+  rows = read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
+  assert all(np.isfinite(r["loss"]) and r["skipped_updates"] == 0 for r in rows)
+  assert all(r["grad_norm"] > 0 for r in rows)
+  exp = loop.Experiment.build(cfg)
+  target = exp.rl_state(exp.policy.init_params(cfg.seed, exp.mesh))
+  ckpt = Checkpointer(str(tmp_path))
+  state, _, _ = ckpt.restore(2, target, jax.random.key(0))
+  ckpt.close()
+  assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.bfloat16)}
+  assert isinstance(state.opt_state, trainer.MasterWeights)
+  assert {x.dtype for x in jax.tree.leaves(state.opt_state) if x.ndim} == {jnp.dtype(jnp.float32)}
+  rounded = jax.tree.map(lambda m: m.astype(jnp.bfloat16), state.opt_state.master)
+  for a, b in zip(jax.tree.leaves(rounded), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+  moved = [
+    float(jnp.max(jnp.abs(m - p.astype(jnp.float32))))
+    for m, p in zip(jax.tree.leaves(state.opt_state.master), jax.tree.leaves(state.params))
+  ]
+  assert max(moved) > 0  # the masters hold what bfloat16 could not
