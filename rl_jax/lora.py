@@ -80,13 +80,26 @@ def _map_targets(params, adapters, fn):
   return jax.tree_util.tree_map_with_path(adapt, params)
 
 
+def merged_kernels(params, adapters, cfg: LoraConfig) -> dict[str, jax.Array]:
+  """{projection path: W + (alpha / rank) A @ B in W's dtype} for the adapted kernels only."""
+  kernels = _targets(params, cfg)
+  return {
+    name: (kernels[name].astype(jnp.float32) + cfg.scale * ad["a"] @ ad["b"]).astype(
+      kernels[name].dtype
+    )
+    for name, ad in adapters.items()
+  }
+
+
+def with_kernels(params, kernels: dict):
+  """`params` with the kernel of each projection path in `kernels` replaced by its value there;
+  every other leaf is `params`' own array (no copy)."""
+  return _map_targets(params, kernels, lambda w, k: k)
+
+
 def merge(params, adapters, cfg: LoraConfig):
   """The adapted parameters: each targeted kernel W + (alpha / rank) A @ B, in W's dtype."""
-  return _map_targets(
-    params,
-    adapters,
-    lambda w, ad: (w.astype(jnp.float32) + cfg.scale * ad["a"] @ ad["b"]).astype(w.dtype),
-  )
+  return with_kernels(params, merged_kernels(params, adapters, cfg))
 
 
 def attach(params, adapters, cfg: LoraConfig):

@@ -248,10 +248,12 @@ class Step:
 
   def policy_params(self, state, ref_params):
     """The policy's parameters: `state.params`, or under LoRA the reference (base) weights
-    with the state's adapters merged in (a new array: safe to keep across a donating update)."""
+    with the state's adapters merged in: the merged kernels are new arrays, every other leaf
+    is the reference's own (no copy of the embedding); none is donated by the update, so the
+    result is safe to keep across it."""
     if self.lora is None:
       return state.params
-    return _merge(ref_params, state.params, self.lora)
+    return lora_lib.with_kernels(ref_params, _merged_kernels(ref_params, state.params, self.lora))
 
   def __call__(self, state, ref_params, step: int, key):
     """Collect and learn, synchronously: (state, metrics)."""
@@ -262,9 +264,10 @@ class Step:
     return state, {**roll_metrics, **m}
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def _merge(params, adapters, cfg):
-  return lora_lib.merge(params, adapters, cfg)
+# Only the adapted kernels come out of the jit: returning the whole tree copied every leaf
+# (W5's tied 151,936 x 896 embedding is 545 MB), and that copy lived beside the reference's
+# through the sampling and the update.
+_merged_kernels = jax.jit(lora_lib.merged_kernels, static_argnums=2)
 
 
 @functools.partial(jax.jit, static_argnums=0)

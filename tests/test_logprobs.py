@@ -10,9 +10,10 @@ import numpy as np
 import optax
 import pytest
 
-from rl_jax import algorithms, trainer
-from rl_jax.logprobs import completion_logprobs
+from rl_jax import algorithms, lora, trainer
+from rl_jax.logprobs import _logp_entropy, completion_logprobs
 from rl_jax.models import transformer
+from rl_jax.objectives.kl import entropy_from_logits
 from rl_jax.types import TrainBatch
 
 V, B, G, P, T = 29, 3, 4, 6, 7
@@ -113,12 +114,52 @@ def test_logprob_fn_and_update_reject_rows_that_do_not_form_prompt_groups():
     update(trainer.init_state(params, tx), batch, jax.random.key(0), prompt_group_size=5)
 
 
-def test_remat_blocks_give_the_same_gradient():
+@pytest.mark.parametrize("group_size", [1, G])
+@pytest.mark.parametrize("adapters", [False, True])
+def test_remat_blocks_give_the_same_gradient(group_size, adapters):
+  """Per-row and shared prompts; plain kernels, and LoRA adapters attached unmerged (the
+  learner's form: `LoraKernel`s inside the recomputed blocks)."""
   cfg = transformer.preset("test", V)
   graphdef, params = transformer.init_model(cfg, 0)
   graphdef_remat, _ = transformer.init_model(transformer.preset("test", V, remat=True), 0)
   batch = _grouped_batch()
-  _assert_same(_objective(graphdef_remat, batch)(params), _objective(graphdef, batch)(params))
+  objective = lambda g: _objective(g, batch, group_size=group_size)(params)
+  if adapters:
+    lcfg = lora.LoraConfig(rank=2)
+    ad = jax.tree.map(lambda x: x + 0.1, lora.init_adapters(params, lcfg, seed=1))
+    objective = lambda g: jax.jit(
+      jax.value_and_grad(
+        lambda ad: jnp.sum(
+          completion_logprobs(
+            g, lora.attach(params, ad, lcfg), *batch, group_size=group_size
+          ).logp_NxT
+        )
+      )
+    )(ad)
+    a, b = objective(graphdef_remat), objective(graphdef)
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(a[1]), jax.tree.leaves(b[1])):
+      np.testing.assert_allclose(x, y, atol=5e-6 * float(np.abs(y).max()) + 1e-7)
+    return
+  _assert_same(objective(graphdef_remat), objective(graphdef))
+
+
+def test_remat_holds_one_block_of_activations_at_a_time():
+  """The recomputation of a block waits for its output's gradient, so the compiled gradient's
+  scratch memory holds about one block's activations. (Under `jax.checkpoint` XLA:CPU, which
+  drops its optimization barriers, scheduled every block's recomputation right after its
+  forward: the scratch was nearly that of no remat at all.)"""
+  cfg = transformer.preset("test", V, num_layers=4, mlp_dim=1024)
+  batch = _grouped_batch()
+  batch = tuple(np.tile(x, (8, 1)) for x in batch)  # 96 rows: activations dominate
+
+  def scratch(remat):
+    graphdef, params = transformer.init_model(dataclasses.replace(cfg, remat=remat), 0)
+    f = lambda p: jnp.sum(completion_logprobs(graphdef, p, *batch).logp_NxT)
+    return jax.jit(jax.grad(f)).lower(params).compile().memory_analysis().temp_size_in_bytes
+
+  plain, remat = scratch(False), scratch(True)
+  assert remat < 0.5 * plain, (remat, plain)
 
 
 @pytest.mark.parametrize("micro", [1, 3])
@@ -263,3 +304,28 @@ def test_chunked_log_softmax_never_holds_the_full_logits_of_a_150k_vocabulary():
 
   assert scratch(0) > 2 * full_logits
   assert scratch(16) < full_logits
+
+
+def test_log_prob_and_entropy_vjp_matches_autodiff():
+  """The log-prob / entropy pair's own VJP (one elementwise pass over the vocabulary) gives
+  JAX's gradient of `log_softmax` and `entropy_from_logits`, with a banned (-inf) logit too."""
+  rng = np.random.default_rng(0)
+  z = jnp.asarray(3 * rng.normal(size=(3, 5, V)), jnp.float32).at[0, 0, 4].set(-jnp.inf)
+  tok = jnp.asarray(rng.integers(0, V, (3, 5)), jnp.int32).at[0, 0].set(5)
+  w1, w2 = (jnp.asarray(rng.normal(size=(3, 5)), jnp.float32) for _ in range(2))
+
+  def plain(z, with_entropy):
+    logp = jnp.take_along_axis(jax.nn.log_softmax(z, -1), tok[..., None], -1)[..., 0]
+    ent = entropy_from_logits(z) if with_entropy else 0.0
+    return jnp.sum(w1 * logp + w2 * ent)
+
+  def own(z, with_entropy):
+    logp, ent = _logp_entropy(z, tok, with_entropy)
+    return jnp.sum(w1 * logp + w2 * ent)
+
+  for with_entropy in (False, True):
+    a, ga = jax.value_and_grad(plain)(z, with_entropy)
+    b, gb = jax.value_and_grad(own)(z, with_entropy)
+    np.testing.assert_allclose(b, a, rtol=1e-6)
+    assert np.all(np.isfinite(gb))
+    np.testing.assert_allclose(gb, ga, atol=1e-6)

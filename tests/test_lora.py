@@ -4,6 +4,7 @@ reference) never changes, and checkpoints hold the adapters alone."""
 
 import io
 import os
+import types
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +14,10 @@ import pytest
 from tests_support import dot_generals
 
 from rl_jax import algorithms, loop, lora, trainer
+from rl_jax import step as step_lib
 from rl_jax.checkpoint import Checkpointer
 from rl_jax.models import transformer
+from rl_jax.parallel import path_str
 from rl_jax.types import TrainBatch
 
 CFG = lora.LoraConfig(rank=2, alpha=4.0, targets=("q_proj", "down_proj"))
@@ -47,6 +50,22 @@ def test_merge_by_hand_and_identity_at_init():
   )
   with pytest.raises(ValueError, match="lora.targets"):
     lora.LoraConfig(rank=2, targets=("qproj",))
+
+
+def test_the_sampler_weights_share_every_leaf_the_adapters_do_not_change():
+  """Under LoRA `Step.policy_params` (the sampler's weights, made once a step) computes the
+  adapted kernels only: every other leaf is the base's own array, not a copy (W5's tied
+  embedding alone is 545 MB)."""
+  _, params = _model()
+  adapters = jax.tree.map(lambda x: x + 0.01, lora.init_adapters(params, CFG, seed=1))
+  state = trainer.init_state(adapters, optax.sgd(1.0))
+  merged = step_lib.Step.policy_params(types.SimpleNamespace(lora=CFG), state, params)
+  expect = lora.merge(params, adapters, CFG)
+  flat = lambda t: jax.tree_util.tree_flatten_with_path(t)[0]
+  for (path, m), (_, e), (_, base) in zip(flat(merged), flat(expect), flat(params)):
+    np.testing.assert_array_equal(m, e)
+    adapted = any(f"/{t}/kernel" in "/" + path_str(path) for t in CFG.targets)
+    assert (m is not base) if adapted else (m is base), path
 
 
 def _batch(seed=0, N=4, P=3, T=4):

@@ -323,24 +323,30 @@ def resolve_streams(requested: int, num_prompts: int, prompt_BxP, params) -> int
 
 
 def _prefill(model, prompt_BxP, prompt_mask_BxP, G: int, slots: int):
-  """Runs the prompts once: (logits, cache of the first `slots` generated tokens, its key mask,
-  the shared prefix or None, the cache slot of generated token 0)."""
+  """Runs the prompts once: (the logits of each prompt's last position [B, V], cache of the
+  first `slots` generated tokens, its key mask, the shared prefix or None, the cache slot of
+  generated token 0). Only the last position goes through the LM head: the logits of every
+  prompt position were [B, P, V] (W5's stream: 4 x 64 x 151,936 floats, 156 MB of scratch)."""
   B, P = prompt_BxP.shape
   positions_BxP = transformer.positions_from_mask(prompt_mask_BxP)
   if G > 1:
     # Prefill once per prompt. The G samples of a prompt attend to its keys and values as a
     # shared prefix, stored and read once per group; the cache holds their own slots.
-    logits_BxPxV, prompt_kv = model(prompt_BxP, positions_BxP, prompt_mask_BxP)
+    h_BxPxD, prompt_kv = model.hidden(prompt_BxP, positions_BxP, prompt_mask_BxP)
     prefix = [
       transformer.SharedPrefix(c.k_NxKxSxDh, c.v_NxKxSxDh, prompt_mask_BxP) for c in prompt_kv
     ]
     cache = transformer.init_cache(model.cfg, B * G, slots)
-    return logits_BxPxV, cache, jnp.zeros((B * G, slots), bool), prefix, 0
+    return _last_logits(model, h_BxPxD), cache, jnp.zeros((B * G, slots), bool), prefix, 0
   # One sample per prompt: the prompt's keys open the row's own cache of P + slots slots.
   kv_mask_NxS = jnp.concatenate([prompt_mask_BxP, jnp.zeros((B, slots), bool)], axis=1)
   cache = transformer.init_cache(model.cfg, B, P + slots)
-  logits_BxPxV, cache = model(prompt_BxP, positions_BxP, kv_mask_NxS, cache, 0)
-  return logits_BxPxV, cache, kv_mask_NxS, None, P
+  h_BxPxD, cache = model.hidden(prompt_BxP, positions_BxP, kv_mask_NxS, cache, 0)
+  return _last_logits(model, h_BxPxD), cache, kv_mask_NxS, None, P
+
+
+def _last_logits(model, h_BxPxD):
+  return model.logits(h_BxPxD[:, -1:])[:, 0]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "group_size"))
@@ -363,11 +369,11 @@ def _generate(
   N = B * G
   bounds = cfg.phase_bounds()  # decode phases [t0, t1)
   rep = lambda x: jnp.repeat(x, G, axis=0)
-  logits_BxPxV, cache, kv_mask_NxS, prefix, base = _prefill(
+  logits_BxV, cache, kv_mask_NxS, prefix, base = _prefill(
     model, prompt_BxP, prompt_mask_BxP, G, bounds[1]
   )
   next_pos_N = rep(jnp.sum(prompt_mask_BxP, axis=1).astype(jnp.int32))
-  logits_NxV = rep(logits_BxPxV[:, -1])
+  logits_NxV = rep(logits_BxV)
   row_ids_N = row_offset + jnp.arange(N, dtype=jnp.int32)
   # Row n's token at completion position t draws from fold_in(fold_in(rng, n), t).
   row_keys_N = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, row_ids_N)
