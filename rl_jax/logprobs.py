@@ -107,16 +107,70 @@ def _logp_entropy_bwd(with_entropy, residuals, cotangents):
 _logp_entropy.defvjp(_logp_entropy_fwd, _logp_entropy_bwd)
 
 
-def _token_stats(model, h_NxTxD, completion_NxT, temperature, with_entropy):
-  logits_NxTxV = model.logits(h_NxTxD) / temperature
-  logp, entropy = _logp_entropy(logits_NxTxV, completion_NxT, with_entropy)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3, 4))
+def _frozen_head_stats(head, h_xD, token_x, with_entropy, entropy_grad):
+  """log-probs and entropies of `head(h)`'s softmax, `head` an LM head whose weights the
+  gradient does not reach (LoRA leaves them frozen), with the gradient's direction in h formed
+  in the forward pass: d logp / dh = (onehot - p) W and d H / dh = -p (z - sum p z) W for the
+  head's matrix W, one [..., V] x [V, D] product each (the second only with `entropy_grad`).
+  The backward pass then only scales these [..., D] rows by the incoming cotangents. JAX's own
+  backward recomputes the logits (or keeps them) and multiplies by W again: one V-wide product
+  more per token (W5: four LM-head passes a step become three). A head whose weights are being
+  differentiated fails loudly: JAX refuses a custom VJP that closes over them."""
+  return _logp_entropy_values(head(h_xD), token_x, with_entropy)
+
+
+def _frozen_head_fwd(head, h_xD, token_x, with_entropy, entropy_grad):
+  logits_xV, head_vjp = jax.vjp(head, h_xD)
+  shifted, total = _softmax_parts(logits_xV)
+  log_total = jnp.log(total)[..., 0]
+  logp = jnp.take_along_axis(shifted, token_x[..., None], axis=-1)[..., 0] - log_total
+  p = jnp.exp(shifted) / total
+  onehot = jnp.arange(logits_xV.shape[-1]) == token_x[..., None]
+  directions = [head_vjp(onehot - p)[0]]
+  entropy = jnp.zeros_like(logp)
+  if with_entropy:
+    finite = jnp.where(jnp.isfinite(shifted), shifted, 0.0)
+    mean = jnp.sum(p * finite, axis=-1)
+    entropy = log_total - mean
+    if entropy_grad:  # dH/dz = -p (z - sum p z)
+      directions.append(head_vjp(-p * (finite - mean[..., None]))[0])
+  return (logp, entropy), directions
+
+
+def _frozen_head_bwd(head, with_entropy, entropy_grad, directions, cotangents):
+  del head, with_entropy
+  g_logp, g_entropy = cotangents
+  dh = g_logp[..., None] * directions[0]
+  if entropy_grad and len(directions) > 1:
+    dh = dh + g_entropy[..., None] * directions[1]
+  return dh.astype(directions[0].dtype), None
+
+
+_frozen_head_stats.defvjp(_frozen_head_fwd, _frozen_head_bwd)
+
+
+def _token_stats(
+  model, h_NxTxD, completion_NxT, temperature, with_entropy, frozen_head, entropy_grad
+):
+  if frozen_head:
+    head = lambda h: model.logits(h) / temperature
+    logp, entropy = _frozen_head_stats(head, h_NxTxD, completion_NxT, with_entropy, entropy_grad)
+  else:
+    logits_NxTxV = model.logits(h_NxTxD) / temperature
+    logp, entropy = _logp_entropy(logits_NxTxV, completion_NxT, with_entropy)
+  if with_entropy and not entropy_grad:
+    entropy = jax.lax.stop_gradient(entropy)
   return logp, entropy if with_entropy else None
 
 
-def _chunked_token_stats(model, h_NxTxD, completion_NxT, temperature, with_entropy, chunk):
+def _chunked_token_stats(
+  model, h_NxTxD, completion_NxT, chunk, temperature, with_entropy, frozen_head, entropy_grad
+):
   """`_token_stats` over `chunk` completion positions at a time: the float32 logits of one
   chunk ([N, chunk, V]) exist at once instead of [N, T, V], in the forward and (rematerialised
-  per chunk) in the backward pass. This is what keeps 150 k-token vocabularies in memory."""
+  per chunk, or with `frozen_head` not needed) in the backward pass. This is what keeps 150
+  k-token vocabularies in memory."""
   N, T, D = h_NxTxD.shape
   pad = -T % chunk
   h = jnp.pad(h_NxTxD, ((0, 0), (0, pad), (0, 0)))
@@ -125,11 +179,12 @@ def _chunked_token_stats(model, h_NxTxD, completion_NxT, temperature, with_entro
   h_CxNxcxD = h.reshape(N, C, chunk, D).swapaxes(0, 1)
   tok_CxNxc = tok.reshape(N, C, chunk).swapaxes(0, 1)
 
-  @jax.checkpoint
   def one(args):
-    return _token_stats(model, *args, temperature, with_entropy)
+    return _token_stats(model, *args, temperature, with_entropy, frozen_head, entropy_grad)
 
-  logp, ent = jax.lax.map(one, (h_CxNxcxD, tok_CxNxc))
+  # A frozen head's residuals are [N, chunk, D] rows (`_frozen_head_stats`); otherwise the
+  # chunk's logits are recomputed in the backward pass rather than kept.
+  logp, ent = jax.lax.map(one if frozen_head else jax.checkpoint(one), (h_CxNxcxD, tok_CxNxc))
   unchunk = lambda x: x.swapaxes(0, 1).reshape(N, T + pad)[:, :T]
   return unchunk(logp), unchunk(ent) if with_entropy else None
 
@@ -146,6 +201,8 @@ def completion_logprobs(
   with_entropy: bool = False,
   group_size: int = 1,
   logits_chunk: int = 0,
+  frozen_head: bool = False,
+  entropy_grad: bool = True,
 ) -> TokenStats:
   """Log-probs of `completion_NxT` after the left-padded `prompt_NxP`.
 
@@ -163,26 +220,46 @@ def completion_logprobs(
       groups); the prompt is then computed once per group (`_completion_states`).
     logits_chunk: if > 0, compute the log-softmax over this many completion positions at a
       time, so the float32 logits of the whole batch are never materialised.
+    frozen_head: the LM head's weights are constants of the gradient (LoRA): the backward pass
+      then needs no V-wide product (`_frozen_head_stats`). Same values, same gradient up to
+      float rounding; an error if the head's weights are in fact differentiated.
+    entropy_grad: with False, the entropy is returned as a constant of the gradient (a
+      diagnostic), which spares `frozen_head` a second V-wide product.
   """
   model = transformer.merge(graphdef, params)
   h = _completion_states(
     model, prompt_NxP, prompt_mask_NxP, completion_NxT, completion_mask_NxT, group_size
   )
   return _stats_from_states(
-    model, h, completion_NxT, completion_mask_NxT, temperature, with_entropy, logits_chunk
+    model,
+    h,
+    completion_NxT,
+    completion_mask_NxT,
+    temperature,
+    with_entropy,
+    logits_chunk,
+    frozen_head,
+    entropy_grad,
   )
 
 
 def _stats_from_states(
-  model, h_NxTxD, completion_NxT, completion_mask_NxT, temperature, with_entropy, logits_chunk
+  model,
+  h_NxTxD,
+  completion_NxT,
+  completion_mask_NxT,
+  temperature,
+  with_entropy,
+  logits_chunk,
+  frozen_head=False,
+  entropy_grad=True,
 ) -> TokenStats:
   T = completion_NxT.shape[1]
+  head = (temperature, with_entropy, frozen_head, entropy_grad)
   if 0 < logits_chunk < T:
-    logp, ent = _chunked_token_stats(
-      model, h_NxTxD, completion_NxT, temperature, with_entropy, logits_chunk
-    )
+    logp, ent = _chunked_token_stats(model, h_NxTxD, completion_NxT, logits_chunk, *head)
   else:
-    logp, ent = _token_stats(model, h_NxTxD, completion_NxT, temperature, with_entropy)
+    logp, ent = _token_stats(model, h_NxTxD, completion_NxT, *head)
   mask = completion_mask_NxT.astype(logp.dtype)
   return TokenStats(logp * mask, ent * mask if with_entropy else None)
 
@@ -200,6 +277,8 @@ def completion_logprobs_and_values(
   with_entropy: bool = False,
   group_size: int = 1,
   logits_chunk: int = 0,
+  frozen_head: bool = False,
+  entropy_grad: bool = True,
 ) -> tuple[TokenStats, jax.Array]:
   """`completion_logprobs` and, for a value head on the policy's own trunk (PPO's shared
   trunk), `completion_values` from one pass of the trunk: the same numbers as the two calls
@@ -209,7 +288,15 @@ def completion_logprobs_and_values(
     model, prompt_NxP, prompt_mask_NxP, completion_NxT, completion_mask_NxT, group_size
   )
   stats = _stats_from_states(
-    model, h, completion_NxT, completion_mask_NxT, temperature, with_entropy, logits_chunk
+    model,
+    h,
+    completion_NxT,
+    completion_mask_NxT,
+    temperature,
+    with_entropy,
+    logits_chunk,
+    frozen_head,
+    entropy_grad,
   )
   return stats, _values_from_states(h, value_head, completion_mask_NxT)
 

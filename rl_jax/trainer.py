@@ -260,6 +260,7 @@ def rl_loss(
   denominator=None,
   group_size: int = 1,
   logits_chunk: int = 0,
+  frozen_head: bool = False,
   stats: TokenStats | None = None,
 ):
   """The policy objective of one (micro-)batch and its diagnostics.
@@ -274,8 +275,9 @@ def rl_loss(
 
   Only tokens of the batch's loss mask are trained on (a forced prefix or conditioning context
   is attended to, never trained). `group_size` and `logits_chunk` are passed to
-  `completion_logprobs` (declared shared prompt prefix, chunked log-softmax); they change the
-  cost, not the result. `stats`: the log-probs and
+  `completion_logprobs` (declared shared prompt prefix, chunked log-softmax), and so is
+  `frozen_head` (the LM head is not trained: LoRA); they change the cost, not the result.
+  `stats`: the log-probs and
   entropies (`completion_logprobs(..., with_entropy=True)`) when the caller computed them.
   """
   if stats is None:
@@ -290,6 +292,8 @@ def rl_loss(
       with_entropy=True,
       group_size=group_size,
       logits_chunk=logits_chunk,
+      frozen_head=frozen_head,
+      entropy_grad=bool(algo.entropy_coef),
     )
   logp = stats.logp_NxT
   mask = mb.loss_mask_NxT.astype(jnp.float32)
@@ -537,6 +541,8 @@ def _loss(spec: UpdateSpec, params, mb: TrainBatch, denominator, share: int, fro
       with_entropy=True,
       group_size=share,
       logits_chunk=spec.logits_chunk,
+      frozen_head=spec.lora is not None,
+      entropy_grad=bool(algo.entropy_coef),
     )
   loss, metrics = rl_loss(
     graphdef,
@@ -548,6 +554,7 @@ def _loss(spec: UpdateSpec, params, mb: TrainBatch, denominator, share: int, fro
     denominator=denominator[0],
     group_size=share,
     logits_chunk=spec.logits_chunk,
+    frozen_head=spec.lora is not None,
     stats=stats,
   )
   if algo.critic:

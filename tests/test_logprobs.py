@@ -3,6 +3,7 @@ a group's prompt computed once and shared by its G completions, the chunked log-
 rematerialised blocks. Values and gradients are compared at float32 rounding."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -329,3 +330,139 @@ def test_log_prob_and_entropy_vjp_matches_autodiff():
     np.testing.assert_allclose(b, a, rtol=1e-6)
     assert np.all(np.isfinite(gb))
     np.testing.assert_allclose(gb, ga, atol=1e-6)
+
+
+def _lora_objective(graphdef, params, batch, lcfg, *, entropy_weight, **kw):
+  """Gradient in LoRA adapters only (the head stays frozen) of a weighted sum of log-probs and,
+  with `entropy_weight`, entropies."""
+
+  def f(ad):
+    s = completion_logprobs(
+      graphdef,
+      lora.attach(params, ad, lcfg),
+      *batch,
+      with_entropy=True,
+      entropy_grad=bool(entropy_weight),
+      temperature=0.7,
+      **kw,
+    )
+    w = jnp.arange(1, T + 1, dtype=jnp.float32) / T
+    return jnp.sum(s.logp_NxT * w) + entropy_weight * jnp.sum(s.entropy_NxT), s
+
+  return jax.jit(jax.value_and_grad(f, has_aux=True))
+
+
+@pytest.mark.parametrize("entropy_weight", [0.0, 0.5])
+@pytest.mark.parametrize(
+  "variant",
+  [dict(), dict(logits_chunk=3), dict(group_size=G, logits_chunk=2)],
+)
+@pytest.mark.parametrize("tied", [True, False])
+def test_frozen_head_gives_the_plain_gradient(entropy_weight, variant, tied):
+  """`frozen_head` (the gradient's direction in h formed in the forward pass) gives the values
+  and the adapter gradient of JAX's own backward pass: tied and untied heads with a soft-cap,
+  at a temperature, with and without the entropy in the objective, chunked or not."""
+  cfg = transformer.preset("test", V, tie_embeddings=tied, final_softcap=3.0)
+  graphdef, params = transformer.init_model(cfg, 0)
+  lcfg = lora.LoraConfig(rank=2)
+  ad = jax.tree.map(lambda x: x + 0.1, lora.init_adapters(params, lcfg, seed=1))
+  batch = _grouped_batch()
+  run = lambda frozen: _lora_objective(
+    graphdef, params, batch, lcfg, entropy_weight=entropy_weight, frozen_head=frozen, **variant
+  )(ad)
+  (la, sa), ga = run(True)
+  (lb, sb), gb = run(False)
+  np.testing.assert_allclose(la, lb, rtol=1e-6)
+  np.testing.assert_allclose(sa.logp_NxT, sb.logp_NxT, atol=5e-6)
+  np.testing.assert_allclose(sa.entropy_NxT, sb.entropy_NxT, atol=5e-6)
+  scale = max(float(np.abs(y).max()) for y in jax.tree.leaves(gb))
+  assert scale > 1e-2  # not vacuous
+  for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    # float32 rounding: (g (onehot - p)) W against g ((onehot - p) W), then four layers.
+    np.testing.assert_allclose(x, y, atol=2e-6 * scale + 1e-7)
+
+
+def test_entropy_grad_false_holds_the_entropy_constant():
+  cfg = transformer.preset("test", V)
+  graphdef, params = transformer.init_model(cfg, 0)
+  batch = _grouped_batch()
+  ent = lambda p, **kw: jnp.sum(
+    completion_logprobs(graphdef, p, *batch, with_entropy=True, **kw).entropy_NxT
+  )
+  g = jax.grad(ent)(params)
+  assert max(float(np.abs(x).max()) for x in jax.tree.leaves(g)) > 1e-4
+  g0 = jax.grad(functools.partial(ent, entropy_grad=False))(params)
+  assert all(float(np.abs(x).max()) == 0.0 for x in jax.tree.leaves(g0))
+
+
+def test_frozen_head_refuses_a_trained_head():
+  """Declaring the head frozen while differentiating its weights is an error, not a silently
+  wrong gradient."""
+  cfg = transformer.preset("test", V)
+  graphdef, params = transformer.init_model(cfg, 0)
+  batch = _grouped_batch()
+  loss = lambda p: jnp.sum(completion_logprobs(graphdef, p, *batch, frozen_head=True).logp_NxT)
+  with pytest.raises(jax.errors.UnexpectedTracerError):
+    jax.grad(loss)(params)
+
+
+def _vocabulary_products(jaxpr, V) -> int:
+  """dot_generals with a V-sized operand in `jaxpr` and every jaxpr nested in it (the chunk
+  loop's body, the rematerialised chunk, custom VJPs)."""
+  n = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      n += any(V in getattr(v.aval, "shape", ()) for v in eqn.invars)
+    for p in eqn.params.values():
+      for sub in p if isinstance(p, (tuple, list)) else (p,):
+        sub = getattr(sub, "jaxpr", sub)
+        if hasattr(sub, "eqns"):
+          n += _vocabulary_products(sub, V)
+  return n
+
+
+@pytest.mark.parametrize("chunk", [0, 8])
+def test_frozen_head_spares_the_backward_its_vocabulary_wide_products(chunk):
+  """The gradient program in LoRA adapters at a 151,936-token vocabulary. Chunked, JAX's own
+  backward recomputes each chunk's logits and multiplies by the head again (3 V-wide
+  products in all); with `frozen_head` the forward's second product is the only other one (2),
+  plus one for a differentiated entropy (3). Unchunked, JAX keeps the logits instead (2, at
+  the cost of [N, T, V] residuals); `frozen_head` keeps [N, T, D] rows."""
+  cfg = transformer.preset("test", 151_936)
+  graphdef, params = transformer.init_model(cfg, 0)
+  lcfg = lora.LoraConfig(rank=2)
+  ad = lora.init_adapters(params, lcfg, seed=1)
+  N, P, T_ = 4, 8, 32
+  args = (
+    jnp.ones((N, P), jnp.int32),
+    jnp.ones((N, P), bool),
+    jnp.ones((N, T_), jnp.int32),
+    jnp.ones((N, T_), bool),
+  )
+
+  def grad(frozen, entropy_grad):
+    loss = lambda a: (
+      completion_logprobs(
+        graphdef,
+        lora.attach(params, a, lcfg),
+        *args,
+        with_entropy=True,
+        entropy_grad=entropy_grad,
+        frozen_head=frozen,
+        logits_chunk=chunk,
+      )
+    ).logp_NxT.sum()
+    return jax.grad(loss)
+
+  products = lambda *flags: _vocabulary_products(jax.make_jaxpr(grad(*flags))(ad).jaxpr, V=151_936)
+  assert products(False, False) == products(False, True) == (3 if chunk else 2)
+  assert products(True, False) == 2
+  assert products(True, True) == 3
+  logits_bytes = N * T_ * cfg.vocab_size * 4  # one float32 [N, T, V] array
+  scratch = lambda f: (
+    jax.jit(grad(f, False)).lower(ad).compile().memory_analysis().temp_size_in_bytes
+  )
+  if chunk:
+    assert scratch(True) < scratch(False) < logits_bytes
+  else:
+    assert scratch(True) < scratch(False) - 0.9 * logits_bytes
