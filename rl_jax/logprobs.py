@@ -90,17 +90,27 @@ def _logp_entropy_fwd(logits_xV, token_x, with_entropy):
   return out, (logits_xV, token_x, out[1])
 
 
+def _logit_directions(logits_xV, token_x, entropy_x=None):
+  """The gradients in the logits z: d logp / dz = onehot - p and, given the entropy H, d H / dz
+  = -p (z - sum p z), where sum p z = log(sum exp z) - H for z shifted by its row maximum (a
+  -inf logit counts as 0 there: its p is 0). None for the entropy's without `entropy_x`."""
+  shifted, total = _softmax_parts(logits_xV)
+  p = jnp.exp(shifted) / total
+  d_logp = (jnp.arange(logits_xV.shape[-1]) == token_x[..., None]) - p
+  if entropy_x is None:
+    return d_logp, None
+  finite = jnp.where(jnp.isfinite(shifted), shifted, 0.0)
+  mean = (jnp.log(total)[..., 0] - entropy_x)[..., None]
+  return d_logp, -p * (finite - mean)
+
+
 def _logp_entropy_bwd(with_entropy, residuals, cotangents):
   logits_xV, token_x, entropy_x = residuals
   g_logp, g_entropy = cotangents
-  shifted, total = _softmax_parts(logits_xV)
-  p = jnp.exp(shifted) / total
-  onehot = jnp.arange(logits_xV.shape[-1]) == token_x[..., None]
-  d = g_logp[..., None] * (onehot - p)
-  if with_entropy:  # dH/dz = -p (z - sum p z), sum p z = log(total) - H (shifted z)
-    finite = jnp.where(jnp.isfinite(shifted), shifted, 0.0)
-    mean = (jnp.log(total)[..., 0] - entropy_x)[..., None]
-    d = d - g_entropy[..., None] * p * (finite - mean)
+  d_logp, d_entropy = _logit_directions(logits_xV, token_x, entropy_x if with_entropy else None)
+  d = g_logp[..., None] * d_logp
+  if with_entropy:
+    d = d + g_entropy[..., None] * d_entropy
   return d.astype(logits_xV.dtype), None
 
 
@@ -122,27 +132,17 @@ def _frozen_head_stats(head, h_xD, token_x, with_entropy, entropy_grad):
 
 def _frozen_head_fwd(head, h_xD, token_x, with_entropy, entropy_grad):
   logits_xV, head_vjp = jax.vjp(head, h_xD)
-  shifted, total = _softmax_parts(logits_xV)
-  log_total = jnp.log(total)[..., 0]
-  logp = jnp.take_along_axis(shifted, token_x[..., None], axis=-1)[..., 0] - log_total
-  p = jnp.exp(shifted) / total
-  onehot = jnp.arange(logits_xV.shape[-1]) == token_x[..., None]
-  directions = [head_vjp(onehot - p)[0]]
-  entropy = jnp.zeros_like(logp)
-  if with_entropy:
-    finite = jnp.where(jnp.isfinite(shifted), shifted, 0.0)
-    mean = jnp.sum(p * finite, axis=-1)
-    entropy = log_total - mean
-    if entropy_grad:  # dH/dz = -p (z - sum p z)
-      directions.append(head_vjp(-p * (finite - mean[..., None]))[0])
-  return (logp, entropy), directions
+  logp, entropy = _logp_entropy_values(logits_xV, token_x, with_entropy)
+  differentiated = entropy if with_entropy and entropy_grad else None
+  d_logits = _logit_directions(logits_xV, token_x, differentiated)
+  return (logp, entropy), [head_vjp(d)[0] for d in d_logits if d is not None]
 
 
 def _frozen_head_bwd(head, with_entropy, entropy_grad, directions, cotangents):
-  del head, with_entropy
+  del head, with_entropy, entropy_grad  # `directions` has the entropy's row when it is needed
   g_logp, g_entropy = cotangents
   dh = g_logp[..., None] * directions[0]
-  if entropy_grad and len(directions) > 1:
+  if len(directions) > 1:
     dh = dh + g_entropy[..., None] * directions[1]
   return dh.astype(directions[0].dtype), None
 
