@@ -548,10 +548,13 @@ class _InlineExecutor:
 
 
 def _stopped(workdir, ckpt, writer, t_start, signal_name, where, log) -> dict[str, Any]:
-  """The end of a run stopped by a signal: every save finished, a line saying how to resume."""
+  """The end of a run stopped by a signal: every save finished, summary.json saying where it
+  stopped (the resumed run's own summary replaces it), a line saying how to resume."""
   ckpt.close()
   writer.close()
-  summary = dict(stopped=signal_name, wall_s=time.time() - t_start, workdir=workdir)
+  summary = dict(stopped=signal_name, after=where, wall_s=time.time() - t_start, workdir=workdir)
+  if distributed.is_primary():
+    storage.write_text(storage.join(workdir, "summary.json"), json.dumps(summary, indent=2))
   log(
     f"stopped by {signal_name} after {where} ({format_duration(time.time() - t_start)}); "
     f"checkpoint saved. Run the same command (same --workdir={workdir}) to resume"

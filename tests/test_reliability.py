@@ -189,7 +189,10 @@ def test_sigterm_saves_at_the_step_boundary_and_resume_is_exact(finished, tmp_pa
   assert out["stopped"] == "SIGTERM"
   assert Checkpointer(str(tmp_path)).all_steps() == [3]  # saved off-schedule, at the boundary
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+  stopped = json.load(open(tmp_path / "summary.json"))
+  assert (stopped["stopped"], stopped["after"]) == ("SIGTERM", "step 3")
   _quiet_run(config, tmp_path)
+  assert "stopped" not in json.load(open(tmp_path / "summary.json"))  # the finished run's
   assert _rows(tmp_path) == _rows(finished)
   assert _rows(tmp_path, "eval.jsonl") == _rows(finished, "eval.jsonl")
   _same_arrays(
