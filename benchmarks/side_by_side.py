@@ -1,9 +1,18 @@
 """Runs W1-W3 for rl_jax and W1/W2 for the peers (TRL / Hugging Face, Tunix) on this machine,
-one process after another, and prints one table with the ratios.
+one process after another, and prints one table with the ratios; with `--workloads=w4,w5`, the
+real-vocabulary workloads for rl_jax and TRL + PEFT / Hugging Face `generate`.
 
   bash benchmarks/peers/setup.sh              # once: the peers' virtual environments
   python benchmarks/side_by_side.py           # ~10 min per round on a 2-core CPU
   python benchmarks/side_by_side.py --rounds 3 --json side_by_side.json
+  python benchmarks/side_by_side.py --workloads=w4,w5 --peers=trl   # ~30 min on a 2-core CPU
+
+W4 and W5 load one Hugging Face folder (`--folder`, default benchmarks/.w45, git-ignored),
+which TRL's script writes once (random weights of the truncated Qwen2.5-0.5B shape) so that
+every framework reads the same file; without TRL's venv rl_jax runs them on its own random
+weights. W5 runs in a process of its own for each framework, so that the peak RSS reported is
+W5's alone; its targets are <= 0.5x TRL + PEFT's step time and <= 0.7x its peak memory, W4's
+>= 2x Hugging Face `generate` tokens/s.
 
 Each round starts a fresh process per framework (rl_jax via `rl-jax bench`, the peers via their
 own venvs' Python), in the order rl_jax, TRL, Tunix. With several rounds every number is the
@@ -64,10 +73,60 @@ def peer_environment(allocator_choice: str) -> dict | None:
   return allocator.with_preload(os.environ, library)
 
 
-def run_round(peers: list[str], workloads: str, peer_env: dict | None = None) -> dict:
+def folder_ready(folder: str) -> bool:
+  """Makes the W4 / W5 folder with TRL's script when it has no config.json (the random weights
+  every framework then loads); False when there is no folder and no TRL venv to make one."""
+  if os.path.exists(os.path.join(folder, "config.json")):
+    return True
+  python = os.path.join(VENVS, "trl", "bin", "python")
+  if not os.path.exists(python):
+    return False
+  print(f"  W4/W5 folder {folder}: making it with TRL's script ...", flush=True)
+  code = (
+    "import sys; sys.path.insert(0, sys.argv[1]); import trl_bench; "
+    "trl_bench.ensure_folder(sys.argv[2])"
+  )
+  subprocess.run([python, "-c", code, os.path.join(HERE, "peers"), folder], check=True)
+  return True
+
+
+def _split(workloads: str, allowed) -> tuple[list[str], list[str]]:
+  """The workloads among `allowed`: (those run together, those run alone). W5 runs alone."""
+  chosen = [w for w in workloads.split(",") if w in allowed]
+  return [w for w in chosen if w != "w5"], [w for w in chosen if w == "w5"]
+
+
+def _run_parts(name: str, cmd, workloads: str, allowed, folder, env=None) -> dict | None:
+  """One process for the workloads run together, then one for W5; their results merged."""
+  together, alone = _split(workloads, allowed)
+  merged = None
+  for part in (together, alone):
+    if not part:
+      continue
+    extra = ["--folder", folder] if folder and {"w4", "w5"} & set(part) else []
+    result = _run(name, cmd(",".join(part)) + extra, env=env)
+    if result is not None:
+      merged = {**(merged or {}), **result}
+  return merged
+
+
+RL_JAX_WORKLOADS = ("w1", "w2", "w3", "w1async", "w1floor", "w4", "w5")
+PEER_WORKLOADS = {"trl": ("w1", "w2", "w4", "w5"), "tunix": ("w1", "w2")}
+
+
+def run_round(
+  peers: list[str], workloads: str, peer_env: dict | None = None, folder: str | None = None
+) -> dict:
+  if folder is not None and not folder_ready(folder):
+    print(f"  no W4/W5 folder at {folder} and no TRL venv to make it: rl_jax's random weights")
+    folder = None
   results = {}
-  results["rl_jax"] = _run(
-    "rl_jax", [sys.executable, "-m", "rl_jax.cli", "bench", f"--workloads={workloads}"]
+  results["rl_jax"] = _run_parts(
+    "rl_jax",
+    lambda w: [sys.executable, "-m", "rl_jax.cli", "bench", f"--workloads={w}"],
+    workloads,
+    RL_JAX_WORKLOADS,
+    folder,
   )
   for peer in peers:
     python = os.path.join(VENVS, peer, "bin", "python")
@@ -78,11 +137,18 @@ def run_round(peers: list[str], workloads: str, peer_env: dict | None = None) ->
         flush=True,
       )
       continue
-    peer_workloads = ",".join(w for w in workloads.split(",") if w in ("w1", "w2"))
-    if peer_workloads:
-      results[peer] = _run(
+    if any(_split(workloads, PEER_WORKLOADS[peer])):
+      results[peer] = _run_parts(
         peer,
-        [python, os.path.join(HERE, "peers", f"{peer}_bench.py"), "--workloads", peer_workloads],
+        lambda w, p=peer, py=python: [
+          py,
+          os.path.join(HERE, "peers", f"{p}_bench.py"),
+          "--workloads",
+          w,
+        ],
+        workloads,
+        PEER_WORKLOADS[peer],
+        folder,
         env=peer_env,
       )
   return results
@@ -117,6 +183,10 @@ def summarise(rounds: list[dict]) -> dict:
     "w3_tok_s": ("w3", "tokens_per_s"),
     "w3_frac": ("w3", "fraction_of_matmul_rate"),
     "matmul_gflops": ("matmul_gflops",),
+    "w4_tok_s": ("w4", "tokens_per_s"),
+    "w5_s": ("w5", "seconds", "median"),
+    "w5_gen_s": ("w5", "generation_s"),
+    "w5_rss_gib": ("w5", "peak_rss_gib"),
   }
   frameworks = sorted({fw for r in rounds for fw in r if r[fw] is not None})
   return {
@@ -183,6 +253,12 @@ def table(summary: dict) -> str:
     )
   row("W1 peak RSS, GiB", "w1_rss_gib", ".2f", True)
   row("W2 sampling, tokens/s (higher is better)", "w2_tok_s", ",.0f", False)
+  if rj.get("w4_tok_s"):
+    row("W4 sampling at a 151,936 vocabulary, top-p 0.95, tokens/s", "w4_tok_s", ",.1f", False)
+  if rj.get("w5_s"):
+    row("W5 GRPO + LoRA step at that vocabulary, s", "w5_s", ".2f", True)
+    row("W5 generation, s", "w5_gen_s", ".2f", True)
+    row("W5 peak RSS, GiB", "w5_rss_gib", ".2f", True)
   if rj.get("w3_frac"):
     lines.append(
       f"| W3 train, tokens/s; fraction of the matmul rate | "
@@ -219,6 +295,17 @@ def verdict(summary: dict) -> list[str]:
       out.append(
         f"W2: {r:.2f}x {PEERS[p]} (target >= {target}x): {'met' if r >= target else 'NOT met'}"
       )
+  trl = summary.get("trl", {})
+  if rj.get("w4_tok_s") and trl.get("w4_tok_s"):
+    r = rj["w4_tok_s"][0] / trl["w4_tok_s"][0]
+    out.append(f"W4: {r:.2f}x HF generate (target >= 2.0x): {'met' if r >= 2 else 'NOT met'}")
+  for metric, what, target in (("w5_s", "step time", 0.5), ("w5_rss_gib", "peak memory", 0.7)):
+    if rj.get(metric) and trl.get(metric):
+      r = rj[metric][0] / trl[metric][0]
+      out.append(
+        f"W5: {r:.2f}x TRL + PEFT's {what} (target <= {target}x): "
+        f"{'met' if r <= target else 'NOT met'}"
+      )
   if rj.get("w3_frac"):
     f = rj["w3_frac"][0]
     out.append(
@@ -236,7 +323,14 @@ def main(argv=None) -> int:
   parser.add_argument(
     "--workloads",
     default="w1,w2,w3,w1async,w1floor",
-    help="rl_jax workloads (the peers run the w1 / w2 among them)",
+    help="rl_jax workloads: w1,w2,w3,w1async,w1floor,w4,w5 (TRL runs the w1 / w2 / w4 / w5 "
+    "among them, Tunix the w1 / w2)",
+  )
+  parser.add_argument(
+    "--folder",
+    default=os.path.join(HERE, ".w45"),
+    help="W4 / W5: the Hugging Face folder every framework loads (made by TRL's script when "
+    "it has no config.json)",
   )
   parser.add_argument(
     "--peers-allocator",
@@ -251,10 +345,14 @@ def main(argv=None) -> int:
   unknown = set(peers) - set(PEERS)
   if unknown:
     parser.error(f"unknown peers {sorted(unknown)}; choose from {sorted(PEERS)}")
+  unknown = set(args.workloads.split(",")) - set(RL_JAX_WORKLOADS)
+  if unknown:
+    parser.error(f"unknown workloads {sorted(unknown)}; choose from {list(RL_JAX_WORKLOADS)}")
   rounds = []
   for i in range(args.rounds):
     print(f"round {i + 1}/{args.rounds}", flush=True)
-    rounds.append(run_round(peers, args.workloads, peer_env))
+    folder = args.folder if {"w4", "w5"} & set(args.workloads.split(",")) else None
+    rounds.append(run_round(peers, args.workloads, peer_env, folder))
   summary = summarise(rounds)
   machine = _get(rounds[0], "rl_jax", "machine") or {}
   print(

@@ -147,3 +147,77 @@ def test_bench_refuses_w1_at_another_model():
   with pytest.raises(SystemExit) as e:
     bench.main(["--workloads=w1", "--model=0.5b"])
   assert e.value.code == 2
+
+
+def _real_vocabulary(w4=None, w5=None, rss=None):
+  out = {}
+  if w4 is not None:
+    out["w4"] = dict(tokens_per_s=w4)
+  if w5 is not None:
+    out["w5"] = dict(seconds=dict(median=w5), generation_s=w5 / 4, peak_rss_gib=rss)
+  return out
+
+
+def test_w4_w5_rows_and_verdicts_against_trl():
+  rounds = [
+    dict(rl_jax=_real_vocabulary(200.0, 40.0, 3.5), trl=_real_vocabulary(60.0, 140.0, 6.0)),
+    dict(rl_jax=_real_vocabulary(100.0, 80.0, 4.5), trl=_real_vocabulary(50.0, 120.0, 6.0)),
+  ]
+  s = sbs.summarise(rounds)
+  assert s["rl_jax"]["w5_s"] == (60.0, 40.0, 80.0)
+  assert s["trl"]["w4_tok_s"] == (55.0, 50.0, 60.0)
+  table = sbs.table(s)
+  # 150 / 55, 60 / 130 and 4.0 / 6.0 GiB
+  assert (
+    "| W4 sampling at a 151,936 vocabulary, top-p 0.95, tokens/s | 150.0 (100.0-200.0)" in table
+  )
+  assert "2.73x trl" in table and "0.46x trl" in table and "0.67x trl" in table
+  verdicts = "\n".join(sbs.verdict(s))
+  assert "W4: 2.73x HF generate (target >= 2.0x): met" in verdicts
+  assert "W5: 0.46x TRL + PEFT's step time (target <= 0.5x): met" in verdicts
+  assert "W5: 0.67x TRL + PEFT's peak memory (target <= 0.7x): met" in verdicts
+  worse = sbs.summarise([dict(rl_jax=_real_vocabulary(100.0, 80.0, 5.0), trl=rounds[0]["trl"])])
+  verdicts = "\n".join(sbs.verdict(worse))
+  assert "W4: 1.67x HF generate (target >= 2.0x): NOT met" in verdicts
+  assert "W5: 0.57x TRL + PEFT's step time (target <= 0.5x): NOT met" in verdicts
+  assert "W5: 0.83x TRL + PEFT's peak memory (target <= 0.7x): NOT met" in verdicts
+
+
+def test_a_round_runs_w5_alone_and_gives_each_framework_only_its_workloads(tmp_path, monkeypatch):
+  """W5 in a process of its own (its peak RSS), the folder passed to W4 / W5 only, Tunix given
+  none of them, and each framework's processes merged into one result."""
+  venvs = tmp_path / "venvs"
+  for peer in ("trl", "tunix"):
+    (venvs / peer / "bin").mkdir(parents=True)
+    (venvs / peer / "bin" / "python").write_text("")
+  folder = tmp_path / "w45"
+  folder.mkdir()
+  (folder / "config.json").write_text("{}")  # ready: nothing is made
+  monkeypatch.setattr(sbs, "VENVS", str(venvs))
+  calls = []
+
+  def fake_run(name, cmd, env=None):
+    calls.append((name, cmd))
+    if "--workloads" in cmd:  # the peers' flag
+      workloads = cmd[cmd.index("--workloads") + 1]
+    else:  # rl-jax bench's
+      workloads = next(a for a in cmd if a.startswith("--workloads=")).split("=")[1]
+    return {w: dict(ran_in=len(calls)) for w in workloads.split(",")}
+
+  monkeypatch.setattr(sbs, "_run", fake_run)
+  out = sbs.run_round(["trl", "tunix"], "w1,w4,w5", folder=str(folder))
+  runs = [(name, cmd[-3:] if "--folder" in cmd else cmd[-1:]) for name, cmd in calls]
+  assert runs == [
+    ("rl_jax", ["--workloads=w1,w4", "--folder", str(folder)]),
+    ("rl_jax", ["--workloads=w5", "--folder", str(folder)]),
+    ("trl", ["w1,w4", "--folder", str(folder)]),
+    ("trl", ["w5", "--folder", str(folder)]),
+    ("tunix", ["w1"]),  # no folder: Tunix runs neither W4 nor W5
+  ]
+  assert out["rl_jax"] == dict(w1=dict(ran_in=1), w4=dict(ran_in=1), w5=dict(ran_in=2))
+  assert out["tunix"] == dict(w1=dict(ran_in=5))
+  calls.clear()
+  sbs.run_round(["tunix"], "w4,w5", folder=str(folder))
+  assert [name for name, _ in calls] == ["rl_jax", "rl_jax"]  # Tunix has neither
+  with pytest.raises(SystemExit):
+    sbs.main(["--workloads=w6"])
