@@ -226,42 +226,28 @@ def completion_logprobs(
     entropy_grad: with False, the entropy is returned as a constant of the gradient (a
       diagnostic), which spares `frozen_head` a second V-wide product.
   """
+  head = (temperature, with_entropy, logits_chunk, frozen_head, entropy_grad)
+  batch = (prompt_NxP, prompt_mask_NxP, completion_NxT, completion_mask_NxT)
+  return _trunk_and_stats(graphdef, params, batch, group_size, head)[1]
+
+
+def _trunk_and_stats(graphdef, params, batch, group_size, head) -> tuple[jax.Array, TokenStats]:
+  """The trunk's completion states h and the log-probs (and entropies) the LM head gives them;
+  `batch` is (prompt_NxP, prompt_mask_NxP, completion_NxT, completion_mask_NxT), `head`
+  (temperature, with_entropy, logits_chunk, frozen_head, entropy_grad)."""
+  prompt_NxP, prompt_mask_NxP, completion_NxT, completion_mask_NxT = batch
+  temperature, with_entropy, logits_chunk, frozen_head, entropy_grad = head
   model = transformer.merge(graphdef, params)
-  h = _completion_states(
+  h_NxTxD = _completion_states(
     model, prompt_NxP, prompt_mask_NxP, completion_NxT, completion_mask_NxT, group_size
   )
-  return _stats_from_states(
-    model,
-    h,
-    completion_NxT,
-    completion_mask_NxT,
-    temperature,
-    with_entropy,
-    logits_chunk,
-    frozen_head,
-    entropy_grad,
-  )
-
-
-def _stats_from_states(
-  model,
-  h_NxTxD,
-  completion_NxT,
-  completion_mask_NxT,
-  temperature,
-  with_entropy,
-  logits_chunk,
-  frozen_head=False,
-  entropy_grad=True,
-) -> TokenStats:
-  T = completion_NxT.shape[1]
-  head = (temperature, with_entropy, frozen_head, entropy_grad)
-  if 0 < logits_chunk < T:
-    logp, ent = _chunked_token_stats(model, h_NxTxD, completion_NxT, logits_chunk, *head)
+  options = (temperature, with_entropy, frozen_head, entropy_grad)
+  if 0 < logits_chunk < completion_NxT.shape[1]:
+    logp, ent = _chunked_token_stats(model, h_NxTxD, completion_NxT, logits_chunk, *options)
   else:
-    logp, ent = _token_stats(model, h_NxTxD, completion_NxT, *head)
+    logp, ent = _token_stats(model, h_NxTxD, completion_NxT, *options)
   mask = completion_mask_NxT.astype(logp.dtype)
-  return TokenStats(logp * mask, ent * mask if with_entropy else None)
+  return h_NxTxD, TokenStats(logp * mask, ent * mask if with_entropy else None)
 
 
 def completion_logprobs_and_values(
@@ -283,21 +269,9 @@ def completion_logprobs_and_values(
   """`completion_logprobs` and, for a value head on the policy's own trunk (PPO's shared
   trunk), `completion_values` from one pass of the trunk: the same numbers as the two calls
   (up to float rounding with `group_size` > 1), at the cost of one."""
-  model = transformer.merge(graphdef, policy_params)
-  h = _completion_states(
-    model, prompt_NxP, prompt_mask_NxP, completion_NxT, completion_mask_NxT, group_size
-  )
-  stats = _stats_from_states(
-    model,
-    h,
-    completion_NxT,
-    completion_mask_NxT,
-    temperature,
-    with_entropy,
-    logits_chunk,
-    frozen_head,
-    entropy_grad,
-  )
+  head = (temperature, with_entropy, logits_chunk, frozen_head, entropy_grad)
+  batch = (prompt_NxP, prompt_mask_NxP, completion_NxT, completion_mask_NxT)
+  h, stats = _trunk_and_stats(graphdef, policy_params, batch, group_size, head)
   return stats, _values_from_states(h, value_head, completion_mask_NxT)
 
 
