@@ -213,6 +213,8 @@ def table(summary: dict) -> str:
   ]
 
   def row(label, metric, spec, better_low):
+    if all(summary[fw].get(metric) is None for fw in summary):
+      return  # a workload this run did not ask for (or that every framework failed)
     cells = [_fmt(rj.get(metric), spec)]
     ratios = []
     for p in PEERS:

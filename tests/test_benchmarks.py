@@ -172,6 +172,7 @@ def test_w4_w5_rows_and_verdicts_against_trl():
     "| W4 sampling at a 151,936 vocabulary, top-p 0.95, tokens/s | 150.0 (100.0-200.0)" in table
   )
   assert "2.73x trl" in table and "0.46x trl" in table and "0.67x trl" in table
+  assert "W1" not in table and "W2" not in table  # rows of workloads this run did not ask for
   verdicts = "\n".join(sbs.verdict(s))
   assert "W4: 2.73x HF generate (target >= 2.0x): met" in verdicts
   assert "W5: 0.46x TRL + PEFT's step time (target <= 0.5x): met" in verdicts
