@@ -6,6 +6,11 @@ import os
 import jax
 import pytest
 
+# Subprocesses the tests start (scripts under tests/, `python -c`) import rl_jax from this tree,
+# not from wherever an editable install last pointed (another checkout, CI's copy).
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join([_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
+
 jax.config.update(
   "jax_compilation_cache_dir", os.environ.get("RL_JAX_TEST_JIT_CACHE", "/tmp/rl_jax_test_jit_cache")
 )

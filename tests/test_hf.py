@@ -303,10 +303,7 @@ def test_loading_onto_an_8_device_mesh_gives_the_same_logits(tmp_path):
   import sys
 
   folder, _ = _checkpoint(tmp_path, "qwen3")
-  from tests_support import ROOT
-
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  env["PYTHONPATH"] = os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
   script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_mesh_check.py")
   r = subprocess.run(
     [sys.executable, script, folder], env=env, capture_output=True, text=True, timeout=600
