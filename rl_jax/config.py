@@ -137,12 +137,18 @@ class DistributedConfig:
     MPI); "on" always calls `jax.distributed.initialize` (JAX detects the rest); "off" never.
   coordinator_address: "host:port" of process 0 (default: JAX_COORDINATOR_ADDRESS).
   num_processes, process_id: default JAX_NUM_PROCESSES / JAX_PROCESS_ID, else detected.
+  initialization_timeout_s: how long every process waits for all the others to join.
+  heartbeat_timeout_s: how long a silent process may go unheard before the coordinator
+    declares it dead and the run stops on every host (raise it when a host pauses for long,
+    e.g. a slow checkpoint filesystem). 0 for either keeps JAX's default (300 s and 100 s).
   """
 
   initialize: str = "auto"
   coordinator_address: str = ""
   num_processes: int = 0  # 0 = from the environment or detected
   process_id: int = -1  # -1 = from the environment or detected
+  initialization_timeout_s: int = 0  # 0 = JAX's default
+  heartbeat_timeout_s: int = 0  # 0 = JAX's default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -418,6 +424,9 @@ def validate(c: RunConfig, num_devices: int | None = None) -> None:
     "distributed.initialize",
     f"must be 'auto', 'on' or 'off', got {c.distributed.initialize!r}",
   )
+  for name in ("initialization_timeout_s", "heartbeat_timeout_s"):
+    value = getattr(c.distributed, name)
+    _require(value >= 0, f"distributed.{name}", f"must be >= 0 (0 = JAX's default), got {value}")
   _require(c.lora.rank >= 0, "lora.rank", f"must be >= 0 (0 = off), got {c.lora.rank}")
   try:
     lora_config(c)

@@ -69,6 +69,10 @@ def settings(cfg) -> dict[str, Any] | None:
     kwargs["num_processes"] = num
   if pid >= 0:
     kwargs["process_id"] = pid
+  if cfg.initialization_timeout_s:
+    kwargs["initialization_timeout"] = cfg.initialization_timeout_s
+  if cfg.heartbeat_timeout_s:
+    kwargs["heartbeat_timeout_seconds"] = cfg.heartbeat_timeout_s
   return kwargs
 
 

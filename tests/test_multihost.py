@@ -152,7 +152,12 @@ def runs(tmp_path_factory):
   codes = _wait(procs, multi)
   interrupted = dict(codes=codes, rows=_rows(multi), log0=_log(multi))
 
-  procs = _launch(multi, 2, 4, MULTI)  # the same command resumes
+  # The same command resumes; the timeouts (resumable) reach jax.distributed.initialize.
+  timeouts = {
+    "distributed.heartbeat_timeout_s": "60",
+    "distributed.initialization_timeout_s": "120",
+  }
+  procs = _launch(multi, 2, 4, {**MULTI, **timeouts})
   assert _wait(procs, multi) == [0, 0], _log(multi) + _log(multi, 1)
   return dict(single=single, multi=multi, interrupted=interrupted, base=base)
 
@@ -260,6 +265,10 @@ def test_coordinator_from_the_environment_or_the_config(clean_env):
   assert distributed.settings(_dist()) == want
   got = distributed.settings(_dist(coordinator_address="head:99", num_processes=2, process_id=0))
   assert got == dict(coordinator_address="head:99", num_processes=2, process_id=0)
+  timeouts = _dist(initialization_timeout_s=600, heartbeat_timeout_s=30)
+  assert distributed.settings(timeouts) == dict(
+    want, initialization_timeout=600, heartbeat_timeout_seconds=30
+  )
   clean_env.delenv("JAX_PROCESS_ID")
   with pytest.raises(ValueError, match="JAX_PROCESS_ID"):
     distributed.settings(_dist())
@@ -273,6 +282,8 @@ def test_bad_distributed_and_dcn_settings_are_config_errors(small_config):
 
   with pytest.raises(config_lib.ConfigError, match="distributed.initialize"):
     config_lib.validate(small_config(**{"distributed.initialize": "maybe"}))
+  with pytest.raises(config_lib.ConfigError, match="distributed.heartbeat_timeout_s"):
+    config_lib.validate(small_config(**{"distributed.heartbeat_timeout_s": "-1"}))
   with pytest.raises(config_lib.ConfigError, match="mesh.dcn_data"):
     config_lib.validate(small_config(**{"mesh.dcn_data": "0"}))
   cfg = small_config(**{"mesh.data": "4", "mesh.dcn_data": "3"})
